@@ -1,0 +1,104 @@
+//! One function per command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use megafs_proto::v1::{ConnectRequest, DisconnectRequest, StatusRequest};
+
+use crate::client::{self, status_error};
+use crate::output;
+use crate::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Connect {
+            repo,
+            git_ref,
+            name,
+        } => connect(&cli, repo, git_ref.as_deref(), name.as_deref()).await,
+        Command::Disconnect { target, force } => disconnect(&cli, target, *force).await,
+        Command::Status { json } => status(&cli, *json).await,
+    }
+}
+
+/// Relative paths are the user's, so they are resolved here, not in the daemon.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    Ok(cwd.join(path))
+}
+
+async fn connect(
+    cli: &Cli,
+    repo: &str,
+    git_ref: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let mountpoint = cli
+        .mount_point
+        .as_deref()
+        .ok_or_else(|| anyhow!("connect needs --mount-point DIR"))?;
+    let mountpoint = absolute(mountpoint)?;
+    let repo = match &cli.mega_url {
+        Some(_) => repo.to_string(),
+        None if repo.contains("://") => repo.to_string(),
+        // A local repository: resolve it against our working directory.
+        None => absolute(Path::new(repo))?.display().to_string(),
+    };
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .connect(ConnectRequest {
+            repo,
+            mega_url: cli.mega_url.clone().unwrap_or_default(),
+            mountpoint: mountpoint.display().to_string(),
+            git_ref: git_ref.unwrap_or_default().to_string(),
+            name: name.unwrap_or_default().to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mount = reply
+        .mount
+        .ok_or_else(|| anyhow!("the daemon sent an empty reply"))?;
+    println!(
+        "mounted {} at {} ({} @ {})",
+        mount.name,
+        mount.mountpoint,
+        mount.source,
+        output::short(&mount.commit)
+    );
+    Ok(())
+}
+
+async fn disconnect(cli: &Cli, target: &str, force: bool) -> anyhow::Result<()> {
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .disconnect(DisconnectRequest {
+            target: target.to_string(),
+            force,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if let Some(mount) = reply.mount {
+        println!("unmounted {} from {}", mount.name, mount.mountpoint);
+    }
+    Ok(())
+}
+
+async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .status(StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!("{}", output::status_json(&reply));
+    } else {
+        print!("{}", output::status_table(&reply.mounts));
+    }
+    Ok(())
+}

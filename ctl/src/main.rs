@@ -1,0 +1,87 @@
+//! mega-fuse: the control tool for megafsd. Every command is one request over the daemon's
+//! Unix socket.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mega-fuse",
+    version,
+    about = "Mount source repositories lazily through megafsd"
+)]
+pub struct Cli {
+    /// The daemon's control socket [default: $MEGAFS_SOCKET, /run/megafs/megafsd.sock for
+    /// root, else $XDG_RUNTIME_DIR/megafs/megafsd.sock]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Where to mount (connect).
+    #[arg(long, global = true, value_name = "DIR")]
+    mount_point: Option<PathBuf>,
+    /// Base URL of a Mega server; without it REPO is a local git repository (connect).
+    #[arg(long, global = true, value_name = "URL")]
+    mega_url: Option<String>,
+    /// Cache directory for a daemon started on your behalf.
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Log directory for a daemon started on your behalf.
+    #[arg(long, global = true, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount a repository: a Mega path (with --mega-url) or a local git repository.
+    Connect {
+        /// /third-party/ripgrep on a Mega server, or a path or file:// URL of a git repository.
+        repo: String,
+        /// Branch, tag or commit to show (local repositories; default HEAD).
+        #[arg(long = "ref", value_name = "REF")]
+        git_ref: Option<String>,
+        /// Name of the mount [default: the last component of REPO].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Unmount a mount, named by its name, its mountpoint or its repository.
+    Disconnect {
+        target: String,
+        /// Detach even if files are open in it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show every mount.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mega-fuse: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mega-fuse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! How results are shown: tables for people, JSON for programs.
+
+use megafs_proto::v1::{MountInfo, StatusReply};
+use serde_json::json;
+
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn status_table(mounts: &[MountInfo]) -> String {
+    if mounts.is_empty() {
+        return "no mounts\n".to_string();
+    }
+    let header = ["NAME", "MOUNTPOINT", "SOURCE", "COMMIT", "STATE", "FETCHED"];
+    let rows: Vec<[String; 6]> = mounts
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.mountpoint.clone(),
+                m.source.clone(),
+                short(&m.commit).to_string(),
+                m.state.clone(),
+                format!(
+                    "{} objects, {}",
+                    m.fetched_objects,
+                    human_bytes(m.fetched_bytes)
+                ),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for row in &rows {
+        line(row);
+    }
+    out
+}
+
+pub fn status_json(reply: &StatusReply) -> String {
+    let mounts: Vec<_> = reply
+        .mounts
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "mountpoint": m.mountpoint,
+                "source": m.source,
+                "commit": m.commit,
+                "ref": m.git_ref,
+                "commit_time": m.commit_time,
+                "state": m.state,
+                "fetched_objects": m.fetched_objects,
+                "fetched_bytes": m.fetched_bytes,
+                "cache_hits": m.cache_hits,
+                "owner_uid": m.owner_uid,
+            })
+        })
+        .collect();
+    json!({
+        "daemon": {"version": reply.daemon_version, "pid": reply.daemon_pid},
+        "mounts": mounts,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let m = MountInfo {
+            name: "rg".into(),
+            mountpoint: "/mnt/rg".into(),
+            source: "local /src/rg".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            state: "mounted".into(),
+            fetched_objects: 3,
+            fetched_bytes: 2048,
+            ..Default::default()
+        };
+        let table = status_table(&[m]);
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME  MOUNTPOINT"));
+        assert!(lines[1].contains("0123456789ab"));
+        assert!(lines[1].ends_with("3 objects, 2.0 KiB"));
+        assert_eq!(status_table(&[]), "no mounts\n");
+    }
+}

@@ -1,0 +1,70 @@
+//! Errors of filesystem operations, each with the errno the kernel gets.
+
+use std::sync::Arc;
+
+use crate::object::ObjectError;
+use crate::source::SourceError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    #[error("no such entry")]
+    NotFound,
+    #[error("unknown inode {0}")]
+    StaleInode(u64),
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a symlink")]
+    NotSymlink,
+    #[error("{0}")]
+    Source(Arc<SourceError>),
+    #[error("{what} from {server} failed verification: {error}")]
+    Corrupt {
+        what: String,
+        server: String,
+        error: ObjectError,
+    },
+    #[error("cache: {0}")]
+    Cache(Arc<std::io::Error>),
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl FsError {
+    /// The errno the kernel (and so the reading program) sees.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::StaleInode(_) => libc::ESTALE,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotSymlink => libc::EINVAL,
+            FsError::Source(_)
+            | FsError::Corrupt { .. }
+            | FsError::Cache(_)
+            | FsError::Timeout(_)
+            | FsError::Internal(_) => libc::EIO,
+        }
+    }
+
+    /// Whether this is worth a warning in the log (server and cache trouble), rather than an
+    /// everyday answer like "no such file".
+    pub fn is_failure(&self) -> bool {
+        self.errno() == libc::EIO
+    }
+}
+
+impl From<SourceError> for FsError {
+    fn from(e: SourceError) -> Self {
+        FsError::Source(Arc::new(e))
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        FsError::Cache(Arc::new(e))
+    }
+}

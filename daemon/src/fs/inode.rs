@@ -1,0 +1,166 @@
+//! The table of inodes a mount has handed to the kernel. Numbers are assigned when a directory
+//! is first listed and never change or get reused for the mount's life.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::object::{EntryKind, ObjectId, TreeEntry};
+
+pub const ROOT_INO: u64 = 1;
+
+pub struct Node {
+    pub parent: u64,
+    /// Repository-relative path, `/`-separated, empty for the root.
+    pub path: String,
+    pub kind: EntryKind,
+    pub oid: ObjectId,
+    /// Known size of a file's or symlink's blob.
+    pub size: Option<u64>,
+    /// A directory's entries once listed.
+    pub listing: Option<Arc<Listing>>,
+}
+
+/// A listed directory: entries in tree order, and an index by name.
+pub struct Listing {
+    pub entries: Vec<(Vec<u8>, u64)>,
+    by_name: HashMap<Vec<u8>, u64>,
+}
+
+impl Listing {
+    pub fn get(&self, name: &[u8]) -> Option<u64> {
+        self.by_name.get(name).copied()
+    }
+}
+
+pub struct InodeTable {
+    /// Node `ino` lives at index `ino - 1`.
+    nodes: Vec<Node>,
+}
+
+impl InodeTable {
+    pub fn new(root_tree: ObjectId) -> Self {
+        InodeTable {
+            nodes: vec![Node {
+                parent: ROOT_INO,
+                path: String::new(),
+                kind: EntryKind::Directory,
+                oid: root_tree,
+                size: None,
+                listing: None,
+            }],
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.nodes.get(index)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        let index = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.nodes.get_mut(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Records the entries of directory `dir`, giving each a new inode. Does nothing if the
+    /// directory is already listed (two fetches raced), so numbers stay stable.
+    pub fn add_listing(&mut self, dir: u64, entries: Vec<TreeEntry>) {
+        let Some(parent) = self.get(dir) else { return };
+        if parent.listing.is_some() {
+            return;
+        }
+        let parent_path = parent.path.clone();
+        let mut listing = Listing {
+            entries: Vec::with_capacity(entries.len()),
+            by_name: HashMap::with_capacity(entries.len()),
+        };
+        for entry in entries {
+            let ino = self.nodes.len() as u64 + 1;
+            let name_text = String::from_utf8_lossy(&entry.name);
+            let path = if parent_path.is_empty() {
+                name_text.into_owned()
+            } else {
+                format!("{parent_path}/{name_text}")
+            };
+            self.nodes.push(Node {
+                parent: dir,
+                path,
+                kind: entry.kind,
+                oid: entry.oid,
+                size: None,
+                // A submodule shows as an empty directory.
+                listing: (entry.kind == EntryKind::Submodule).then(|| Arc::new(Listing::empty())),
+            });
+            listing.by_name.insert(entry.name.clone(), ino);
+            listing.entries.push((entry.name, ino));
+        }
+        if let Some(parent) = self.get_mut(dir) {
+            parent.listing = Some(Arc::new(listing));
+        }
+    }
+}
+
+impl Listing {
+    fn empty() -> Self {
+        Listing {
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, kind: EntryKind, byte: u8) -> TreeEntry {
+        TreeEntry {
+            name: name.as_bytes().to_vec(),
+            kind,
+            oid: ObjectId::from_bytes([byte; 20]),
+        }
+    }
+
+    #[test]
+    fn listing_assigns_stable_numbers_and_paths() {
+        let mut table = InodeTable::new(ObjectId::EMPTY_TREE);
+        table.add_listing(
+            ROOT_INO,
+            vec![
+                entry("src", EntryKind::Directory, 1),
+                entry("a.txt", EntryKind::File, 2),
+            ],
+        );
+        let root = table.get(ROOT_INO).unwrap().listing.clone().unwrap();
+        let src = root.get(b"src").unwrap();
+        assert_eq!(src, 2);
+        assert_eq!(root.get(b"a.txt"), Some(3));
+        table.add_listing(src, vec![entry("main.rs", EntryKind::File, 3)]);
+        let main = table
+            .get(src)
+            .unwrap()
+            .listing
+            .clone()
+            .unwrap()
+            .get(b"main.rs")
+            .unwrap();
+        assert_eq!(table.get(main).unwrap().path, "src/main.rs");
+        assert_eq!(table.get(main).unwrap().parent, src);
+        // Listing again changes nothing.
+        table.add_listing(ROOT_INO, vec![entry("other", EntryKind::File, 9)]);
+        assert_eq!(table.len(), 4);
+        assert!(table.get(0).is_none());
+        assert!(table.get(99).is_none());
+    }
+
+    #[test]
+    fn submodules_are_empty_directories() {
+        let mut table = InodeTable::new(ObjectId::EMPTY_TREE);
+        table.add_listing(ROOT_INO, vec![entry("sub", EntryKind::Submodule, 1)]);
+        let sub = table.get(2).unwrap();
+        assert!(sub.listing.as_ref().unwrap().entries.is_empty());
+    }
+}

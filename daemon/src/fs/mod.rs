@@ -1,0 +1,419 @@
+//! The filesystem logic of one mount: inodes, attributes, lookups, listings and reads, over a
+//! [`Source`] and the shared [`Store`]. Independent of FUSE: `crate::fuse` adapts it to the
+//! kernel, and tests drive it directly.
+
+mod error;
+mod flight;
+mod inode;
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{self, StreamExt};
+use tracing::{error, info};
+
+pub use error::FsError;
+use flight::Flights;
+pub use inode::ROOT_INO;
+use inode::{InodeTable, Listing};
+
+use crate::object::{parse_tree, EntryKind, ObjectId, ObjectKind};
+use crate::source::{Snapshot, Source};
+use crate::store::Store;
+
+/// How many size queries one directory may have in flight at once.
+const SIZE_QUERY_PARALLELISM: usize = 16;
+
+/// Attributes of one inode, independent of the kernel interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Permission bits: exactly git's for files (0644 or 0755).
+    pub perm: u16,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub name: Vec<u8>,
+}
+
+/// What this mount has cost and saved.
+#[derive(Default)]
+pub struct Stats {
+    pub fetched_objects: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FlightKey {
+    Listing(u64),
+    Sizes(u64),
+    Blob(ObjectId),
+}
+
+pub struct MountFs {
+    source: Arc<dyn Source>,
+    store: Arc<Store>,
+    snapshot: Snapshot,
+    inodes: RwLock<InodeTable>,
+    owner: (u32, u32),
+    stats: Stats,
+    flights: Flights<FlightKey>,
+}
+
+impl MountFs {
+    /// Resolves the source's commit and lists its root; nothing deeper is fetched.
+    pub async fn open(
+        source: Arc<dyn Source>,
+        store: Arc<Store>,
+        owner: (u32, u32),
+    ) -> Result<Arc<MountFs>, FsError> {
+        let snapshot = source.resolve().await?;
+        let fs = Arc::new(MountFs {
+            inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
+            source,
+            store,
+            snapshot,
+            owner,
+            stats: Stats::default(),
+            flights: Flights::new(),
+        });
+        if let Some(body) = fs.snapshot.root_body.clone() {
+            // Already fetched to resolve; it hashes to root_tree by construction.
+            fs.count_fetch(body.len());
+            fs.store.insert(&fs.snapshot.root_tree, &body)?;
+        }
+        fs.listing(ROOT_INO).await?;
+        Ok(fs)
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn source_description(&self) -> String {
+        self.source.describe()
+    }
+
+    /// The parent directory of `ino` (the root is its own parent).
+    pub fn parent_of(&self, ino: u64) -> Result<u64, FsError> {
+        let inodes = self.read_inodes();
+        Ok(inodes.get(ino).ok_or(FsError::StaleInode(ino))?.parent)
+    }
+
+    pub fn inode_count(&self) -> usize {
+        self.read_inodes().len()
+    }
+
+    pub async fn getattr(self: &Arc<Self>, ino: u64) -> Result<Attr, FsError> {
+        let (kind, parent) = {
+            let inodes = self.read_inodes();
+            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+            (node.kind, node.parent)
+        };
+        if !kind.is_dir() {
+            self.ensure_sizes(parent).await?;
+        }
+        self.attr_of(ino)
+    }
+
+    pub async fn lookup(self: &Arc<Self>, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let listing = self.listing(parent).await?;
+        let ino = listing.get(name).ok_or(FsError::NotFound)?;
+        let kind = self.read_inodes().get(ino).map(|n| n.kind);
+        if kind.is_some_and(|k| !k.is_dir()) {
+            self.ensure_sizes(parent).await?;
+        }
+        self.attr_of(ino)
+    }
+
+    pub async fn readdir(self: &Arc<Self>, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let listing = self.listing(ino).await?;
+        let inodes = self.read_inodes();
+        Ok(listing
+            .entries
+            .iter()
+            .filter_map(|(name, child)| {
+                Some(DirEntry {
+                    ino: *child,
+                    kind: inodes.get(*child)?.kind,
+                    name: name.clone(),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn read(
+        self: &Arc<Self>,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let oid = {
+            let inodes = self.read_inodes();
+            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+            if node.kind.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            node.oid
+        };
+        let file = self.open_blob(ino, oid).await?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub async fn readlink(self: &Arc<Self>, ino: u64) -> Result<Vec<u8>, FsError> {
+        let oid = {
+            let inodes = self.read_inodes();
+            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+            if node.kind != EntryKind::Symlink {
+                return Err(FsError::NotSymlink);
+            }
+            node.oid
+        };
+        self.ensure_blob(ino, oid).await?;
+        self.store
+            .read(&oid)?
+            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+    }
+
+    fn read_inodes(&self) -> std::sync::RwLockReadGuard<'_, InodeTable> {
+        self.inodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_inodes(&self) -> std::sync::RwLockWriteGuard<'_, InodeTable> {
+        self.inodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attr_of(&self, ino: u64) -> Result<Attr, FsError> {
+        let inodes = self.read_inodes();
+        let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+        let perm = match node.kind {
+            EntryKind::Directory | EntryKind::Submodule | EntryKind::Executable => 0o755,
+            EntryKind::File => 0o644,
+            EntryKind::Symlink => 0o777,
+        };
+        Ok(Attr {
+            ino,
+            kind: node.kind,
+            size: if node.kind.is_dir() {
+                0
+            } else {
+                node.size
+                    .or_else(|| self.store.known_size(&node.oid))
+                    .unwrap_or(0)
+            },
+            perm,
+            mtime: UNIX_EPOCH + Duration::from_secs(self.snapshot.commit_time.max(0) as u64),
+            uid: self.owner.0,
+            gid: self.owner.1,
+        })
+    }
+
+    /// The listing of directory `ino`, fetching and verifying its tree on first use.
+    async fn listing(self: &Arc<Self>, ino: u64) -> Result<Arc<Listing>, FsError> {
+        if let Some(listing) = self.loaded_listing(ino)? {
+            return Ok(listing);
+        }
+        let (path, oid) = {
+            let inodes = self.read_inodes();
+            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+            (node.path.clone(), node.oid)
+        };
+        let this = Arc::clone(self);
+        self.flights
+            .run(FlightKey::Listing(ino), async move {
+                let body = this.tree_body(&path, oid).await?;
+                let entries = parse_tree(&body).map_err(|error| {
+                    let server = this.source.describe();
+                    error!(%server, %oid, path = %path, %error, "refusing a malformed tree");
+                    FsError::Corrupt {
+                        what: format!("tree {oid} at /{path}"),
+                        server,
+                        error,
+                    }
+                })?;
+                this.write_inodes().add_listing(ino, entries);
+                Ok(())
+            })
+            .await?;
+        self.loaded_listing(ino)?
+            .ok_or_else(|| FsError::Internal(format!("listing of inode {ino} missing")))
+    }
+
+    fn loaded_listing(&self, ino: u64) -> Result<Option<Arc<Listing>>, FsError> {
+        let inodes = self.read_inodes();
+        let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+        if !node.kind.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        Ok(node.listing.clone())
+    }
+
+    /// A tree's body from the cache, else from the source, verified before it is used or kept.
+    async fn tree_body(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, FsError> {
+        if let Some(body) = self.store.read(&oid)? {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(body);
+        }
+        let body = self.source.fetch_tree(path, oid).await?;
+        self.count_fetch(body.len());
+        self.verified(ObjectKind::Tree, oid, &format!("/{path}"), &body)?;
+        self.store.insert(&oid, &body)?;
+        Ok(body)
+    }
+
+    /// Makes sure blob `oid` (of inode `ino`) is in the cache, fetching it once however many
+    /// readers want it, and opens it.
+    async fn open_blob(
+        self: &Arc<Self>,
+        ino: u64,
+        oid: ObjectId,
+    ) -> Result<std::fs::File, FsError> {
+        if let Some(file) = self.store.open_object(&oid)? {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(file);
+        }
+        self.ensure_blob(ino, oid).await?;
+        self.store
+            .open_object(&oid)?
+            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+    }
+
+    async fn ensure_blob(self: &Arc<Self>, ino: u64, oid: ObjectId) -> Result<(), FsError> {
+        if self.store.contains(&oid) {
+            return Ok(());
+        }
+        let this = Arc::clone(self);
+        self.flights
+            .run(FlightKey::Blob(oid), async move {
+                if this.store.contains(&oid) {
+                    return Ok(());
+                }
+                let path = this.read_inodes().get(ino).map(|n| n.path.clone());
+                let path = path.unwrap_or_default();
+                let bytes = this.source.fetch_blob(oid).await?;
+                this.count_fetch(bytes.len());
+                this.verified(ObjectKind::Blob, oid, &format!("/{path}"), &bytes)?;
+                this.store.insert(&oid, &bytes)?;
+                info!(%oid, path = %path, bytes = bytes.len(), "fetched blob");
+                Ok(())
+            })
+            .await
+    }
+
+    /// Learns the sizes of every file in directory `dir` that has none yet, in parallel: the
+    /// kernel asks for them together (`ls -l`), and one query each is all a Mega server offers.
+    async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
+        let missing = self.files_without_size(dir)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let this = Arc::clone(self);
+        self.flights
+            .run(FlightKey::Sizes(dir), async move {
+                let missing = this.files_without_size(dir)?;
+                let sizes: Vec<_> = stream::iter(missing)
+                    .map(|(ino, oid)| {
+                        let this = this.clone();
+                        async move {
+                            let size = match this.store.known_size(&oid) {
+                                Some(size) => size,
+                                None => this.source.blob_size(oid).await?,
+                            };
+                            this.store.record_size(&oid, size);
+                            Ok::<_, FsError>((ino, size))
+                        }
+                    })
+                    .buffer_unordered(SIZE_QUERY_PARALLELISM)
+                    .collect()
+                    .await;
+                let mut inodes = this.write_inodes();
+                let mut first_error = None;
+                for result in sizes {
+                    match result {
+                        Ok((ino, size)) => {
+                            if let Some(node) = inodes.get_mut(ino) {
+                                node.size = Some(size);
+                            }
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            })
+            .await
+    }
+
+    fn files_without_size(&self, dir: u64) -> Result<Vec<(u64, ObjectId)>, FsError> {
+        let Some(listing) = self.loaded_listing(dir)? else {
+            return Ok(Vec::new());
+        };
+        let mut inodes = self.write_inodes();
+        let mut missing = Vec::new();
+        for (_, ino) in &listing.entries {
+            let Some(node) = inodes.get_mut(*ino) else {
+                continue;
+            };
+            if node.kind.is_dir() || node.size.is_some() {
+                continue;
+            }
+            match self.store.known_size(&node.oid) {
+                Some(size) => node.size = Some(size),
+                None => missing.push((*ino, node.oid)),
+            }
+        }
+        Ok(missing)
+    }
+
+    fn verified(
+        &self,
+        kind: ObjectKind,
+        oid: ObjectId,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<(), FsError> {
+        oid.verify(kind, bytes).map_err(|error| {
+            let server = self.source.describe();
+            error!(%server, %oid, %path, %error, "server sent bytes that do not match their object id");
+            FsError::Corrupt {
+                what: format!("{kind:?} {oid} at {path}").to_lowercase(),
+                server,
+                error,
+            }
+        })
+    }
+
+    fn count_fetch(&self, bytes: usize) {
+        self.stats.fetched_objects.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .fetched_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,375 @@
+//! The thin adapter between the kernel (fuser) and [`MountFs`]. Each request becomes a tokio
+//! task, so the FUSE loop never waits on the network; the task answers the kernel when the
+//! filesystem does, or with EIO once the request timeout passes.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, Request,
+};
+use tokio::runtime::Handle;
+use tracing::{debug, warn, Instrument};
+
+use crate::fs::{Attr, FsError, MountFs};
+use crate::object::EntryKind;
+
+/// How long the kernel may cache entries and attributes. A mount shows one immutable commit.
+const TTL: Duration = Duration::from_secs(60);
+
+pub struct FuseAdapter {
+    fs: Arc<MountFs>,
+    runtime: Handle,
+    timeout: Duration,
+    name: String,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<MountFs>, runtime: Handle, timeout: Duration, name: String) -> Self {
+        FuseAdapter {
+            fs,
+            runtime,
+            timeout,
+            name,
+        }
+    }
+
+    /// Runs `work` as a task with a deadline and a span, then hands its result to `answer`.
+    fn spawn<T, W, F>(&self, op: &'static str, ino: u64, work: W, answer: F)
+    where
+        T: Send + 'static,
+        W: Future<Output = Result<T, FsError>> + Send + 'static,
+        F: FnOnce(Result<T, Errno>) + Send + 'static,
+    {
+        let timeout = self.timeout;
+        let span = tracing::debug_span!("fuse", op, ino, mount = %self.name);
+        self.runtime.spawn(
+            async move {
+                let result = match tokio::time::timeout(timeout, work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(FsError::Timeout(timeout)),
+                };
+                answer(result.map_err(|e| {
+                    if e.is_failure() {
+                        warn!(error = %e, "request failed");
+                    } else {
+                        debug!(error = %e, "request refused");
+                    }
+                    Errno::from_i32(e.errno())
+                }));
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn file_type(kind: EntryKind) -> FileType {
+    match kind {
+        EntryKind::Directory | EntryKind::Submodule => FileType::Directory,
+        EntryKind::File | EntryKind::Executable => FileType::RegularFile,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: if attr.kind.is_dir() { 2 } else { 1 },
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = name.as_bytes().to_vec();
+        self.spawn(
+            "lookup",
+            parent.0,
+            async move { fs.lookup(parent.0, &name).await },
+            move |r| match r {
+                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fs = self.fs.clone();
+        self.spawn(
+            "getattr",
+            ino.0,
+            async move { fs.getattr(ino.0).await },
+            move |r| match r {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.spawn(
+            "readlink",
+            ino.0,
+            async move { fs.readlink(ino.0).await },
+            move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(
+            "read",
+            ino.0,
+            async move { fs.read(ino.0, offset, size).await },
+            move |r| match r {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(
+            "readdir",
+            ino.0,
+            async move {
+                let entries = fs.readdir(ino.0).await?;
+                let parent = fs.parent_of(ino.0)?;
+                Ok((entries, parent))
+            },
+            move |r| match r {
+                Ok((entries, parent)) => {
+                    let dots = [
+                        (ino.0, FileType::Directory, &b"."[..]),
+                        (parent, FileType::Directory, &b".."[..]),
+                    ];
+                    let all = dots.into_iter().chain(
+                        entries
+                            .iter()
+                            .map(|e| (e.ino, file_type(e.kind), e.name.as_slice())),
+                    );
+                    for (index, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+                        let next = index as u64 + 1;
+                        if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name)) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.fs.inode_count() as u64;
+        // Read-only: no free blocks or inodes. Block counts are not tracked, so report none.
+        reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        reply.ok();
+    }
+
+    // Everything that would change the tree: the mount is a read-only view of one commit.
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

@@ -1,0 +1,139 @@
+//! The gRPC control service: turns requests into supervisor calls and errors into statuses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use megafs_proto::v1::{
+    ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, MountInfo, StatusReply,
+    StatusRequest,
+};
+use megafs_proto::Control;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::source::SourceError;
+use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
+
+pub struct ControlService {
+    supervisor: Arc<Supervisor>,
+}
+
+impl ControlService {
+    pub fn new(supervisor: Arc<Supervisor>) -> Self {
+        ControlService { supervisor }
+    }
+}
+
+/// The caller's identity from the socket (SO_PEERCRED). A caller that cannot be identified is
+/// refused.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|cred| Caller {
+            uid: cred.uid(),
+            gid: cred.gid(),
+        })
+        .ok_or_else(|| Status::permission_denied("cannot identify the caller on the socket"))
+}
+
+fn to_status(e: SupervisorError) -> Status {
+    use SupervisorError as E;
+    let message = e.to_string();
+    match e {
+        E::Invalid(_) => Status::invalid_argument(message),
+        E::MountpointMissing(_) | E::UnknownMount(_) => Status::not_found(message),
+        E::NameInUse(_) | E::AlreadyMounted(_) => Status::already_exists(message),
+        E::MountpointNotDir(_) | E::MountpointNotEmpty(_) | E::Busy(_) => {
+            Status::failed_precondition(message)
+        }
+        E::Timeout(_) => Status::deadline_exceeded(message),
+        E::Source(source) => match source {
+            SourceError::RepoNotFound(_) | SourceError::UnknownRef { .. } => {
+                Status::not_found(message)
+            }
+            SourceError::Unsupported(_) => Status::invalid_argument(message),
+            SourceError::Unreachable { .. } | SourceError::Timeout { .. } => {
+                Status::unavailable(message)
+            }
+            _ => Status::internal(message),
+        },
+        E::Fs(_) | E::Mount { .. } | E::Unmount { .. } => Status::internal(message),
+    }
+}
+
+fn to_info(s: MountStatus) -> MountInfo {
+    MountInfo {
+        name: s.name,
+        mountpoint: s.mountpoint.display().to_string(),
+        source: s.source,
+        commit: s.commit,
+        state: s.state.to_string(),
+        fetched_objects: s.fetched_objects,
+        fetched_bytes: s.fetched_bytes,
+        cache_hits: s.cache_hits,
+        git_ref: s.git_ref,
+        commit_time: s.commit_time,
+        owner_uid: s.owner_uid,
+        error: String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn connect(
+        &self,
+        request: Request<ConnectRequest>,
+    ) -> Result<Response<ConnectReply>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        info!(repo = %r.repo, mountpoint = %r.mountpoint, uid = caller.uid, "connect requested");
+        let spec = ConnectSpec {
+            repo: r.repo,
+            mega_url: r.mega_url,
+            mountpoint: PathBuf::from(r.mountpoint),
+            git_ref: r.git_ref,
+            name: r.name,
+        };
+        let status = self
+            .supervisor
+            .connect(spec, caller)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ConnectReply {
+            mount: Some(to_info(status)),
+        }))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectReply>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        info!(target = %r.target, force = r.force, uid = caller.uid, "disconnect requested");
+        let status = self
+            .supervisor
+            .disconnect(&r.target, r.force)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(DisconnectReply {
+            mount: Some(to_info(status)),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        caller(&request)?;
+        let mounts = self.supervisor.status().await;
+        Ok(Response::new(StatusReply {
+            mounts: mounts.into_iter().map(to_info).collect(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            daemon_pid: std::process::id(),
+        }))
+    }
+}

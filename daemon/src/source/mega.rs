@@ -1,0 +1,309 @@
+//! A Mega server through its HTTP API (see docs/architecture.md and the API contract):
+//! listings with modes from `/api/v1/file/tree`, content from `/api/v1/file/blob/{oid}`,
+//! sizes from `HEAD` on the blob, the commit from `/api/v1/latest-commit`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Client, Method, Response, StatusCode};
+
+use super::{Snapshot, Source, SourceError};
+use crate::object::ObjectId;
+
+pub struct MegaSource {
+    client: Client,
+    base: String,
+    /// Normalised absolute path of the repository in the monorepo, e.g. `/third-party/rg`.
+    repo: String,
+}
+
+impl MegaSource {
+    pub fn new(base_url: &str, repo: &str, timeout: Duration) -> Result<Self, SourceError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base)
+            .map_err(|e| SourceError::Unsupported(format!("invalid Mega URL {base_url:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(SourceError::Unsupported(format!(
+                "invalid Mega URL {base_url:?}: the scheme must be http or https"
+            )));
+        }
+        let client = Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        Ok(MegaSource {
+            client,
+            base,
+            repo: normalize_repo_path(repo)?,
+        })
+    }
+
+    fn full_path(&self, path: &str) -> String {
+        match (self.repo.as_str(), path) {
+            (repo, "") => repo.to_string(),
+            ("/", p) => format!("/{p}"),
+            (repo, p) => format!("{repo}/{p}"),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        endpoint: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Response, SourceError> {
+        let url = format!("{}{endpoint}", self.base);
+        self.client
+            .request(method, &url)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> SourceError {
+        if e.is_timeout() {
+            SourceError::Timeout {
+                server: self.base.clone(),
+            }
+        } else if e.is_connect() {
+            SourceError::Unreachable {
+                server: self.base.clone(),
+                detail: error_chain(&e),
+            }
+        } else {
+            SourceError::Server {
+                server: self.base.clone(),
+                what: e.url().map(|u| u.path().to_string()).unwrap_or_default(),
+                detail: error_chain(&e),
+            }
+        }
+    }
+
+    /// The body of a 200 answer, or the server's error text.
+    async fn body_of(&self, what: &str, response: Response) -> Result<Vec<u8>, SourceError> {
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if status != StatusCode::OK {
+            return Err(SourceError::Server {
+                server: self.base.clone(),
+                what: what.to_string(),
+                detail: format!("HTTP {status}: {}", error_text(&body)),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    async fn latest_commit(&self) -> Result<(ObjectId, i64), SourceError> {
+        let what = format!("latest-commit of {}", self.repo);
+        let response = self
+            .send(
+                Method::GET,
+                "/api/v1/latest-commit",
+                &[("path", &self.repo)],
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(SourceError::RepoNotFound(format!(
+                "{} on {}",
+                self.repo, self.base
+            )));
+        }
+        let body = self.body_of(&what, response).await?;
+        let bad = |detail: String| SourceError::Server {
+            server: self.base.clone(),
+            what: what.clone(),
+            detail,
+        };
+        let info: LatestCommit =
+            serde_json::from_slice(&body).map_err(|e| bad(format!("unreadable JSON: {e}")))?;
+        let oid = ObjectId::from_hex(&info.oid).map_err(|e| bad(e.to_string()))?;
+        let time = info
+            .date
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| bad(format!("unreadable date {:?}", info.date)))?;
+        Ok((oid, time))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LatestCommit {
+    oid: String,
+    date: String,
+}
+
+#[async_trait]
+impl Source for MegaSource {
+    fn describe(&self) -> String {
+        format!("mega {} {}", self.base, self.repo)
+    }
+
+    async fn resolve(&self) -> Result<Snapshot, SourceError> {
+        let response = self
+            .send(Method::GET, "/api/v1/file/tree", &[("path", &self.repo)])
+            .await?;
+        let root_body = self
+            .body_of(&format!("tree {}", self.repo), response)
+            .await?;
+        if root_body.is_empty() {
+            return Err(SourceError::RepoNotFound(format!(
+                "{} is not a directory on {}",
+                self.repo, self.base
+            )));
+        }
+        let (commit, commit_time) = self.latest_commit().await?;
+        Ok(Snapshot {
+            commit,
+            root_tree: ObjectId::hash(crate::object::ObjectKind::Tree, &root_body),
+            commit_time,
+            root_body: Some(root_body),
+        })
+    }
+
+    async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        let full = self.full_path(path);
+        let hex = oid.to_hex();
+        let response = self
+            .send(
+                Method::GET,
+                "/api/v1/file/tree",
+                &[("path", &full), ("oid", &hex)],
+            )
+            .await?;
+        let body = self.body_of(&format!("tree {full}"), response).await?;
+        // An empty answer means the path's tree is no longer `oid`: the trunk moved.
+        if body.is_empty() && oid != ObjectId::EMPTY_TREE {
+            return Err(SourceError::TrunkMoved {
+                server: self.base.clone(),
+                path: full,
+                expected: oid,
+            });
+        }
+        Ok(body)
+    }
+
+    async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        let endpoint = format!("/api/v1/file/blob/{oid}");
+        let response = self.send(Method::GET, &endpoint, &[]).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(SourceError::ObjectMissing {
+                server: self.base.clone(),
+                oid,
+                detail: error_text(&body),
+            });
+        }
+        self.body_of(&format!("blob {oid}"), response).await
+    }
+
+    async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
+        let endpoint = format!("/api/v1/file/blob/{oid}");
+        let response = self.send(Method::HEAD, &endpoint, &[]).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(SourceError::Server {
+                server: self.base.clone(),
+                what: format!("HEAD blob {oid}"),
+                detail: format!("HTTP {status}"),
+            });
+        }
+        response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| SourceError::Server {
+                server: self.base.clone(),
+                what: format!("HEAD blob {oid}"),
+                detail: "no Content-Length".into(),
+            })
+    }
+}
+
+/// Single slashes, no trailing slash, no `.` or `..`: the server mis-routes anything else.
+pub fn normalize_repo_path(path: &str) -> Result<String, SourceError> {
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(SourceError::Unsupported(format!(
+                    "repository path {path:?} must not contain '..'"
+                )))
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// The `err_message` of a Mega JSON error, else the body as text.
+fn error_text(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct CommonResult {
+        err_message: String,
+    }
+    match serde_json::from_slice::<CommonResult>(body) {
+        Ok(r) => r.err_message,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(
+            normalize_repo_path("//third-party//rg/").unwrap(),
+            "/third-party/rg"
+        );
+        assert_eq!(
+            normalize_repo_path("third-party/./rg").unwrap(),
+            "/third-party/rg"
+        );
+        assert_eq!(normalize_repo_path("/").unwrap(), "/");
+        assert!(normalize_repo_path("/a/../b").is_err());
+    }
+
+    #[test]
+    fn reads_mega_error_messages() {
+        let body = br#"{"req_result":false,"data":null,"err_message":"File not found"}"#;
+        assert_eq!(error_text(body), "File not found");
+        assert_eq!(
+            error_text(b"Operation not supported"),
+            "Operation not supported"
+        );
+    }
+
+    #[test]
+    fn joins_paths_under_the_repo() {
+        let s = MegaSource::new(
+            "http://127.0.0.1:1/",
+            "/third-party/rg",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(s.full_path(""), "/third-party/rg");
+        assert_eq!(s.full_path("src/a"), "/third-party/rg/src/a");
+        assert!(MegaSource::new("ftp://x", "/r", Duration::from_secs(1)).is_err());
+        assert!(MegaSource::new("not a url", "/r", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! Where a mount's objects come from. One trait, one implementation per kind of server; the
+//! filesystem never knows which it talks to. Sources return raw bytes; the caller verifies
+//! them against their object id, in one place.
+
+pub mod local;
+pub mod mega;
+
+use async_trait::async_trait;
+
+use crate::object::ObjectId;
+
+/// The commit a mount shows.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub commit: ObjectId,
+    pub root_tree: ObjectId,
+    /// Unix seconds.
+    pub commit_time: i64,
+    /// The root tree's body when resolving already fetched it (Mega lists the root to learn it).
+    pub root_body: Option<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("server {server} is unreachable: {detail}")]
+    Unreachable { server: String, detail: String },
+    #[error("timed out talking to {server}")]
+    Timeout { server: String },
+    #[error("repository not found: {0}")]
+    RepoNotFound(String),
+    #[error("unknown ref {reference:?} in {repo}")]
+    UnknownRef { repo: String, reference: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(
+        "the trunk moved: {path} on {server} is no longer tree {expected} (remount to see the new trunk)"
+    )]
+    TrunkMoved {
+        server: String,
+        path: String,
+        expected: ObjectId,
+    },
+    #[error("object {oid} not found on {server}: {detail}")]
+    ObjectMissing {
+        server: String,
+        oid: ObjectId,
+        detail: String,
+    },
+    #[error("server {server} answered {what} with an error: {detail}")]
+    Server {
+        server: String,
+        what: String,
+        detail: String,
+    },
+    #[error("reading {repo}: {detail}")]
+    Local { repo: String, detail: String },
+}
+
+/// A repository the filesystem can list and read.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// For `status` and logs, e.g. `mega http://127.0.0.1:8000 /third-party/rg`.
+    fn describe(&self) -> String;
+
+    /// Resolves what the mount shows: the commit and its root tree.
+    async fn resolve(&self) -> Result<Snapshot, SourceError>;
+
+    /// The raw body of tree `oid`, found at `path` (repository-relative, `/`-separated, empty
+    /// for the root).
+    async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
+
+    /// The raw content of blob `oid`.
+    async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
+
+    /// The size of blob `oid`, without its content where the source allows.
+    async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError>;
+}

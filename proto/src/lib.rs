@@ -1,0 +1,12 @@
+//! The megafsd control protocol: generated gRPC types plus what both ends need to meet on a
+//! Unix socket (where the socket lives, how a client dials it).
+
+pub mod socket;
+
+/// Generated from `proto/megafs.proto`.
+pub mod v1 {
+    tonic::include_proto!("megafs.v1");
+}
+
+pub use v1::control_client::ControlClient;
+pub use v1::control_server::{Control, ControlServer};

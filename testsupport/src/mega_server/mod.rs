@@ -1,0 +1,465 @@
+//! The dev Mega server: serves git repositories on disk through the Mega HTTP API exactly as
+//! the contract (shared notes, mega-api.md) and the recorded transcripts say, including empty
+//! bodies and error codes. It also records every request (tests count them for laziness) and
+//! can misbehave on purpose (`Faults`): corrupt bytes, delays, bodies cut short.
+
+mod monorepo;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+pub use monorepo::{components, tree_id, Monorepo, ServedRepo};
+
+/// Ways the server can misbehave, set by tests (or `POST /__dev/faults?...`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Flip one byte of every non-empty blob body.
+    pub corrupt_blobs: bool,
+    /// Flip one byte of every non-empty tree body.
+    pub corrupt_trees: bool,
+    /// Wait this long before answering a blob GET.
+    pub blob_delay_ms: u64,
+    /// Send half of a blob body, then drop the connection.
+    pub truncate_blobs: bool,
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+impl Logged {
+    pub fn is_tree(&self) -> bool {
+        self.method == "GET" && self.path == "/api/v1/file/tree"
+    }
+    pub fn is_blob_get(&self) -> bool {
+        self.method == "GET" && self.path.starts_with("/api/v1/file/blob/")
+    }
+    pub fn is_blob_head(&self) -> bool {
+        self.method == "HEAD" && self.path.starts_with("/api/v1/file/blob/")
+    }
+    /// The `path=` of a tree request, decoded.
+    pub fn tree_path(&self) -> Option<String> {
+        let params: Vec<(String, String)> =
+            serde_urlencoded_pairs(&self.query).into_iter().collect();
+        params
+            .into_iter()
+            .find(|(k, _)| k == "path")
+            .map(|(_, v)| v)
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct ServerState {
+    monorepo: Monorepo,
+    faults: Mutex<Faults>,
+    log: Mutex<Vec<Logged>>,
+    next_request_id: AtomicU64,
+}
+
+impl ServerState {
+    fn faults(&self) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A running dev server. Dropping it stops it.
+pub struct DevServer {
+    addr: SocketAddr,
+    state: Arc<ServerState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DevServer {
+    /// Starts serving `repos` on a free loopback port, on a thread of its own.
+    pub fn start(repos: Vec<ServedRepo>) -> anyhow::Result<DevServer> {
+        Self::start_on("127.0.0.1:0".parse()?, repos)
+    }
+
+    pub fn start_on(addr: SocketAddr, repos: Vec<ServedRepo>) -> anyhow::Result<DevServer> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ServerState {
+            monorepo: Monorepo { repos },
+            faults: Mutex::new(Faults::default()),
+            log: Mutex::new(Vec::new()),
+            next_request_id: AtomicU64::new(1),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(state.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("mega-dev-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+                // Connections still open (a stalled client) must not keep the thread alive.
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })?;
+        Ok(DevServer {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves until SIGINT/SIGTERM (for the binary).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Logged> {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/file/tree", get(file_tree))
+        .route("/api/v1/file/blob/{oid}", get(blob))
+        .route("/api/v1/latest-commit", get(latest_commit))
+        .route("/api/v1/tree/content-hash", get(content_hash))
+        .route("/__dev/requests", get(dev_requests))
+        .route("/__dev/faults", post(dev_faults))
+        .route("/__dev/reset", post(dev_reset))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Operation not supported") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_and_decorate,
+        ))
+        .with_state(state)
+}
+
+/// Logs the request and adds the headers every answer of the real server carries.
+async fn record_and_decorate(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.uri().path().starts_with("/__dev/") {
+        state
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Logged {
+                method: request.method().to_string(),
+                path: request.uri().path().to_string(),
+                query: request.uri().query().unwrap_or_default().to_string(),
+            });
+    }
+    let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    headers.insert(
+        "access-control-allow-credentials",
+        HeaderValue::from_static("true"),
+    );
+    headers.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("x-request-id"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("00000000-0000-4000-8000-{id:012x}")) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+/// Mega's `CommonResult` error body.
+fn common_error(status: StatusCode, message: &str) -> Response {
+    // Built by hand: the real server's key order, which serde_json's map would not keep.
+    let body = format!(
+        "{{\"req_result\":false,\"data\":null,\"err_message\":{}}}",
+        serde_json::Value::from(message)
+    );
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("dev server: {e:#}");
+    common_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+}
+
+fn octet_stream(filename: &str, body: Body, length: u64) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{filename}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+async fn status() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "\"http ready\"",
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct TreeQuery {
+    path: Option<String>,
+    oid: Option<String>,
+}
+
+async fn file_tree(State(state): State<Arc<ServerState>>, Query(q): Query<TreeQuery>) -> Response {
+    let path = q.path.unwrap_or_else(|| "/".to_string());
+    let mut body = match state.monorepo.tree(&path) {
+        Ok(body) => body.unwrap_or_default(),
+        Err(e) => return internal(e),
+    };
+    // `oid=` asks "is it still this tree?": anything else gets an empty body.
+    if let Some(oid) = q.oid {
+        if hex::encode(tree_id(&body)) != oid {
+            body.clear();
+        }
+    }
+    if state.faults().corrupt_trees {
+        flip_a_byte(&mut body);
+    }
+    let length = body.len() as u64;
+    octet_stream("", Body::from(body), length)
+}
+
+fn flip_a_byte(body: &mut [u8]) {
+    if let Some(byte) = body.get_mut(body.len() / 2) {
+        *byte ^= 0x20;
+    }
+}
+
+fn blob_not_found(oid: &str) -> Response {
+    common_error(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "ObjStorage not found: [obj_missing_in_db_and_s3] Blob {oid} not found in both \
+             object storage and metadata (likely never written or invalid request)"
+        ),
+    )
+}
+
+async fn blob(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    Path(oid_text): Path<String>,
+) -> Response {
+    // The real server: a malformed id is a 500, an unknown (or uppercase) one a 404.
+    let Ok(oid) = gix::ObjectId::from_hex(oid_text.as_bytes()) else {
+        return common_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+    };
+    if oid_text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return blob_not_found(&oid_text);
+    }
+    if method == Method::HEAD {
+        return match state.monorepo.blob_size(&oid) {
+            Some(size) => octet_stream(&oid_text, Body::empty(), size),
+            None => blob_not_found(&oid_text),
+        };
+    }
+    let faults = state.faults();
+    if faults.blob_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.blob_delay_ms)).await;
+    }
+    let Some(mut data) = state.monorepo.blob(&oid) else {
+        return blob_not_found(&oid_text);
+    };
+    if faults.corrupt_blobs {
+        flip_a_byte(&mut data);
+    }
+    let length = data.len() as u64;
+    if faults.truncate_blobs && data.len() > 1 {
+        // Promise the whole length, send half, then fail the stream: the connection drops.
+        let half = bytes::Bytes::from(data[..data.len() / 2].to_vec());
+        let stream = futures::stream::iter(vec![
+            Ok(half),
+            Err(std::io::Error::other("dev server: cut short on purpose")),
+        ]);
+        return octet_stream(&oid_text, Body::from_stream(stream), length);
+    }
+    octet_stream(&oid_text, Body::from(data), length)
+}
+
+#[derive(Deserialize)]
+struct PathQuery {
+    path: Option<String>,
+}
+
+async fn latest_commit(
+    State(state): State<Arc<ServerState>>,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    let path = q.path.unwrap_or_else(|| "/".to_string());
+    match state.monorepo.latest_commit(&path) {
+        Ok(Some(c)) => {
+            // Bare JSON, keys in the real server's order.
+            let body = format!(
+                "{{\"oid\":{},\"date\":{},\"short_message\":{},\"author\":{},\"committer\":{},\"status\":\"success\"}}",
+                serde_json::Value::from(c.oid),
+                serde_json::Value::from(c.date.to_string()),
+                serde_json::Value::from(c.short_message),
+                serde_json::Value::from(c.author),
+                serde_json::Value::from(c.committer),
+            );
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Ok(None) => common_error(StatusCode::NOT_FOUND, "File not found"),
+        Err(e) => internal(e),
+    }
+}
+
+async fn content_hash(
+    State(state): State<Arc<ServerState>>,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    let path = q.path.unwrap_or_else(|| "/".to_string());
+    match state.monorepo.content_hash(&path) {
+        Ok(entries) => {
+            let data: Vec<_> = entries
+                .into_iter()
+                .map(|(name, is_dir, oid)| {
+                    let kind = if is_dir { "directory" } else { "file" };
+                    format!(
+                        "{{\"name\":{},\"content_type\":\"{kind}\",\"oid\":\"{oid}\"}}",
+                        serde_json::Value::from(name)
+                    )
+                })
+                .collect();
+            let body = format!(
+                "{{\"req_result\":true,\"data\":[{}],\"err_message\":\"\"}}",
+                data.join(",")
+            );
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn dev_requests(State(state): State<Arc<ServerState>>) -> Response {
+    let log = state.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    json_response(serde_json::to_string(&log))
+}
+
+async fn dev_faults(State(state): State<Arc<ServerState>>, Query(f): Query<Faults>) -> Response {
+    *state.faults.lock().unwrap_or_else(|p| p.into_inner()) = f.clone();
+    json_response(serde_json::to_string(&f))
+}
+
+async fn dev_reset(State(state): State<Arc<ServerState>>) -> Response {
+    *state.faults.lock().unwrap_or_else(|p| p.into_inner()) = Faults::default();
+    state.log.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn json_response(body: serde_json::Result<String>) -> Response {
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => internal(e.into()),
+    }
+}

@@ -1,0 +1,262 @@
+//! A Mega monorepo made of git repositories on disk: each repository appears at its own path
+//! (`/third-party/testrepo`), and the directories above them are trees made up on the fly.
+//! The trunk is each repository's ref as it is on disk now, so committing to one moves it.
+
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, Context};
+use gix::objs::tree::EntryKind;
+use sha1::{Digest, Sha1};
+
+/// A git repository served at a path of the monorepo.
+pub struct ServedRepo {
+    /// Absolute monorepo path, e.g. `/third-party/testrepo`.
+    pub mount: String,
+    pub repo: gix::ThreadSafeRepository,
+    /// What the trunk follows in this repository (`HEAD`, a branch, a commit).
+    pub reference: String,
+}
+
+impl ServedRepo {
+    pub fn open(mount: &str, path: &std::path::Path, reference: &str) -> anyhow::Result<Self> {
+        let repo = gix::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(ServedRepo {
+            mount: normalize(mount).ok_or_else(|| anyhow!("bad mount path {mount:?}"))?,
+            repo: repo.into_sync(),
+            reference: reference.to_string(),
+        })
+    }
+
+    fn head(&self) -> anyhow::Result<(gix::Repository, gix::ObjectId)> {
+        let repo = self.repo.to_thread_local();
+        let id = repo
+            .rev_parse_single(self.reference.as_str())?
+            .object()?
+            .peel_to_commit()?
+            .id;
+        Ok((repo, id))
+    }
+}
+
+/// Splits an absolute path into components; `None` for `..` (the real server finds nothing).
+pub fn components(path: &str) -> Option<Vec<&str>> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    (!parts.contains(&"..")).then_some(parts)
+}
+
+fn normalize(path: &str) -> Option<String> {
+    Some(format!("/{}", components(path)?.join("/")))
+}
+
+const MEGA_ACCOUNT: &str = "admin";
+
+pub struct LastCommit {
+    pub oid: String,
+    pub date: i64,
+    pub short_message: String,
+    pub author: String,
+    pub committer: String,
+}
+
+pub struct Monorepo {
+    pub repos: Vec<ServedRepo>,
+}
+
+/// Where a monorepo path falls.
+enum Place<'a> {
+    /// Inside served repository `repo`, at `rel` (empty for its root).
+    InRepo(&'a ServedRepo, Vec<&'a str>),
+    /// A directory above one or more repositories.
+    Above(Vec<&'a str>),
+    Nowhere,
+}
+
+impl Monorepo {
+    fn place<'a>(&'a self, parts: &[&'a str]) -> Place<'a> {
+        for served in &self.repos {
+            let mount: Vec<&str> = components(&served.mount).unwrap_or_default();
+            if parts.len() >= mount.len() && parts[..mount.len()] == mount[..] {
+                return Place::InRepo(served, parts[mount.len()..].to_vec());
+            }
+        }
+        let is_above = self.repos.iter().any(|served| {
+            let mount = components(&served.mount).unwrap_or_default();
+            mount.len() > parts.len() && mount[..parts.len()] == parts[..]
+        });
+        if is_above {
+            Place::Above(parts.to_vec())
+        } else {
+            Place::Nowhere
+        }
+    }
+
+    /// The raw tree body of the directory at `path`, or `None` where there is no directory.
+    pub fn tree(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(parts) = components(path) else {
+            return Ok(None);
+        };
+        match self.place(&parts) {
+            Place::InRepo(served, rel) => {
+                let (repo, head) = served.head()?;
+                let tree = repo.find_object(head)?.peel_to_commit()?.tree()?;
+                if rel.is_empty() {
+                    return Ok(Some(tree.detach().data));
+                }
+                let Some(entry) = tree.lookup_entry_by_path(rel.join("/"))? else {
+                    return Ok(None);
+                };
+                if entry.mode().kind() != EntryKind::Tree {
+                    return Ok(None);
+                }
+                let data = repo.find_object(entry.object_id())?.detach().data;
+                Ok(Some(data))
+            }
+            Place::Above(parts) => self.synthetic_tree(&parts).map(Some),
+            Place::Nowhere => Ok(None),
+        }
+    }
+
+    /// The tree of a directory above repositories: one `40000` entry per child directory.
+    fn synthetic_tree(&self, parts: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let children: BTreeSet<String> = self
+            .repos
+            .iter()
+            .filter_map(|served| {
+                let mount = components(&served.mount)?;
+                (mount.len() > parts.len() && mount[..parts.len()] == parts[..])
+                    .then(|| mount[parts.len()].to_string())
+            })
+            .collect();
+        // Git orders directory entries as if their names ended in '/'.
+        let mut sorted: Vec<String> = children.into_iter().collect();
+        sorted.sort_by(|a, b| format!("{a}/").cmp(&format!("{b}/")));
+        let mut body = Vec::new();
+        for name in sorted {
+            let mut child = parts.to_vec();
+            child.push(&name);
+            let child_body = self
+                .tree(&format!("/{}", child.join("/")))?
+                .ok_or_else(|| anyhow!("child {name} vanished"))?;
+            body.extend_from_slice(format!("40000 {name}\0").as_bytes());
+            body.extend_from_slice(&tree_id(&child_body));
+        }
+        Ok(body)
+    }
+
+    /// A blob's bytes by id, from whichever repository has it; `None` if none has a blob by
+    /// that id.
+    pub fn blob(&self, oid: &gix::ObjectId) -> Option<Vec<u8>> {
+        self.repos.iter().find_map(|served| {
+            let repo = served.repo.to_thread_local();
+            let object = repo.find_object(*oid).ok()?;
+            (object.kind == gix::object::Kind::Blob).then(|| object.detach().data)
+        })
+    }
+
+    pub fn blob_size(&self, oid: &gix::ObjectId) -> Option<u64> {
+        self.repos.iter().find_map(|served| {
+            let repo = served.repo.to_thread_local();
+            let header = repo.find_header(*oid).ok()?;
+            (header.kind() == gix::object::Kind::Blob).then(|| header.size())
+        })
+    }
+
+    /// Directory entries as `/tree/content-hash` lists them: (name, is_dir, oid).
+    pub fn content_hash(&self, path: &str) -> anyhow::Result<Vec<(String, bool, String)>> {
+        let Some(body) = self.tree(path)? else {
+            return Ok(Vec::new());
+        };
+        let tree = gix::objs::TreeRef::from_bytes(&body, gix::hash::Kind::Sha1)?;
+        let mut entries: Vec<(String, bool, String)> = tree
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.filename.to_string(),
+                    e.mode.is_tree(),
+                    e.oid.to_hex().to_string(),
+                )
+            })
+            .collect();
+        entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(entries)
+    }
+
+    /// The newest commit that changed `path`, following first parents from the trunk.
+    pub fn latest_commit(&self, path: &str) -> anyhow::Result<Option<LastCommit>> {
+        let Some(parts) = components(path) else {
+            return Ok(None);
+        };
+        let (served, rel) = match self.place(&parts) {
+            Place::InRepo(served, rel) => (served, rel),
+            Place::Above(parts) => {
+                // The newest head among the repositories below.
+                let mut best: Option<LastCommit> = None;
+                for served in &self.repos {
+                    let mount = components(&served.mount).unwrap_or_default();
+                    if mount.len() > parts.len() && mount[..parts.len()] == parts[..] {
+                        let candidate = commit_info(served, &[])?;
+                        if let Some(c) = candidate {
+                            if best.as_ref().is_none_or(|b| c.date > b.date) {
+                                best = Some(c);
+                            }
+                        }
+                    }
+                }
+                return Ok(best);
+            }
+            Place::Nowhere => return Ok(None),
+        };
+        commit_info(served, &rel)
+    }
+}
+
+fn commit_info(served: &ServedRepo, rel: &[&str]) -> anyhow::Result<Option<LastCommit>> {
+    let (repo, head) = served.head()?;
+    let rel_path = rel.join("/");
+    let entry_at = |commit: &gix::Commit<'_>| -> anyhow::Result<Option<gix::ObjectId>> {
+        let tree = commit.tree()?;
+        if rel_path.is_empty() {
+            return Ok(Some(tree.id));
+        }
+        Ok(tree.lookup_entry_by_path(&rel_path)?.map(|e| e.object_id()))
+    };
+    let mut commit = repo.find_object(head)?.peel_to_commit()?;
+    let Some(mut current) = entry_at(&commit)? else {
+        return Ok(None);
+    };
+    if !rel_path.is_empty() {
+        loop {
+            let Some(parent_id) = commit.parent_ids().next() else {
+                break;
+            };
+            let parent = repo.find_object(parent_id)?.peel_to_commit()?;
+            if entry_at(&parent)? != Some(current) {
+                break;
+            }
+            current = entry_at(&parent)?.unwrap_or(current);
+            commit = parent;
+        }
+    }
+    let decoded = commit.decode()?;
+    let message = decoded.message.to_string();
+    Ok(Some(LastCommit {
+        oid: commit.id.to_hex().to_string(),
+        date: decoded.committer()?.seconds(),
+        short_message: message.lines().next().unwrap_or_default().to_string(),
+        // Mega names the account that pushed, which for imported repositories is its admin.
+        author: MEGA_ACCOUNT.to_string(),
+        committer: MEGA_ACCOUNT.to_string(),
+    }))
+}
+
+/// The id git gives a tree with this body.
+pub fn tree_id(body: &[u8]) -> [u8; 20] {
+    let mut hasher = Sha1::new();
+    hasher.update(format!("tree {}\0", body.len()).as_bytes());
+    hasher.update(body);
+    hasher.finalize().into()
+}
