@@ -330,8 +330,10 @@ impl Supervisor {
             table.mounts.swap_remove(index)
         };
         let status = entry.status();
-        info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), "disconnected");
-        join_session(entry.session).await;
+        info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), force, "disconnected");
+        // After a lazy unmount the session lives until the last open file closes: never make
+        // the caller wait for that.
+        tokio::spawn(join_session(entry.session));
         Ok(MountStatus {
             state: "unmounted",
             ..status
@@ -358,6 +360,8 @@ impl Supervisor {
                     if let Err(e) = mounts::unmount(&entry.mountpoint, true) {
                         warn!(mount = %entry.name, error = %e, "lazy unmount failed");
                     }
+                    // Its session ends when the last open file closes, or when we exit.
+                    continue;
                 }
             }
             info!(mount = %entry.name, "unmounted");

@@ -224,7 +224,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/__dev/requests", get(dev_requests))
         .route("/__dev/faults", post(dev_faults))
         .route("/__dev/reset", post(dev_reset))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "Operation not supported") })
+        .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_and_decorate,
@@ -293,6 +293,13 @@ fn octet_stream(filename: &str, body: Body, length: u64) -> Response {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+/// Plain text with no content type, as the real server answers.
+async fn unknown_route() -> Response {
+    let mut response = Response::new(Body::from("Operation not supported"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
     response
 }
 
@@ -389,6 +396,7 @@ async fn blob(
 #[derive(Deserialize)]
 struct PathQuery {
     path: Option<String>,
+    refs: Option<String>,
 }
 
 async fn latest_commit(
@@ -396,7 +404,7 @@ async fn latest_commit(
     Query(q): Query<PathQuery>,
 ) -> Response {
     let path = q.path.unwrap_or_else(|| "/".to_string());
-    match state.monorepo.latest_commit(&path) {
+    match state.monorepo.latest_commit(&path, q.refs.as_deref()) {
         Ok(Some(c)) => {
             // Bare JSON, keys in the real server's order.
             let body = format!(

@@ -185,8 +185,14 @@ impl Monorepo {
         Ok(entries)
     }
 
-    /// The newest commit that changed `path`, following first parents from the trunk.
-    pub fn latest_commit(&self, path: &str) -> anyhow::Result<Option<LastCommit>> {
+    /// The newest commit that changed `path`, following first parents from the trunk, or from
+    /// `refs` where given (the real server honours it for files only, and fails for
+    /// directories).
+    pub fn latest_commit(
+        &self,
+        path: &str,
+        refs: Option<&str>,
+    ) -> anyhow::Result<Option<LastCommit>> {
         let Some(parts) = components(path) else {
             return Ok(None);
         };
@@ -198,7 +204,7 @@ impl Monorepo {
                 for served in &self.repos {
                     let mount = components(&served.mount).unwrap_or_default();
                     if mount.len() > parts.len() && mount[..parts.len()] == parts[..] {
-                        let candidate = commit_info(served, &[])?;
+                        let candidate = commit_info(served, &[], None)?;
                         if let Some(c) = candidate {
                             if best.as_ref().is_none_or(|b| c.date > b.date) {
                                 best = Some(c);
@@ -210,12 +216,19 @@ impl Monorepo {
             }
             Place::Nowhere => return Ok(None),
         };
-        commit_info(served, &rel)
+        commit_info(served, &rel, refs)
     }
 }
 
-fn commit_info(served: &ServedRepo, rel: &[&str]) -> anyhow::Result<Option<LastCommit>> {
-    let (repo, head) = served.head()?;
+fn commit_info(
+    served: &ServedRepo,
+    rel: &[&str],
+    refs: Option<&str>,
+) -> anyhow::Result<Option<LastCommit>> {
+    let (repo, mut head) = served.head()?;
+    if let Some(refs) = refs.filter(|r| !r.is_empty()) {
+        head = repo.rev_parse_single(refs)?.object()?.peel_to_commit()?.id;
+    }
     let rel_path = rel.join("/");
     let entry_at = |commit: &gix::Commit<'_>| -> anyhow::Result<Option<gix::ObjectId>> {
         let tree = commit.tree()?;
@@ -228,6 +241,10 @@ fn commit_info(served: &ServedRepo, rel: &[&str]) -> anyhow::Result<Option<LastC
     let Some(mut current) = entry_at(&commit)? else {
         return Ok(None);
     };
+    let is_dir = repo.find_header(current)?.kind() == gix::object::Kind::Tree;
+    if is_dir && refs.is_some_and(|r| !r.is_empty()) {
+        anyhow::bail!("refs given for a directory");
+    }
     if !rel_path.is_empty() {
         loop {
             let Some(parent_id) = commit.parent_ids().next() else {
@@ -243,13 +260,23 @@ fn commit_info(served: &ServedRepo, rel: &[&str]) -> anyhow::Result<Option<LastC
     }
     let decoded = commit.decode()?;
     let message = decoded.message.to_string();
+    let author = decoded.author()?.name.to_string();
     Ok(Some(LastCommit {
         oid: commit.id.to_hex().to_string(),
         date: decoded.committer()?.seconds(),
         short_message: message.lines().next().unwrap_or_default().to_string(),
-        // Mega names the account that pushed, which for imported repositories is its admin.
-        author: MEGA_ACCOUNT.to_string(),
-        committer: MEGA_ACCOUNT.to_string(),
+        // Seen on the real server: a directory's last commit names the Mega account that
+        // pushed it, a file's names the git author.
+        author: if is_dir {
+            MEGA_ACCOUNT.to_string()
+        } else {
+            author.clone()
+        },
+        committer: if is_dir {
+            MEGA_ACCOUNT.to_string()
+        } else {
+            author
+        },
     }))
 }
 
