@@ -350,3 +350,63 @@ fn stopping_the_daemon_unmounts_everything() {
     assert!(status.success(), "megafsd exits 0 on SIGTERM: {status}");
     assert!(!is_mounted(&a) && !is_mounted(&b));
 }
+
+#[test]
+fn concurrent_reads_of_one_file_share_one_fetch() {
+    let world = World::new();
+    let point = world.mount_mega("shared");
+    std::fs::metadata(point.join("big/five-mb.bin")).expect("stat");
+    world.server.set_faults(Faults {
+        blob_delay_ms: 200,
+        ..Faults::default()
+    });
+    world.server.clear_requests();
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let path = point.join("big/five-mb.bin");
+            std::thread::spawn(move || std::fs::read(path).map(|b| b.len()))
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(
+            reader.join().expect("thread").expect("read"),
+            5 * 1024 * 1024
+        );
+    }
+    let gets = world
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.is_blob_get())
+        .count();
+    assert_eq!(gets, 1, "one fetch for six readers");
+}
+
+#[test]
+fn a_moved_trunk_fails_only_the_directories_that_changed() {
+    let world = World::new();
+    let point = world.mount_mega("moving");
+    // Move the trunk: change a file under src/ after the mount listed the root.
+    let repo = &world.fixture.path;
+    std::fs::write(repo.join("src/main.rs"), b"fn main() {}\n").expect("write");
+    megafs_testsupport::fixture::git(repo, &["commit", "-q", "-am", "move the trunk"])
+        .expect("commit");
+    let src = point.join("src");
+    let err =
+        within(LIMIT, move || list(&src)).expect_err("src no longer matches the mounted commit");
+    assert_eq!(errno(&err), libc::EIO);
+    assert!(
+        world.daemon.log().contains("the trunk moved"),
+        "{}",
+        world.daemon.log()
+    );
+    // Directories that did not change still work.
+    let docs = point.join("docs");
+    assert!(!within(LIMIT, move || list(&docs)).expect("docs").is_empty());
+}
+
+fn list(dir: &std::path::Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect()
+}

@@ -417,3 +417,6 @@ impl MountFs {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

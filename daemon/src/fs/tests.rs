@@ -1,0 +1,182 @@
+//! The filesystem logic without a mount: a local fixture repository behind a source wrapper
+//! that counts fetches and can corrupt them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use megafs_testsupport::fixture;
+
+use super::*;
+use crate::source::local::LocalSource;
+use crate::source::SourceError;
+
+/// Wraps a source: counts blob fetches and, when asked, flips a byte of each blob.
+struct Recording {
+    inner: LocalSource,
+    blob_fetches: AtomicUsize,
+    corrupt: AtomicBool,
+}
+
+#[async_trait]
+impl Source for Recording {
+    fn describe(&self) -> String {
+        format!("recording {}", self.inner.describe())
+    }
+    async fn resolve(&self) -> Result<Snapshot, SourceError> {
+        self.inner.resolve().await
+    }
+    async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        self.inner.fetch_tree(path, oid).await
+    }
+    async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        self.blob_fetches.fetch_add(1, Ordering::SeqCst);
+        let mut bytes = self.inner.fetch_blob(oid).await?;
+        if self.corrupt.load(Ordering::SeqCst) {
+            if let Some(b) = bytes.first_mut() {
+                *b ^= 1;
+            }
+        }
+        Ok(bytes)
+    }
+    async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
+        self.inner.blob_size(oid).await
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    source: Arc<Recording>,
+    store: Arc<Store>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = fixture::build(&dir.path().join("repo")).expect("fixture");
+    let inner = LocalSource::open(fixture.path.to_str().expect("utf-8"), "").expect("open");
+    let store = Arc::new(Store::open(&dir.path().join("cache")).expect("store"));
+    Setup {
+        _dir: dir,
+        source: Arc::new(Recording {
+            inner,
+            blob_fetches: AtomicUsize::new(0),
+            corrupt: AtomicBool::new(false),
+        }),
+        store,
+    }
+}
+
+async fn path_ino(fs: &Arc<MountFs>, path: &str) -> u64 {
+    let mut ino = ROOT_INO;
+    for part in path.split('/') {
+        ino = fs.lookup(ino, part.as_bytes()).await.expect(part).ino;
+    }
+    ino
+}
+
+#[tokio::test]
+async fn lists_stats_and_reads_like_git() {
+    let s = setup();
+    let fs = MountFs::open(s.source.clone(), s.store.clone(), (1000, 1000))
+        .await
+        .expect("open");
+    let names: Vec<_> = fs
+        .readdir(ROOT_INO)
+        .await
+        .expect("readdir")
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).expect("utf-8"))
+        .collect();
+    assert!(names.contains(&"README.md".to_string()) && names.contains(&"vendor".to_string()));
+
+    let run = fs.lookup(ROOT_INO, b"run.sh").await.expect("lookup");
+    assert_eq!(
+        (run.kind, run.perm, run.size, run.uid),
+        (EntryKind::Executable, 0o755, 19, 1000)
+    );
+    let readme = fs.lookup(ROOT_INO, b"README.md").await.expect("lookup");
+    assert_eq!((readme.perm, readme.size), (0o644, 11));
+    assert_eq!(
+        s.source.blob_fetches.load(Ordering::SeqCst),
+        0,
+        "sizes come without content"
+    );
+
+    assert_eq!(
+        fs.read(readme.ino, 0, 4096).await.expect("read"),
+        b"fixture v2\n"
+    );
+    assert_eq!(fs.read(readme.ino, 8, 4096).await.expect("read"), b"v2\n");
+    assert_eq!(fs.read(readme.ino, 100, 4096).await.expect("read"), b"");
+    let link = fs
+        .lookup(ROOT_INO, b"link-to-readme")
+        .await
+        .expect("lookup");
+    assert_eq!(fs.readlink(link.ino).await.expect("readlink"), b"README.md");
+
+    // Inode numbers are stable.
+    let leaf = path_ino(&fs, "src/nested/deep/leaf.txt").await;
+    assert_eq!(path_ino(&fs, "src/nested/deep/leaf.txt").await, leaf);
+    assert_eq!(fs.getattr(leaf).await.expect("getattr").size, 18);
+
+    assert!(matches!(
+        fs.lookup(ROOT_INO, b"nope").await,
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(
+        fs.lookup(readme.ino, b"x").await,
+        Err(FsError::NotDir)
+    ));
+    let src = path_ino(&fs, "src").await;
+    assert!(matches!(fs.read(src, 0, 1).await, Err(FsError::IsDir)));
+    assert!(matches!(
+        fs.readlink(readme.ino).await,
+        Err(FsError::NotSymlink)
+    ));
+    assert!(matches!(
+        fs.getattr(9999).await,
+        Err(FsError::StaleInode(9999))
+    ));
+    let sub = path_ino(&fs, "vendor/sub").await;
+    assert!(fs.readdir(sub).await.expect("submodule").is_empty());
+}
+
+#[tokio::test]
+async fn wrong_bytes_are_refused_and_never_cached() {
+    let s = setup();
+    let fs = MountFs::open(s.source.clone(), s.store.clone(), (0, 0))
+        .await
+        .expect("open");
+    let readme = fs.lookup(ROOT_INO, b"README.md").await.expect("lookup");
+    s.source.corrupt.store(true, Ordering::SeqCst);
+    let err = fs.read(readme.ino, 0, 100).await.expect_err("corrupt");
+    assert!(matches!(err, FsError::Corrupt { .. }), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    s.source.corrupt.store(false, Ordering::SeqCst);
+    assert_eq!(
+        fs.read(readme.ino, 0, 100).await.expect("read"),
+        b"fixture v2\n"
+    );
+}
+
+#[tokio::test]
+async fn a_second_mount_reads_from_the_shared_cache() {
+    let s = setup();
+    let first = MountFs::open(s.source.clone(), s.store.clone(), (0, 0))
+        .await
+        .expect("open");
+    let ino = path_ino(&first, "big/five-mb.bin").await;
+    assert_eq!(first.read(ino, 0, 16).await.expect("read").len(), 16);
+    assert_eq!(s.source.blob_fetches.load(Ordering::SeqCst), 1);
+    let second = MountFs::open(s.source.clone(), s.store.clone(), (0, 0))
+        .await
+        .expect("open");
+    let ino = path_ino(&second, "big/five-mb.bin").await;
+    assert_eq!(second.read(ino, 1024, 16).await.expect("read").len(), 16);
+    assert_eq!(
+        s.source.blob_fetches.load(Ordering::SeqCst),
+        1,
+        "no second fetch"
+    );
+    assert_eq!(second.stats().fetched_objects.load(Ordering::Relaxed), 0);
+}
