@@ -47,7 +47,8 @@ async fn connect(
         // A local repository: resolve it against our working directory.
         None => absolute(Path::new(repo))?.display().to_string(),
     };
-    let mut client = client::connect(cli).await?;
+    // Where no daemon runs, connect starts a per-user one (the mount must outlive us).
+    let mut client = client::connect_or_start(cli, true).await?;
     let reply = client
         .connect(ConnectRequest {
             repo,
@@ -73,6 +74,14 @@ async fn connect(
 }
 
 async fn disconnect(cli: &Cli, target: &str, force: bool) -> anyhow::Result<()> {
+    // A relative path that exists here is a mountpoint: the daemon cannot resolve it.
+    let relative = Path::new(target);
+    let target = if !relative.is_absolute() && target.contains('/') && relative.exists() {
+        absolute(relative)?.display().to_string()
+    } else {
+        target.to_string()
+    };
+    let target = target.as_str();
     let mut client = client::connect(cli).await?;
     let reply = client
         .disconnect(DisconnectRequest {

@@ -32,11 +32,20 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
         .iter()
         .map(|m| {
             [
-                m.name.clone(),
+                // Configured mounts are marked, as the daemon mounts them again by itself.
+                if m.from_config {
+                    format!("{}*", m.name)
+                } else {
+                    m.name.clone()
+                },
                 m.mountpoint.clone(),
                 m.source.clone(),
                 short(&m.commit).to_string(),
-                m.state.clone(),
+                if m.error.is_empty() {
+                    m.state.clone()
+                } else {
+                    format!("{} ({})", m.state, m.error)
+                },
                 format!(
                     "{} objects, {}",
                     m.fetched_objects,
@@ -65,6 +74,9 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
     for row in &rows {
         line(row);
     }
+    if mounts.iter().any(|m| m.from_config) {
+        out.push_str("* from the configuration file\n");
+    }
     out
 }
 
@@ -85,11 +97,17 @@ pub fn status_json(reply: &StatusReply) -> String {
                 "fetched_bytes": m.fetched_bytes,
                 "cache_hits": m.cache_hits,
                 "owner_uid": m.owner_uid,
+                "from_config": m.from_config,
+                "error": m.error,
             })
         })
         .collect();
     json!({
-        "daemon": {"version": reply.daemon_version, "pid": reply.daemon_pid},
+        "daemon": {
+            "version": reply.daemon_version,
+            "pid": reply.daemon_pid,
+            "config_file": reply.config_file,
+        },
         "mounts": mounts,
     })
     .to_string()

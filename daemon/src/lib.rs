@@ -1,9 +1,11 @@
 //! megafsd's library: everything but argument parsing, so tests can drive the pieces directly.
 //! Data flows one way: kernel -> `fuse` -> `fs` -> `store` / `source` -> network, and back.
 
+pub mod config;
 pub mod fs;
 pub mod fuse;
 pub mod mounts;
+pub mod notify;
 pub mod object;
 pub mod service;
 pub mod source;

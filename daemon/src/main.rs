@@ -1,8 +1,9 @@
 //! megafsd: supervises lazily-fetched FUSE mounts of source repositories, controlled over a
-//! gRPC Unix socket.
+//! gRPC Unix socket, configured by a TOML file, managed by systemd.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use megafs_proto::ControlServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use megafsd::config::{Config, SYSTEM_CONFIG};
+use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
 use megafsd::supervisor::Supervisor;
@@ -25,25 +28,41 @@ use megafsd::supervisor::Supervisor;
     about = "The megafs daemon: lazily mounts source repositories"
 )]
 struct Args {
+    /// Configuration file [default: /etc/megafs/megafsd.toml for root, else
+    /// $XDG_CONFIG_HOME/megafs/megafsd.toml]; the default may be absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print what would be mounted, and exit.
+    #[arg(long)]
+    check_config: bool,
     /// Control socket [default: $MEGAFS_SOCKET, /run/megafs/megafsd.sock for root, else
     /// $XDG_RUNTIME_DIR/megafs/megafsd.sock]
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Object cache directory, shared by every mount.
-    #[arg(long, default_value_os_t = default_cache_dir())]
-    cache_dir: PathBuf,
-    /// Where the log file goes when not in the foreground.
-    #[arg(long, default_value_os_t = default_log_dir())]
-    log_dir: PathBuf,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Where the log file goes when not in the foreground and not under systemd.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
     /// Stay attached and log to stderr.
     #[arg(long)]
     foreground: bool,
     /// Log filter (tracing syntax; the MEGAFS_LOG environment variable overrides it).
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    #[arg(long)]
+    log_level: Option<String>,
     /// Longest a filesystem request or a connect may wait on a server, in seconds.
-    #[arg(long, default_value_t = 30)]
-    request_timeout: u64,
+    #[arg(long)]
+    request_timeout: Option<u64>,
+}
+
+/// Settings after command line, configuration file and defaults are combined (in that order).
+struct Settings {
+    socket: PathBuf,
+    cache_dir: PathBuf,
+    log_dir: PathBuf,
+    log_level: String,
+    request_timeout: Duration,
 }
 
 fn is_root() -> bool {
@@ -59,72 +78,242 @@ fn user_dir(env: &str, fallback: &str) -> PathBuf {
         .join("megafs")
 }
 
-fn default_cache_dir() -> PathBuf {
+fn default_config_path() -> PathBuf {
     if is_root() {
-        PathBuf::from("/var/cache/megafs")
+        PathBuf::from(SYSTEM_CONFIG)
     } else {
-        user_dir("XDG_CACHE_HOME", ".cache")
+        user_dir("XDG_CONFIG_HOME", ".config").join("megafsd.toml")
     }
 }
 
-fn default_log_dir() -> PathBuf {
-    if is_root() {
-        PathBuf::from("/var/log/megafs")
-    } else {
-        user_dir("XDG_STATE_HOME", ".local/state")
+fn settings(args: &Args, config: &Config) -> Settings {
+    let d = &config.daemon;
+    Settings {
+        socket: args
+            .socket
+            .clone()
+            .or_else(|| d.socket.clone())
+            .unwrap_or_else(megafs_proto::socket::default_socket_path),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .or_else(|| d.cache_dir.clone())
+            .unwrap_or_else(|| {
+                if is_root() {
+                    PathBuf::from("/var/cache/megafs")
+                } else {
+                    user_dir("XDG_CACHE_HOME", ".cache")
+                }
+            }),
+        log_dir: args
+            .log_dir
+            .clone()
+            .or_else(|| d.log_dir.clone())
+            .unwrap_or_else(|| {
+                if is_root() {
+                    PathBuf::from("/var/log/megafs")
+                } else {
+                    user_dir("XDG_STATE_HOME", ".local/state")
+                }
+            }),
+        log_level: args
+            .log_level
+            .clone()
+            .or_else(|| d.log_level.clone())
+            .unwrap_or_else(|| "info".into()),
+        request_timeout: args
+            .request_timeout
+            .map(|s| Duration::from_secs(s.max(1)))
+            .or(d.request_timeout)
+            .unwrap_or(Duration::from_secs(30)),
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    megafsd::telemetry::init(args.foreground, &args.log_dir, &args.log_level)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let (config_path, required) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (default_config_path(), false),
+    };
+    let config = match Config::load(&config_path, required) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("megafsd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        print_check(&config_path, &config);
+        return ExitCode::SUCCESS;
+    }
+    let settings = settings(&args, &config);
+    if let Err(e) =
+        megafsd::telemetry::init(args.foreground, &settings.log_dir, &settings.log_level)
+    {
+        eprintln!("megafsd: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("megafsd")
         .build()
-        .context("starting the runtime")?;
-    let result = runtime.block_on(run(args));
-    if let Err(e) = &result {
-        error!("{e:#}");
+        .context("starting the runtime")
+        .and_then(|runtime| {
+            let result = runtime.block_on(run(settings, config, config_path));
+            // Whatever still runs (a fetch for a reader that gave up) must not delay the exit.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            result
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("megafsd: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    result
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(megafs_proto::socket::default_socket_path);
+fn print_check(path: &Path, config: &Config) {
+    match &config.file {
+        Some(file) => println!("{}: valid", file.display()),
+        None => println!("{}: absent, using defaults", path.display()),
+    }
+    if config.mounts.is_empty() {
+        println!("no mounts configured");
+    }
+    for m in &config.mounts {
+        let source = if m.mega_url.is_empty() {
+            format!("local {}", m.repo)
+        } else {
+            format!("mega {} {}", m.mega_url, m.repo)
+        };
+        let at = if m.git_ref.is_empty() {
+            String::new()
+        } else {
+            format!(" @ {}", m.git_ref)
+        };
+        println!(
+            "mount {} at {}: {source}{at}",
+            m.name,
+            m.mountpoint.display()
+        );
+    }
+}
+
+async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let store = Arc::new(
-        Store::open(&args.cache_dir)
-            .with_context(|| format!("opening cache {}", args.cache_dir.display()))?,
+        Store::open(&settings.cache_dir)
+            .with_context(|| format!("opening cache {}", settings.cache_dir.display()))?,
     );
-    let supervisor = Arc::new(Supervisor::new(
-        store,
-        Duration::from_secs(args.request_timeout.max(1)),
-    ));
-    let listener = bind_socket(&socket).await?;
-    info!(socket = %socket.display(), cache = %args.cache_dir.display(), "megafsd ready");
+    let supervisor = Arc::new(Supervisor::new(store, settings.request_timeout));
+    let listener = bind_socket(&settings.socket).await?;
+    for stale in megafsd::mounts::clean_stale() {
+        warn!(
+            mount = %stale.name, mountpoint = %stale.mountpoint.display(),
+            "cleaned a stale mount left by a megafsd that is gone (lazy unmount)"
+        );
+    }
 
-    let service = ControlServer::new(ControlService::new(supervisor.clone()));
-    let served = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal());
-    let result = served.await.context("serving the control socket");
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = ControlServer::new(ControlService::new(supervisor.clone(), config.file.clone()));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = serving_stopped.await;
+            }),
+    );
+    info!(socket = %settings.socket.display(), cache = %settings.cache_dir.display(), "listening");
 
+    supervisor.apply_config(&config.mounts).await;
+    let summary = supervisor.summary().await;
+    notify::ready(&summary);
+    info!(status = %summary, "megafsd ready");
+
+    let background = spawn_background(supervisor.clone());
+    wait_for_signals(&supervisor, &config_path, config.file.is_some()).await?;
+
+    notify::stopping();
     info!("stopping: unmounting everything");
+    background.abort();
     supervisor.shutdown().await;
-    let _ = std::fs::remove_file(&socket);
+    let _ = stop_serving.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "control socket ended with an error"),
+        Err(_) => warn!("control clients did not hang up in time"),
+        _ => {}
+    }
+    let _ = std::fs::remove_file(&settings.socket);
     info!("stopped");
-    result
+    Ok(())
+}
+
+/// Supervision every second, STATUS= whenever it changes, and watchdog pings while the
+/// supervisor answers: all on this runtime, so a wedged runtime misses its pings.
+fn spawn_background(supervisor: Arc<Supervisor>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let watchdog = notify::watchdog_interval();
+        let tick = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
+        let mut interval = tokio::time::interval(tick);
+        let mut last_status = String::new();
+        loop {
+            interval.tick().await;
+            supervisor.supervise().await;
+            if watchdog.is_some() && supervisor.is_responsive().await {
+                notify::watchdog();
+            }
+            let status = supervisor.summary().await;
+            if status != last_status {
+                notify::status(&status);
+                last_status = status;
+            }
+        }
+    })
+}
+
+/// Runs until SIGTERM or SIGINT; reloads the configuration on SIGHUP.
+async fn wait_for_signals(
+    supervisor: &Arc<Supervisor>,
+    config_path: &Path,
+    config_existed: bool,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
+            _ = hup.recv() => {
+                notify::reloading();
+                info!(config = %config_path.display(), "SIGHUP: reloading the configuration");
+                match Config::load(config_path, config_existed) {
+                    Ok(config) => {
+                        supervisor.apply_config(&config.mounts).await;
+                        info!("configuration reloaded (daemon settings take effect at restart)");
+                    }
+                    Err(e) => error!(error = %e, "invalid configuration; keeping the old one"),
+                }
+                notify::ready(&supervisor.summary().await);
+            }
+        }
+    }
 }
 
 /// Binds the control socket, mode 0600. A socket file nobody answers on is a predecessor's
 /// leftover and is replaced; one that answers means another daemon is running.
 async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating socket directory {}", dir.display()))?;
+            if !is_root() {
+                // A directory we made for a per-user socket is that user's alone.
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("restricting {}", dir.display()))?;
+            }
+        }
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -141,18 +330,4 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting control socket {}", path.display()))?;
     Ok(listener)
-}
-
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop megafsd with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
 }

@@ -40,6 +40,94 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Who holds files open (or sits) under `mountpoint`, for log lines: "pid 12 (bash), …".
+pub fn holders(mountpoint: &Path) -> String {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return "unknown".into();
+    };
+    let mut found = Vec::new();
+    for proc_dir in procs.flatten() {
+        let pid = proc_dir.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let base = proc_dir.path();
+        let mut links: Vec<PathBuf> = vec![base.join("cwd"), base.join("root")];
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            links.extend(fds.flatten().map(|fd| fd.path()));
+        }
+        let holds = links
+            .iter()
+            .filter_map(|l| std::fs::read_link(l).ok())
+            .any(|target| target.starts_with(mountpoint));
+        if holds {
+            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            found.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    if found.is_empty() {
+        "unknown".into()
+    } else {
+        found.join(", ")
+    }
+}
+
+/// A megafs mount in the mount table: where, and the name it was mounted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MegafsMount {
+    pub mountpoint: PathBuf,
+    pub name: String,
+}
+
+/// Every FUSE mount whose source names megafs (`megafs:<name>`).
+pub fn megafs_mounts() -> io::Result<Vec<MegafsMount>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(parse_megafs_line).collect())
+}
+
+fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
+    let (left, right) = line.split_once(" - ")?;
+    let mountpoint = left.split(' ').nth(4)?;
+    let mut right = right.split(' ');
+    let fstype = right.next()?;
+    let source = unescape_mountinfo(right.next()?);
+    if !fstype.starts_with("fuse") {
+        return None;
+    }
+    let name = source.strip_prefix("megafs:")?;
+    Some(MegafsMount {
+        mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+        name: name.to_string(),
+    })
+}
+
+/// Whether a FUSE mountpoint has no daemon behind it any more. Checked on a thread with a
+/// deadline: a live but stuck daemon must not hang the caller (it counts as alive).
+pub fn is_dead(mountpoint: &Path) -> bool {
+    let path = mountpoint.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = std::fs::metadata(&path);
+        let _ = tx.send(result.err().and_then(|e| e.raw_os_error()));
+    });
+    matches!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)),
+        Ok(Some(libc::ENOTCONN))
+    )
+}
+
+/// Lazily unmounts megafs mounts nobody serves any more (a killed predecessor's), returning
+/// what it cleaned.
+pub fn clean_stale() -> Vec<MegafsMount> {
+    let mut cleaned = Vec::new();
+    for mount in megafs_mounts().unwrap_or_default() {
+        if is_dead(&mount.mountpoint) && unmount(&mount.mountpoint, true).is_ok() {
+            cleaned.push(mount);
+        }
+    }
+    cleaned
+}
+
 /// Unmounts `path`; `lazy` detaches it even while files are open. Root calls umount2(2)
 /// directly; other users go through the setuid `fusermount3`.
 pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
@@ -81,6 +169,22 @@ mod tests {
         assert_eq!(unescape_mountinfo("/tmp/a\\040b"), "/tmp/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo("/back\\134slash"), "/back\\slash");
+    }
+
+    #[test]
+    fn finds_megafs_lines() {
+        let line = "42 27 0:39 / /tmp/m\\040x ro,nosuid - fuse megafs:rg ro,user_id=0";
+        assert_eq!(
+            parse_megafs_line(line),
+            Some(MegafsMount {
+                mountpoint: PathBuf::from("/tmp/m x"),
+                name: "rg".into()
+            })
+        );
+        let other = "42 27 0:39 / /home ro - ext4 /dev/sda1 rw";
+        assert_eq!(parse_megafs_line(other), None);
+        let sshfs = "42 27 0:39 / /mnt ro - fuse.sshfs host:/ rw";
+        assert_eq!(parse_megafs_line(sshfs), None);
     }
 
     #[test]

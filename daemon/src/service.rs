@@ -17,11 +17,15 @@ use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, Supervisor
 
 pub struct ControlService {
     supervisor: Arc<Supervisor>,
+    config_file: Option<PathBuf>,
 }
 
 impl ControlService {
-    pub fn new(supervisor: Arc<Supervisor>) -> Self {
-        ControlService { supervisor }
+    pub fn new(supervisor: Arc<Supervisor>, config_file: Option<PathBuf>) -> Self {
+        ControlService {
+            supervisor,
+            config_file,
+        }
     }
 }
 
@@ -77,7 +81,8 @@ fn to_info(s: MountStatus) -> MountInfo {
         git_ref: s.git_ref,
         commit_time: s.commit_time,
         owner_uid: s.owner_uid,
-        error: String::new(),
+        error: s.error,
+        from_config: s.from_config,
     }
 }
 
@@ -96,6 +101,7 @@ impl Control for ControlService {
             mountpoint: PathBuf::from(r.mountpoint),
             git_ref: r.git_ref,
             name: r.name,
+            allow_other: false,
         };
         let status = self
             .supervisor
@@ -134,6 +140,11 @@ impl Control for ControlService {
             mounts: mounts.into_iter().map(to_info).collect(),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             daemon_pid: std::process::id(),
+            config_file: self
+                .config_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, MountOption, SessionACL};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use crate::config::MountConfig;
 use crate::fs::{FsError, MountFs};
 use crate::fuse::FuseAdapter;
 use crate::mounts;
@@ -26,6 +27,21 @@ pub struct ConnectSpec {
     pub mountpoint: PathBuf,
     pub git_ref: String,
     pub name: String,
+    /// Let users other than the owner in (configured mounts only, for now).
+    pub allow_other: bool,
+}
+
+impl From<&MountConfig> for ConnectSpec {
+    fn from(c: &MountConfig) -> Self {
+        ConnectSpec {
+            repo: c.repo.clone(),
+            mega_url: c.mega_url.clone(),
+            mountpoint: c.mountpoint.clone(),
+            git_ref: c.git_ref.clone(),
+            name: c.name.clone(),
+            allow_other: c.allow_other,
+        }
+    }
 }
 
 /// Who asked, from the socket's peer credentials.
@@ -99,6 +115,9 @@ pub struct MountStatus {
     pub fetched_bytes: u64,
     pub cache_hits: u64,
     pub owner_uid: u32,
+    pub from_config: bool,
+    /// Why a mount is retrying or lost.
+    pub error: String,
 }
 
 struct MountEntry {
@@ -107,8 +126,54 @@ struct MountEntry {
     repo: String,
     git_ref: String,
     owner_uid: u32,
+    /// The configuration entry it was mounted from, if any.
+    config: Option<MountConfig>,
     fs: Arc<MountFs>,
     session: BackgroundSession,
+}
+
+/// A configured mount that is not mounted now, and when to try again.
+struct Retrying {
+    config: MountConfig,
+    reason: String,
+    attempts: u32,
+    next_try: Instant,
+    /// An attempt is running now.
+    in_flight: bool,
+}
+
+impl Retrying {
+    fn status(&self) -> MountStatus {
+        MountStatus {
+            name: self.config.name.clone(),
+            mountpoint: self.config.mountpoint.clone(),
+            source: describe_config(&self.config),
+            repo: self.config.repo.clone(),
+            git_ref: self.config.git_ref.clone(),
+            commit: String::new(),
+            commit_time: 0,
+            state: "retrying",
+            fetched_objects: 0,
+            fetched_bytes: 0,
+            cache_hits: 0,
+            owner_uid: 0,
+            from_config: true,
+            error: self.reason.clone(),
+        }
+    }
+}
+
+fn describe_config(c: &MountConfig) -> String {
+    if c.mega_url.is_empty() {
+        format!("local {}", c.repo)
+    } else {
+        format!("mega {} {}", c.mega_url.trim_end_matches('/'), c.repo)
+    }
+}
+
+/// How long to wait before attempt `attempts + 1` of a failed configured mount.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
 }
 
 impl MountEntry {
@@ -133,23 +198,18 @@ impl MountEntry {
             fetched_bytes: stats.fetched_bytes.load(Relaxed),
             cache_hits: stats.cache_hits.load(Relaxed),
             owner_uid: self.owner_uid,
+            from_config: self.config.is_some(),
+            error: String::new(),
         }
-    }
-
-    fn matches(&self, target: &str) -> bool {
-        let target_path = Path::new(target);
-        self.name == target
-            || self.repo == target
-            || self.mountpoint == target_path
-            || (target_path.is_absolute()
-                && std::fs::canonicalize(target_path).is_ok_and(|p| p == self.mountpoint))
-            || default_name(target) == self.name
     }
 }
 
 #[derive(Default)]
 struct Table {
     mounts: Vec<MountEntry>,
+    retrying: Vec<Retrying>,
+    /// Run-time mounts whose filesystem went away without a disconnect.
+    lost: Vec<MountStatus>,
     /// Names and mountpoints of connects under way, so two cannot race for one.
     pending_names: HashSet<String>,
     pending_points: HashSet<PathBuf>,
@@ -180,10 +240,25 @@ impl Supervisor {
         }
     }
 
+    /// A run-time mount, asked for over the socket. It runs to the end as its own task even
+    /// if the client hangs up, so a half-done connect never leaves its name or mountpoint
+    /// reserved.
     pub async fn connect(
+        self: &Arc<Self>,
+        spec: ConnectSpec,
+        caller: Caller,
+    ) -> Result<MountStatus, SupervisorError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.connect_as(spec, caller, None).await })
+            .await
+            .map_err(|e| SupervisorError::Invalid(format!("connect task failed: {e}")))?
+    }
+
+    async fn connect_as(
         &self,
         spec: ConnectSpec,
         caller: Caller,
+        config: Option<MountConfig>,
     ) -> Result<MountStatus, SupervisorError> {
         let name = if spec.name.is_empty() {
             default_name(&spec.repo)
@@ -195,13 +270,20 @@ impl Supervisor {
                 "bad mount name {name:?}: give one with --name"
             )));
         }
-        let mountpoint = check_mountpoint(&spec.mountpoint)?;
-        self.reserve(&name, &mountpoint).await?;
+        let requested = spec.mountpoint.clone();
+        let mountpoint = tokio::task::spawn_blocking(move || check_mountpoint(&requested))
+            .await
+            .map_err(|e| SupervisorError::Invalid(format!("checking the mountpoint: {e}")))??;
+        self.reserve(&name, &mountpoint, config.is_some()).await?;
         let result = self.mount(&spec, &name, &mountpoint, caller).await;
         let mut table = self.table.lock().await;
         table.pending_names.remove(&name);
         table.pending_points.remove(&mountpoint);
-        let entry = result?;
+        let mut entry = result?;
+        if let Some(config) = &config {
+            table.retrying.retain(|r| r.config.name != config.name);
+        }
+        entry.config = config;
         let status = entry.status();
         info!(
             mount = %name, repo = %spec.repo, commit = %status.commit,
@@ -211,9 +293,19 @@ impl Supervisor {
         Ok(status)
     }
 
-    async fn reserve(&self, name: &str, mountpoint: &Path) -> Result<(), SupervisorError> {
+    async fn reserve(
+        &self,
+        name: &str,
+        mountpoint: &Path,
+        for_config: bool,
+    ) -> Result<(), SupervisorError> {
         let mut table = self.table.lock().await;
-        if table.pending_names.contains(name) || table.mounts.iter().any(|m| m.name == name) {
+        // A configured mount waiting for a retry holds its name, except against itself.
+        let taken_by_config = !for_config && table.retrying.iter().any(|r| r.config.name == name);
+        if table.pending_names.contains(name)
+            || table.mounts.iter().any(|m| m.name == name)
+            || taken_by_config
+        {
             return Err(SupervisorError::NameInUse(name.to_string()));
         }
         if table.pending_points.contains(mountpoint)
@@ -254,7 +346,7 @@ impl Supervisor {
             MountOption::DefaultPermissions,
         ];
         // SAFETY: geteuid has no preconditions.
-        if caller.uid != unsafe { libc::geteuid() } {
+        if spec.allow_other || caller.uid != unsafe { libc::geteuid() } {
             // The kernel only lets the mounting user in unless others are allowed; the
             // permission bits (default_permissions) still apply.
             config.acl = SessionACL::All;
@@ -277,6 +369,7 @@ impl Supervisor {
             repo: spec.repo.clone(),
             git_ref: spec.git_ref.clone(),
             owner_uid: caller.uid,
+            config: None,
             fs,
             session,
         })
@@ -315,25 +408,41 @@ impl Supervisor {
         target: &str,
         force: bool,
     ) -> Result<MountStatus, SupervisorError> {
+        // Resolving a path may touch one of our own mounts: not on an async worker.
+        let as_path = PathBuf::from(target);
+        let canonical = if as_path.is_absolute() {
+            tokio::task::spawn_blocking(move || std::fs::canonicalize(as_path).ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         let entry = {
             let mut table = self.table.lock().await;
-            let index = table
-                .mounts
-                .iter()
-                .position(|m| m.name == target)
-                .or_else(|| table.mounts.iter().position(|m| m.matches(target)))
-                .ok_or_else(|| SupervisorError::UnknownMount(target.to_string()))?;
+            if let Some(i) = table.lost.iter().position(|l| l.name == target) {
+                // Forget a lost mount: there is nothing left to unmount.
+                let lost = table.lost.swap_remove(i);
+                return Ok(MountStatus {
+                    state: "unmounted",
+                    ..lost
+                });
+            }
+            let index = find_target(&table.mounts, target, canonical.as_deref())?;
             let entry = &table.mounts[index];
             if !entry.session.guard.is_finished() {
-                unmount_checked(&entry.mountpoint, force)?;
+                let point = entry.mountpoint.clone();
+                tokio::task::spawn_blocking(move || unmount_checked(&point, force))
+                    .await
+                    .map_err(|e| SupervisorError::Invalid(format!("unmount task: {e}")))??;
             }
             table.mounts.swap_remove(index)
         };
         let status = entry.status();
         info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), force, "disconnected");
         // After a lazy unmount the session lives until the last open file closes: never make
-        // the caller wait for that.
-        tokio::spawn(join_session(entry.session));
+        // the caller (or the daemon's exit) wait for that.
+        join_session_detached(entry.name.clone(), entry.session);
         Ok(MountStatus {
             state: "unmounted",
             ..status
@@ -343,30 +452,262 @@ impl Supervisor {
     pub async fn status(&self) -> Vec<MountStatus> {
         let table = self.table.lock().await;
         let mut all: Vec<_> = table.mounts.iter().map(MountEntry::status).collect();
+        all.extend(table.retrying.iter().map(Retrying::status));
+        all.extend(table.lost.iter().cloned());
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    /// Unmounts everything: cleanly where possible, lazily where something holds the mount.
-    pub async fn shutdown(&self) {
-        let entries = std::mem::take(&mut self.table.lock().await.mounts);
-        for entry in entries {
-            if !entry.session.guard.is_finished() {
-                if let Err(e) = mounts::unmount(&entry.mountpoint, false) {
-                    warn!(
-                        mount = %entry.name, mountpoint = %entry.mountpoint.display(), error = %e,
-                        "mount is busy; detaching it lazily"
-                    );
-                    if let Err(e) = mounts::unmount(&entry.mountpoint, true) {
-                        warn!(mount = %entry.name, error = %e, "lazy unmount failed");
-                    }
-                    // Its session ends when the last open file closes, or when we exit.
-                    continue;
+    /// Brings the configured mounts in line with `wanted`: mounts new entries, unmounts
+    /// removed ones, remounts changed ones and leaves the rest alone. Returns once every new
+    /// entry has been tried once; failures are retried with backoff by `supervise`.
+    pub async fn apply_config(self: &Arc<Self>, wanted: &[MountConfig]) {
+        let (to_unmount, to_mount) = {
+            let mut table = self.table.lock().await;
+            let unwanted = |c: &MountConfig| !wanted.contains(c);
+            table.retrying.retain(|r| !unwanted(&r.config));
+            let mut to_unmount = Vec::new();
+            let mut index = 0;
+            while index < table.mounts.len() {
+                if table.mounts[index].config.as_ref().is_some_and(unwanted) {
+                    to_unmount.push(table.mounts.swap_remove(index));
+                } else {
+                    index += 1;
                 }
             }
-            info!(mount = %entry.name, "unmounted");
-            join_session(entry.session).await;
+            let present = |c: &MountConfig| {
+                table.mounts.iter().any(|m| m.config.as_ref() == Some(c))
+                    || table.retrying.iter().any(|r| &r.config == c)
+            };
+            let to_mount: Vec<MountConfig> =
+                wanted.iter().filter(|c| !present(c)).cloned().collect();
+            (to_unmount, to_mount)
+        };
+        for entry in to_unmount {
+            info!(mount = %entry.name, "no longer configured as it was; unmounting");
+            release(entry).await;
         }
+        let attempts = to_mount.into_iter().map(|config| {
+            let this = Arc::clone(self);
+            async move { this.try_configured(config, 0).await }
+        });
+        futures::future::join_all(attempts).await;
+    }
+
+    /// One attempt at a configured mount; on failure it joins the retry list.
+    async fn try_configured(&self, config: MountConfig, attempts: u32) {
+        if let Err(e) = prepare_configured_mountpoint(&config.mountpoint) {
+            return self.retry_later(config, attempts, e.to_string()).await;
+        }
+        let caller = daemon_identity();
+        let spec = ConnectSpec::from(&config);
+        match self.connect_as(spec, caller, Some(config.clone())).await {
+            Ok(_) => {}
+            Err(e) => self.retry_later(config, attempts, e.to_string()).await,
+        }
+    }
+
+    async fn retry_later(&self, config: MountConfig, attempts: u32, reason: String) {
+        let wait = backoff(attempts);
+        warn!(
+            mount = %config.name, repo = %config.repo, error = %reason,
+            retry_in = ?wait, "configured mount failed"
+        );
+        let mut table = self.table.lock().await;
+        table.retrying.retain(|r| r.config.name != config.name);
+        table.retrying.push(Retrying {
+            config,
+            reason,
+            attempts: attempts + 1,
+            next_try: Instant::now() + wait,
+            in_flight: false,
+        });
+    }
+
+    /// Notices mounts that went away without a disconnect and retries failed configured
+    /// mounts that are due. Called every second or so.
+    pub async fn supervise(self: &Arc<Self>) {
+        let due = {
+            let mut table = self.table.lock().await;
+            let mut index = 0;
+            while index < table.mounts.len() {
+                if !table.mounts[index].session.guard.is_finished() {
+                    index += 1;
+                    continue;
+                }
+                let entry = table.mounts.swap_remove(index);
+                let reason = "the filesystem was unmounted behind the daemon's back".to_string();
+                warn!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), "{reason}");
+                match entry.config.clone() {
+                    Some(config) => table.retrying.push(Retrying {
+                        config,
+                        reason,
+                        attempts: 0,
+                        next_try: Instant::now(),
+                        in_flight: false,
+                    }),
+                    None => {
+                        let mut status = entry.status();
+                        status.state = "lost";
+                        status.error = reason;
+                        table.lost.push(status);
+                    }
+                }
+            }
+            let now = Instant::now();
+            let mut due = Vec::new();
+            for retry in table.retrying.iter_mut() {
+                if !retry.in_flight && retry.next_try <= now {
+                    retry.in_flight = true;
+                    due.push((retry.config.clone(), retry.attempts));
+                }
+            }
+            due
+        };
+        for (config, attempts) in due {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                info!(mount = %config.name, attempt = attempts + 1, "retrying configured mount");
+                this.try_configured(config, attempts).await;
+            });
+        }
+    }
+
+    /// One line for systemd's STATUS=, e.g. "2 mounts ready, 1 retrying: rg (server unreachable)".
+    pub async fn summary(&self) -> String {
+        let table = self.table.lock().await;
+        let mut text = format!(
+            "{} mount{} ready",
+            table.mounts.len(),
+            if table.mounts.len() == 1 { "" } else { "s" }
+        );
+        if !table.retrying.is_empty() {
+            let names: Vec<String> = table
+                .retrying
+                .iter()
+                .map(|r| format!("{} ({})", r.config.name, short_reason(&r.reason)))
+                .collect();
+            text.push_str(&format!(", {} retrying: {}", names.len(), names.join(", ")));
+        }
+        if !table.lost.is_empty() {
+            text.push_str(&format!(", {} lost", table.lost.len()));
+        }
+        text
+    }
+
+    /// Whether the supervisor answers promptly (for the watchdog).
+    pub async fn is_responsive(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.table.lock())
+            .await
+            .is_ok()
+    }
+
+    /// Unmounts everything: cleanly where possible, lazily where something holds the mount.
+    pub async fn shutdown(&self) {
+        let entries = {
+            let mut table = self.table.lock().await;
+            table.retrying.clear();
+            std::mem::take(&mut table.mounts)
+        };
+        for entry in entries {
+            release(entry).await;
+        }
+    }
+}
+
+/// Which mount `target` names: a name first, then a mountpoint, then a repository, then the
+/// default name of a repository path; an ambiguous last resort is refused.
+fn find_target(
+    mounts: &[MountEntry],
+    target: &str,
+    canonical: Option<&Path>,
+) -> Result<usize, SupervisorError> {
+    let unknown = || SupervisorError::UnknownMount(target.to_string());
+    if let Some(i) = mounts.iter().position(|m| m.name == target) {
+        return Ok(i);
+    }
+    let path = Path::new(target);
+    if let Some(i) = mounts
+        .iter()
+        .position(|m| m.mountpoint == path || Some(m.mountpoint.as_path()) == canonical)
+    {
+        return Ok(i);
+    }
+    if let Some(i) = mounts.iter().position(|m| m.repo == target) {
+        return Ok(i);
+    }
+    let by_default: Vec<usize> = (0..mounts.len())
+        .filter(|&i| mounts[i].name == default_name(target))
+        .collect();
+    // Not for a path that exists: `disconnect ./rg` means the mount at ./rg, not one named rg.
+    match by_default[..] {
+        [i] if canonical.is_none() => Ok(i),
+        _ => Err(unknown()),
+    }
+}
+
+/// Unmounts an entry: cleanly where possible, lazily (naming who holds it) where busy.
+async fn release(entry: MountEntry) {
+    if !entry.session.guard.is_finished() {
+        let point = entry.mountpoint.clone();
+        let clean = tokio::task::spawn_blocking(move || mounts::unmount(&point, false))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = clean {
+            let holders = mounts::holders(&entry.mountpoint);
+            warn!(
+                mount = %entry.name, mountpoint = %entry.mountpoint.display(), error = %e,
+                holders = %holders, "mount is busy; detaching it lazily"
+            );
+            if let Err(e) = mounts::unmount(&entry.mountpoint, true) {
+                warn!(mount = %entry.name, error = %e, "lazy unmount failed");
+            }
+            // Its session ends when the last open file closes, or when we exit.
+            join_session_detached(entry.name.clone(), entry.session);
+            return;
+        }
+    }
+    info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), "unmounted");
+    join_session(entry.session).await;
+}
+
+/// The daemon's own uid and gid: configured mounts belong to whoever runs the daemon.
+fn daemon_identity() -> Caller {
+    // SAFETY: getuid and getgid have no preconditions.
+    unsafe {
+        Caller {
+            uid: libc::getuid(),
+            gid: libc::getgid(),
+        }
+    }
+}
+
+/// A configured mountpoint that does not exist is created; its parent must exist.
+fn prepare_configured_mountpoint(path: &Path) -> Result<(), SupervisorError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => {
+            info!(mountpoint = %path.display(), "created configured mountpoint");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(SupervisorError::Invalid(format!(
+                "cannot create mountpoint {}: its parent does not exist",
+                path.display()
+            )))
+        }
+        // A dead FUSE mount left there answers ENOTCONN; check_mountpoint deals with it.
+        Err(_) => Ok(()),
+    }
+}
+
+/// The first line of an error, shortened for a one-line status.
+fn short_reason(reason: &str) -> String {
+    let line = reason.lines().next().unwrap_or_default();
+    if line.chars().count() > 60 {
+        format!("{}…", line.chars().take(60).collect::<String>())
+    } else {
+        line.to_string()
     }
 }
 
@@ -381,6 +722,20 @@ fn unmount_checked(mountpoint: &Path, force: bool) -> Result<(), SupervisorError
             }
         }
     })
+}
+
+/// Lets a session end in its own time, on a plain thread (not the runtime's blocking pool,
+/// which the daemon would wait for at exit).
+fn join_session_detached(name: String, session: BackgroundSession) {
+    let spawned = std::thread::Builder::new()
+        .name("megafs-join".into())
+        .spawn(move || match session.join() {
+            Ok(()) => info!(mount = %name, "detached session ended"),
+            Err(e) => warn!(mount = %name, error = %e, "detached session ended with an error"),
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread to wait for a detached session");
+    }
 }
 
 /// Waits for a session's FUSE thread to finish once its mount is gone.

@@ -2,10 +2,11 @@
 //! against it. Every mountpoint a test asks for is unmounted when the daemon guard drops,
 //! even if the test failed.
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long the daemon may take to answer on its socket.
@@ -73,49 +74,146 @@ impl CtlOutput {
     }
 }
 
-/// A running `megafsd` with its own temporary socket, cache and log.
+/// How a test wants its daemon started.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Contents of a configuration file to pass with --config.
+    pub config: Option<String>,
+    /// Ask for watchdog pings this often (WATCHDOG_USEC), as systemd would.
+    pub watchdog_usec: Option<u64>,
+}
+
+/// What the daemon told "systemd": every sd_notify datagram, in order.
+#[derive(Clone, Default)]
+pub struct Notifications(Arc<Mutex<Vec<String>>>);
+
+impl Notifications {
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until some datagram satisfies `pred`, counting from index `from`; returns its
+    /// index.
+    pub fn wait_for(
+        &self,
+        from: usize,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all = self.all();
+            if let Some(i) = all.iter().skip(from).position(|m| pred(m)) {
+                return Some(from + i);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A running `megafsd` with its own temporary socket, cache, log and notify socket.
 pub struct Daemon {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub cache_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub notifications: Notifications,
+    options: Options,
     log_path: PathBuf,
     mountpoints: Mutex<Vec<PathBuf>>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
-        Self::start_with(&[])
+        Self::start_with(Options::default())
     }
 
-    /// Starts megafsd with extra arguments and waits until its socket answers.
-    pub fn start_with(extra: &[&str]) -> Daemon {
+    /// Starts megafsd and waits until it tells "systemd" it is ready (READY=1).
+    pub fn start_with(options: Options) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("megafs-test")
             .tempdir()
             .expect("temp dir");
-        let socket = dir.path().join("megafsd.sock");
-        let cache_dir = dir.path().join("cache");
-        let log_path = dir.path().join("megafsd.stderr");
+        let notify_path = dir.path().join("notify.sock");
+        let notifications = Notifications::default();
+        let receiver = UnixDatagram::bind(&notify_path).expect("notify socket");
+        let sink = notifications.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = receiver.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+            }
+        });
         let mut daemon = Daemon {
             child: None,
-            socket,
-            cache_dir,
-            log_path,
+            socket: dir.path().join("megafsd.sock"),
+            cache_dir: dir.path().join("cache"),
+            config_path: dir.path().join("megafsd.toml"),
+            log_path: dir.path().join("megafsd.stderr"),
+            notifications,
+            options,
             mountpoints: Mutex::new(Vec::new()),
             dir,
         };
-        daemon.spawn(extra);
+        if let Some(text) = &daemon.options.config {
+            std::fs::write(&daemon.config_path, text).expect("writing the config");
+        }
+        daemon.spawn();
         daemon
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    /// Replaces the configuration file (for reload tests).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("writing the config");
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .expect("daemon log");
-        let child = Command::new(bin("megafsd"))
+        let mut command = match self.options.watchdog_usec {
+            // systemd names the pid that must ping; `exec` keeps the shell's pid.
+            Some(usec) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("WATCHDOG_PID=$$ exec \"$@\"")
+                    .arg("sh")
+                    .arg(bin("megafsd"))
+                    .env("WATCHDOG_USEC", usec.to_string());
+                c
+            }
+            None => Command::new(bin("megafsd")),
+        };
+        if self.options.config.is_some() {
+            command.arg("--config").arg(&self.config_path);
+        } else {
+            // Never pick up a configuration file from the machine.
+            command
+                .arg("--config")
+                .arg(self.dir.path().join("no-config.toml"));
+            std::fs::write(self.dir.path().join("no-config.toml"), "").expect("empty config");
+        }
+        let seen = self.notifications.all().len();
+        let child = command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--cache-dir")
@@ -123,23 +221,31 @@ impl Daemon {
             .arg("--log-dir")
             .arg(self.dir.path().join("log"))
             .arg("--foreground")
-            .args(extra)
             .env("MEGAFS_LOG", "info,megafsd=debug")
             .env("NO_COLOR", "1")
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
+            .env_remove("INVOCATION_ID")
+            .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawning megafsd");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(seen);
     }
 
-    /// Waits until the socket accepts a connection (the daemon binds it once it is ready).
-    fn wait_ready(&mut self) {
+    /// Waits for READY=1 (sent once the socket answers and every configured mount has been
+    /// tried once).
+    fn wait_ready(&mut self, seen: usize) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            let all = self.notifications.all();
+            if all
+                .iter()
+                .skip(seen)
+                .any(|m| m.lines().any(|l| l == "READY=1"))
+            {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -159,10 +265,24 @@ impl Daemon {
         }
     }
 
-    /// Stops the daemon (SIGTERM) and starts it again on the same socket and cache.
+    /// Stops the daemon (SIGTERM) and starts it again on the same socket, cache and config.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn(&[]);
+        self.spawn();
+    }
+
+    /// Kills the daemon (SIGKILL), leaving its mounts dead behind it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again after `kill` or `stop`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.spawn();
     }
 
     /// A new empty directory to mount on; it is unmounted when the daemon guard drops.

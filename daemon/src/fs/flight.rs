@@ -4,13 +4,21 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::error::FsError;
 
-type Flight = Shared<BoxFuture<'static, Result<(), FsError>>>;
+/// A run in progress, and whether its work has finished (a finished run whose waiters all gave
+/// up is never polled again, so its future alone cannot tell).
+#[derive(Clone)]
+struct Flight {
+    result: Shared<BoxFuture<'static, Result<(), FsError>>>,
+    done: Arc<AtomicBool>,
+}
 
 pub struct Flights<K> {
     running: Mutex<HashMap<K, Flight>>,
@@ -31,24 +39,38 @@ impl<K: Hash + Eq + Clone + Send + 'static> Flights<K> {
     {
         let flight = {
             let mut running = self.lock();
-            match running.get(&key) {
+            // A finished flight whose waiters all gave up is stale: start afresh.
+            match running
+                .get(&key)
+                .filter(|f| !f.done.load(Ordering::Acquire))
+            {
                 Some(flight) => flight.clone(),
                 None => {
-                    let task = tokio::spawn(work);
-                    let flight = async move {
+                    let done = Arc::new(AtomicBool::new(false));
+                    let finished = done.clone();
+                    let task = tokio::spawn(async move {
+                        let result = work.await;
+                        finished.store(true, Ordering::Release);
+                        result
+                    });
+                    let result = async move {
                         task.await
                             .unwrap_or_else(|e| Err(FsError::Internal(format!("fetch task: {e}"))))
                     }
                     .boxed()
                     .shared();
+                    let flight = Flight { result, done };
                     running.insert(key.clone(), flight.clone());
                     flight
                 }
             }
         };
-        let result = flight.clone().await;
+        let result = flight.result.clone().await;
         let mut running = self.lock();
-        if running.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
+        if running
+            .get(&key)
+            .is_some_and(|f| f.result.ptr_eq(&flight.result))
+        {
             running.remove(&key);
         }
         result
@@ -98,6 +120,22 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(flights.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_failure_is_not_handed_to_the_next_caller() {
+        let flights = Flights::new();
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            flights.run(7, async {
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                Err(FsError::NotFound)
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the caller gave up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        flights.run(7, async { Ok(()) }).await.expect("a fresh run");
     }
 
     #[tokio::test]

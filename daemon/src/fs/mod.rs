@@ -127,7 +127,7 @@ impl MountFs {
             (node.kind, node.parent)
         };
         if !kind.is_dir() {
-            self.ensure_sizes(parent).await?;
+            self.ensure_size(parent, ino).await?;
         }
         self.attr_of(ino)
     }
@@ -137,7 +137,7 @@ impl MountFs {
         let ino = listing.get(name).ok_or(FsError::NotFound)?;
         let kind = self.read_inodes().get(ino).map(|n| n.kind);
         if kind.is_some_and(|k| !k.is_dir()) {
-            self.ensure_sizes(parent).await?;
+            self.ensure_size(parent, ino).await?;
         }
         self.attr_of(ino)
     }
@@ -324,6 +324,21 @@ impl MountFs {
                 Ok(())
             })
             .await
+    }
+
+    /// Makes sure `ino` (in directory `dir`) has a size. Sizes are learnt per directory, but a
+    /// sibling whose size could not be learnt must not fail this one.
+    async fn ensure_size(self: &Arc<Self>, dir: u64, ino: u64) -> Result<(), FsError> {
+        let result = self.ensure_sizes(dir).await;
+        let known = self
+            .read_inodes()
+            .get(ino)
+            .is_some_and(|n| n.size.is_some());
+        if known {
+            Ok(())
+        } else {
+            result
+        }
     }
 
     /// Learns the sizes of every file in directory `dir` that has none yet, in parallel: the

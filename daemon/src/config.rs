@@ -1,0 +1,466 @@
+//! The daemon's TOML configuration: a `[daemon]` table and any number of `[[mount]]` tables.
+//! Every key has a default; an unknown key, a bad value, a duplicate name or mountpoint is an
+//! error naming the file, line and key. See packaging/megafsd.toml for the documented example.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the system daemon reads its configuration.
+pub const SYSTEM_CONFIG: &str = "/etc/megafs/megafsd.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonConfig {
+    pub socket: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    /// Bytes; enforced by the bounded cache.
+    pub cache_max_size: Option<u64>,
+    pub log_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub request_timeout: Option<Duration>,
+}
+
+/// One configured mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountConfig {
+    pub name: String,
+    /// A Mega path (with `mega_url`) or a local repository path / file:// URL.
+    pub repo: String,
+    pub mega_url: String,
+    pub git_ref: String,
+    pub mountpoint: PathBuf,
+    /// Let users other than the daemon's see the mount.
+    pub allow_other: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub file: Option<PathBuf>,
+    pub daemon: DaemonConfig,
+    pub mounts: Vec<MountConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: Option<Spanned<RawDaemon>>,
+    #[serde(default)]
+    mount: Vec<Spanned<RawMount>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    cache_max_size: Option<Spanned<toml::Value>>,
+    log_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    request_timeout: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    name: Option<Spanned<String>>,
+    repo: Spanned<String>,
+    mega_url: Option<Spanned<String>>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    mountpoint: Spanned<PathBuf>,
+    #[serde(default)]
+    options: Vec<Spanned<String>>,
+}
+
+/// Finds line numbers for spans of one file.
+struct Source<'a> {
+    file: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            line: self.line_of(span),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// No file: defaults everywhere, nothing to mount.
+    pub fn empty() -> Config {
+        Config {
+            file: None,
+            daemon: DaemonConfig {
+                socket: None,
+                cache_dir: None,
+                cache_max_size: None,
+                log_dir: None,
+                log_level: None,
+                request_timeout: None,
+            },
+            mounts: Vec::new(),
+        }
+    }
+
+    /// Reads `path`. A missing file is an error only if `required` (it was named explicitly).
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::empty()),
+            Err(source) => Err(ConfigError::Read {
+                file: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let src = Source {
+            file: path.display().to_string(),
+            text,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().to_string();
+            let key = unknown_key(&message).unwrap_or_default();
+            src.error(&span, &key, message)
+        })?;
+        let daemon = match raw.daemon {
+            Some(d) => daemon_config(&src, d.into_inner())?,
+            None => Config::empty().daemon,
+        };
+        let mut mounts = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut points: HashMap<PathBuf, usize> = HashMap::new();
+        for raw_mount in raw.mount {
+            let span = raw_mount.span();
+            let mount = mount_config(&src, raw_mount.into_inner(), &span)?;
+            let line = src.line_of(&span);
+            if let Some(first) = names.insert(mount.name.clone(), line) {
+                return Err(src.error(
+                    &span,
+                    "name",
+                    format!(
+                        "duplicate mount name {:?} (first at line {first})",
+                        mount.name
+                    ),
+                ));
+            }
+            if let Some(first) = points.insert(mount.mountpoint.clone(), line) {
+                return Err(src.error(
+                    &span,
+                    "mountpoint",
+                    format!(
+                        "duplicate mountpoint {} (first at line {first})",
+                        mount.mountpoint.display()
+                    ),
+                ));
+            }
+            mounts.push(mount);
+        }
+        Ok(Config {
+            file: Some(path.to_path_buf()),
+            daemon,
+            mounts,
+        })
+    }
+}
+
+/// toml reports unknown fields as "unknown field `x`, expected ...".
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+    let cache_max_size = match raw.cache_max_size {
+        Some(v) => Some(
+            parse_size(v.get_ref())
+                .map_err(|m| src.error(&v.span(), "daemon.cache_max_size", m))?,
+        ),
+        None => None,
+    };
+    let request_timeout = match raw.request_timeout {
+        Some(v) => Some(
+            parse_duration(v.get_ref())
+                .map_err(|m| src.error(&v.span(), "daemon.request_timeout", m))?,
+        ),
+        None => None,
+    };
+    Ok(DaemonConfig {
+        socket: raw.socket,
+        cache_dir: raw.cache_dir,
+        cache_max_size,
+        log_dir: raw.log_dir,
+        log_level: raw.log_level,
+        request_timeout,
+    })
+}
+
+fn mount_config(
+    src: &Source<'_>,
+    raw: RawMount,
+    span: &Range<usize>,
+) -> Result<MountConfig, ConfigError> {
+    let repo = raw.repo.get_ref().trim().to_string();
+    if repo.is_empty() {
+        return Err(src.error(&raw.repo.span(), "mount.repo", "must not be empty"));
+    }
+    let mega_url = match &raw.mega_url {
+        Some(url) => {
+            check_url(url.get_ref()).map_err(|m| src.error(&url.span(), "mount.mega_url", m))?;
+            url.get_ref().clone()
+        }
+        None => {
+            if repo.starts_with("http://") || repo.starts_with("https://") {
+                return Err(src.error(
+                    &raw.repo.span(),
+                    "mount.repo",
+                    "git servers are not supported yet; give mega_url for a Mega server",
+                ));
+            }
+            let local = repo.strip_prefix("file://").unwrap_or(&repo);
+            if !Path::new(local).is_absolute() {
+                return Err(src.error(
+                    &raw.repo.span(),
+                    "mount.repo",
+                    "a local repository path must be absolute",
+                ));
+            }
+            String::new()
+        }
+    };
+    let mountpoint = raw.mountpoint.get_ref().clone();
+    if !mountpoint.is_absolute() {
+        return Err(src.error(
+            &raw.mountpoint.span(),
+            "mount.mountpoint",
+            "must be absolute",
+        ));
+    }
+    let name = match &raw.name {
+        Some(n) => n.get_ref().clone(),
+        None => crate::supervisor::default_name(&repo),
+    };
+    if name.is_empty() || name.contains('/') {
+        let at = raw.name.as_ref().map(|n| n.span()).unwrap_or(span.clone());
+        return Err(src.error(&at, "mount.name", format!("bad mount name {name:?}")));
+    }
+    let mut allow_other = false;
+    for option in &raw.options {
+        match option.get_ref().as_str() {
+            "allow_other" => allow_other = true,
+            other => {
+                return Err(src.error(
+                    &option.span(),
+                    "mount.options",
+                    format!("unknown option {other:?} (known: allow_other)"),
+                ))
+            }
+        }
+    }
+    Ok(MountConfig {
+        name,
+        repo,
+        mega_url,
+        git_ref: raw.git_ref.unwrap_or_default(),
+        mountpoint,
+        allow_other,
+    })
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!(
+            "invalid URL {url:?}: expected http:// or https:// and a host"
+        ));
+    }
+    Ok(())
+}
+
+/// `1073741824`, `"512M"`, `"10G"`, `"1.5GiB"`.
+pub fn parse_size(value: &toml::Value) -> Result<u64, String> {
+    let text = match value {
+        toml::Value::Integer(n) if *n >= 0 => return Ok(*n as u64),
+        toml::Value::String(s) => s.trim().to_string(),
+        other => return Err(format!("expected a size like \"10G\", got {other}")),
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a size like \"10G\", got {text:?}"))?;
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return Err(format!("unknown size unit in {text:?} (use K, M, G or T)")),
+    };
+    Ok((number * factor as f64) as u64)
+}
+
+/// `30` (seconds), `"30s"`, `"500ms"`, `"2m"`.
+pub fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
+    let text = match value {
+        toml::Value::Integer(n) if *n > 0 => return Ok(Duration::from_secs(*n as u64)),
+        toml::Value::String(s) => s.trim().to_string(),
+        other => return Err(format!("expected a duration like \"30s\", got {other}")),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like \"30s\", got {text:?}"))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "unknown duration unit in {text:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/megafs/megafsd.toml"))
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn a_full_config() {
+        let config = parse(
+            r#"
+[daemon]
+socket = "/run/x.sock"
+cache_max_size = "2G"
+request_timeout = "45s"
+
+[[mount]]
+name = "rg"
+repo = "/third-party/ripgrep"
+mega_url = "http://127.0.0.1:8000"
+mountpoint = "/mnt/rg"
+
+[[mount]]
+repo = "/srv/git/tool.git"
+ref = "v1"
+mountpoint = "/mnt/tool"
+options = ["allow_other"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.daemon.cache_max_size, Some(2 << 30));
+        assert_eq!(config.daemon.request_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(config.mounts.len(), 2);
+        assert_eq!(config.mounts[1].name, "tool");
+        assert_eq!(config.mounts[1].git_ref, "v1");
+        assert!(config.mounts[1].allow_other);
+        assert_eq!(parse("").expect("empty").mounts, []);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = error_of("[daemon]\nsocket = \"/x\"\ncolour = \"blue\"\n");
+        assert!(e.starts_with("/etc/megafs/megafsd.toml:3: colour:"), "{e}");
+        let e = error_of("[[mount]]\nrepo = \"/r\"\nmountpoint = \"/m\"\nmega_url = \"ftp://x\"\n");
+        assert!(e.contains(":4: mount.mega_url: invalid URL"), "{e}");
+        let two = "[[mount]]\nrepo = \"/a/r\"\nmountpoint = \"/m1\"\n\n[[mount]]\nrepo = \"/b/r\"\nmountpoint = \"/m2\"\n";
+        let e = error_of(two);
+        assert!(
+            e.contains(":5: name: duplicate mount name \"r\" (first at line 1)"),
+            "{e}"
+        );
+        let same_point = "[[mount]]\nrepo = \"/a\"\nmountpoint = \"/m\"\n[[mount]]\nrepo = \"/b\"\nmountpoint = \"/m\"\n";
+        assert!(error_of(same_point).contains(":4: mountpoint: duplicate mountpoint /m"));
+        assert!(
+            error_of("[[mount]]\nrepo = \"rel/path\"\nmountpoint = \"/m\"\n")
+                .contains(":2: mount.repo: a local repository path must be absolute")
+        );
+        assert!(error_of("[[mount]]\nrepo = \"/r\"\nmountpoint = \"m\"\n")
+            .contains(":3: mount.mountpoint: must be absolute"));
+        assert!(
+            error_of("[[mount]]\nrepo = \"/r\"\nmountpoint = \"/m\"\noptions = [\"x\"]\n")
+                .contains(":4: mount.options: unknown option")
+        );
+        assert!(error_of("[daemon]\nrequest_timeout = \"3 fortnights\"\n")
+            .contains(":2: daemon.request_timeout:"));
+        assert!(error_of("[[mount]]\nmountpoint = \"/m\"\n").contains("missing field `repo`"));
+        assert!(error_of("this is not toml").contains("megafsd.toml:1"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        let s = |t: &str| parse_size(&toml::Value::String(t.into()));
+        assert_eq!(s("512M"), Ok(512 << 20));
+        assert_eq!(s("1.5GiB"), Ok(3 << 29));
+        assert!(s("lots").is_err());
+        assert_eq!(parse_size(&toml::Value::Integer(10)), Ok(10));
+        let d = |t: &str| parse_duration(&toml::Value::String(t.into()));
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert!(d("0s").is_err());
+        assert_eq!(
+            parse_duration(&toml::Value::Integer(7)),
+            Ok(Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn a_missing_default_file_is_an_empty_config() {
+        let missing = Path::new("/surely/not/here.toml");
+        assert_eq!(Config::load(missing, false).expect("optional").mounts, []);
+        assert!(Config::load(missing, true).is_err());
+    }
+}
