@@ -296,6 +296,14 @@ impl Daemon {
         path
     }
 
+    /// Registers a mountpoint the daemon creates itself (a configured one) for cleanup.
+    pub fn mountpoint_registered(&self, path: &Path) {
+        self.mountpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_path_buf());
+    }
+
     /// Runs `mega-fuse --socket <ours> ARGS`.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let output = Command::new(bin("mega-fuse"))
