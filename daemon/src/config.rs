@@ -458,6 +458,28 @@ options = ["allow_other"]
     }
 
     #[test]
+    fn the_shipped_example_is_valid_commented_and_uncommented() {
+        let example = include_str!("../../packaging/megafsd.toml");
+        assert_eq!(parse(example).expect("as shipped").mounts, []);
+        // Uncomment every `#key = value` and `#[[mount]]` line: the examples must parse too.
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if rest.starts_with("[[") || rest.contains(" = ") && !rest.starts_with(' ') =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&uncommented).expect("uncommented");
+        assert_eq!(config.mounts.len(), 2);
+        assert_eq!(config.daemon.cache_max_size, Some(10 << 30));
+    }
+
+    #[test]
     fn a_missing_default_file_is_an_empty_config() {
         let missing = Path::new("/surely/not/here.toml");
         assert_eq!(Config::load(missing, false).expect("optional").mounts, []);

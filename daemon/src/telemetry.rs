@@ -35,6 +35,8 @@ pub fn init(foreground: bool, log_dir: &Path, level: &str) -> anyhow::Result<Log
                 .with(
                     journald
                         .with_syslog_identifier("megafsd".into())
+                        // Plain field names, so `journalctl MOUNT=rg` finds a mount's lines.
+                        .with_field_prefix(None)
                         .with_filter(filter),
                 )
                 .init();
