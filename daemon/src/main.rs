@@ -186,7 +186,11 @@ fn print_check(path: &Path, config: &Config) {
         let source = if m.mega_url.is_empty() {
             format!("local {}", m.repo)
         } else {
-            format!("mega {} {}", m.mega_url, m.repo)
+            format!(
+                "mega {} {}",
+                megafsd::source::mega::display_url(&m.mega_url),
+                m.repo
+            )
         };
         let at = if m.git_ref.is_empty() {
             String::new()

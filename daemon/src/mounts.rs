@@ -2,9 +2,12 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Every mount point listed in /proc/self/mountinfo.
 pub fn mount_points() -> io::Result<Vec<PathBuf>> {
@@ -126,6 +129,91 @@ pub fn clean_stale() -> Vec<MegafsMount> {
         }
     }
     cleaned
+}
+
+/// Mounts a FUSE filesystem at `mountpoint` through the setuid `fusermount3`, as libfuse does
+/// for users who may not mount (or open /dev/fuse) themselves, and returns the /dev/fuse
+/// descriptor it hands back. `options` are fusermount's `-o` options.
+pub fn fusermount(mountpoint: &Path, options: &str) -> io::Result<OwnedFd> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let their_fd = theirs.as_raw_fd();
+    let mut command = Command::new("fusermount3");
+    command
+        .arg("-o")
+        .arg(options)
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", their_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec this only calls fcntl, which is async-signal-safe, on a
+    // descriptor that stays open for the child's lifetime.
+    unsafe {
+        command.pre_exec(move || {
+            let flags = libc::fcntl(their_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(their_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot run fusermount3 (package fuse3): {e}"),
+        )
+    })?;
+    drop(theirs);
+    let received = receive_fd(&ours);
+    let output = child.wait_with_output()?;
+    match received {
+        Ok(fd) if output.status.success() => Ok(fd),
+        _ => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "fusermount3 failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        )),
+    }
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS.
+fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; zero is a valid starting value for every field.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space as _;
+    // SAFETY: message points at buffers that live until the call returns.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: message was filled by recvmsg; CMSG_FIRSTHDR checks the control length.
+    let header = unsafe { libc::CMSG_FIRSTHDR(&message) };
+    // SAFETY: header is non-null and points into `control`.
+    if header.is_null()
+        || unsafe {
+            (*header).cmsg_level != libc::SOL_SOCKET || (*header).cmsg_type != libc::SCM_RIGHTS
+        }
+    {
+        return Err(io::Error::other("fusermount3 sent no descriptor"));
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one int; it may be unaligned.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<libc::c_int>()) };
+    // SAFETY: the kernel just installed this descriptor in our table; we own it now.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Unmounts `path`; `lazy` detaches it even while files are open. Root calls umount2(2)

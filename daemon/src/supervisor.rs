@@ -167,7 +167,11 @@ fn describe_config(c: &MountConfig) -> String {
     if c.mega_url.is_empty() {
         format!("local {}", c.repo)
     } else {
-        format!("mega {} {}", c.mega_url.trim_end_matches('/'), c.repo)
+        format!(
+            "mega {} {}",
+            crate::source::mega::display_url(&c.mega_url),
+            c.repo
+        )
     }
 }
 
@@ -352,8 +356,9 @@ impl Supervisor {
             config.acl = SessionACL::All;
         }
         let point = mountpoint.to_path_buf();
+        let fsname = format!("megafs:{name}");
         let session =
-            tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &point, &config))
+            tokio::task::spawn_blocking(move || mount_session(adapter, &point, config, &fsname))
                 .await
                 .map_err(|e| SupervisorError::Mount {
                     path: mountpoint.to_path_buf(),
@@ -722,6 +727,27 @@ fn unmount_checked(mountpoint: &Path, force: bool) -> Result<(), SupervisorError
             }
         }
     })
+}
+
+/// Mounts and starts the FUSE session: directly as root, else through fusermount3 (which
+/// also works where /dev/fuse is not open to users).
+fn mount_session(
+    adapter: FuseAdapter,
+    point: &Path,
+    config: fuser::Config,
+    fsname: &str,
+) -> std::io::Result<BackgroundSession> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return fuser::spawn_mount(adapter, point, &config);
+    }
+    let mut options = format!("ro,nosuid,nodev,default_permissions,fsname={fsname},subtype=megafs");
+    if config.acl != SessionACL::Owner {
+        options.push_str(",allow_other");
+    }
+    let fd = mounts::fusermount(point, &options)?;
+    let acl = config.acl;
+    fuser::Session::from_fd(adapter, fd, acl, config)?.spawn()
 }
 
 /// Lets a session end in its own time, on a plain thread (not the runtime's blocking pool,

@@ -473,3 +473,78 @@ impl Drop for Cleanup {
         }
     }
 }
+
+#[test]
+fn an_unprivileged_user_gets_a_daemon_of_their_own_through_fusermount3() {
+    use std::os::unix::fs::PermissionsExt;
+    // Debian's udev rules make /dev/fuse 0666, which FUSE for users needs (fusermount3 opens
+    // it as the user). Machines without udev (these test machines) leave it 0600: restore
+    // the distribution's default.
+    let mode = std::fs::metadata("/dev/fuse").expect("/dev/fuse").permissions().mode();
+    if mode & 0o666 != 0o666 {
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
+            .expect("chmod /dev/fuse");
+    }
+    let s = setup();
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.path().join("home");
+    let point = home.join("mnt");
+    std::fs::create_dir_all(&point).expect("mkdir");
+    for path in [&home, &point] {
+        let c = std::ffi::CString::new(path_str(path)).expect("path");
+        // SAFETY: chown on a valid C string we own.
+        assert_eq!(
+            unsafe { libc::chown(c.as_ptr(), NOBODY, NOBODY) },
+            0,
+            "chown"
+        );
+    }
+    let socket = home.join("run/megafs/megafsd.sock");
+    let guard = Cleanup {
+        point: point.clone(),
+        socket: socket.clone(),
+    };
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("HOME={}", home.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", home.join("run").display()))
+            .args(args)
+            .output()
+            .expect("setpriv")
+    };
+    let ctl = bin("mega-fuse");
+    let out = as_nobody(&[
+        path_str(&ctl),
+        "--mount-point",
+        path_str(&point),
+        "--mega-url",
+        &s.server.url(),
+        "connect",
+        MEGA_REPO,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The default per-user socket, cache and log places were used.
+    assert!(socket.exists(), "socket under $XDG_RUNTIME_DIR/megafs");
+    assert!(home.join(".cache/megafs/objects").is_dir());
+    let cat = as_nobody(&["cat", path_str(&point.join("README.md"))]);
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "fixture v2\n");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains(path_str(&point)))
+        .expect("mounted");
+    assert!(
+        line.contains("user_id=65534"),
+        "mounted by the user: {line}"
+    );
+    drop(guard);
+    assert!(!is_mounted(&point));
+}
+
+const NOBODY: libc::uid_t = 65534;

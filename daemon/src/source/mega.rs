@@ -13,6 +13,8 @@ use crate::object::ObjectId;
 pub struct MegaSource {
     client: Client,
     base: String,
+    /// `base` as it may be shown: without any password in it.
+    server: String,
     /// Normalised absolute path of the repository in the monorepo, e.g. `/third-party/rg`.
     repo: String,
 }
@@ -34,6 +36,7 @@ impl MegaSource {
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
         Ok(MegaSource {
             client,
+            server: redacted(&parsed),
             base,
             repo: normalize_repo_path(repo)?,
         })
@@ -65,16 +68,16 @@ impl MegaSource {
     fn transport_error(&self, e: reqwest::Error) -> SourceError {
         if e.is_timeout() {
             SourceError::Timeout {
-                server: self.base.clone(),
+                server: self.server.clone(),
             }
         } else if e.is_connect() {
             SourceError::Unreachable {
-                server: self.base.clone(),
-                detail: error_chain(&e),
+                server: self.server.clone(),
+                detail: root_cause(&e),
             }
         } else {
             SourceError::Server {
-                server: self.base.clone(),
+                server: self.server.clone(),
                 what: e.url().map(|u| u.path().to_string()).unwrap_or_default(),
                 detail: error_chain(&e),
             }
@@ -90,7 +93,7 @@ impl MegaSource {
             .map_err(|e| self.transport_error(e))?;
         if status != StatusCode::OK {
             return Err(SourceError::Server {
-                server: self.base.clone(),
+                server: self.server.clone(),
                 what: what.to_string(),
                 detail: format!("HTTP {status}: {}", error_text(&body)),
             });
@@ -110,12 +113,12 @@ impl MegaSource {
         if response.status() == StatusCode::NOT_FOUND {
             return Err(SourceError::RepoNotFound(format!(
                 "{} on {}",
-                self.repo, self.base
+                self.repo, self.server
             )));
         }
         let body = self.body_of(&what, response).await?;
         let bad = |detail: String| SourceError::Server {
-            server: self.base.clone(),
+            server: self.server.clone(),
             what: what.clone(),
             detail,
         };
@@ -140,7 +143,7 @@ struct LatestCommit {
 #[async_trait]
 impl Source for MegaSource {
     fn describe(&self) -> String {
-        format!("mega {} {}", self.base, self.repo)
+        format!("mega {} {}", self.server, self.repo)
     }
 
     async fn resolve(&self) -> Result<Snapshot, SourceError> {
@@ -153,7 +156,7 @@ impl Source for MegaSource {
         if root_body.is_empty() {
             return Err(SourceError::RepoNotFound(format!(
                 "{} is not a directory on {}",
-                self.repo, self.base
+                self.repo, self.server
             )));
         }
         let (commit, commit_time) = self.latest_commit().await?;
@@ -179,7 +182,7 @@ impl Source for MegaSource {
         // An empty answer means the path's tree is no longer `oid`: the trunk moved.
         if body.is_empty() && oid != ObjectId::EMPTY_TREE {
             return Err(SourceError::TrunkMoved {
-                server: self.base.clone(),
+                server: self.server.clone(),
                 path: full,
                 expected: oid,
             });
@@ -193,7 +196,7 @@ impl Source for MegaSource {
         if response.status() == StatusCode::NOT_FOUND {
             let body = response.bytes().await.unwrap_or_default();
             return Err(SourceError::ObjectMissing {
-                server: self.base.clone(),
+                server: self.server.clone(),
                 oid,
                 detail: error_text(&body),
             });
@@ -207,7 +210,7 @@ impl Source for MegaSource {
         let status = response.status();
         if status != StatusCode::OK {
             return Err(SourceError::Server {
-                server: self.base.clone(),
+                server: self.server.clone(),
                 what: format!("HEAD blob {oid}"),
                 detail: format!("HTTP {status}"),
             });
@@ -218,7 +221,7 @@ impl Source for MegaSource {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| SourceError::Server {
-                server: self.base.clone(),
+                server: self.server.clone(),
                 what: format!("HEAD blob {oid}"),
                 detail: "no Content-Length".into(),
             })
@@ -252,6 +255,29 @@ fn error_text(body: &[u8]) -> String {
         Ok(r) => r.err_message,
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
     }
+}
+
+/// A Mega URL fit for logs and status (any password replaced); unparsable text as is.
+pub fn display_url(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(|_| url.to_string(), |u| redacted(&u))
+}
+
+/// A URL fit for logs and status: any password replaced.
+fn redacted(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.as_str().trim_end_matches('/').to_string()
+}
+
+/// The innermost cause, e.g. "Connection refused (os error 111)": what a person needs.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -304,6 +330,9 @@ mod tests {
         assert_eq!(s.full_path(""), "/third-party/rg");
         assert_eq!(s.full_path("src/a"), "/third-party/rg/src/a");
         assert!(MegaSource::new("ftp://x", "/r", Duration::from_secs(1)).is_err());
+        let secret =
+            MegaSource::new("http://me:hunter2@host:8000", "/r", Duration::from_secs(1)).unwrap();
+        assert_eq!(secret.describe(), "mega http://me:***@host:8000 /r");
         assert!(MegaSource::new("not a url", "/r", Duration::from_secs(1)).is_err());
     }
 }
