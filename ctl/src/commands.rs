@@ -3,11 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use megafs_proto::v1::{ConnectRequest, DisconnectRequest, StatusRequest};
+use megafs_proto::v1::cache_request::Action;
+use megafs_proto::v1::{CacheRequest, ConnectRequest, DisconnectRequest, StatusRequest};
 
 use crate::client::{self, status_error};
 use crate::output;
-use crate::{Cli, Command};
+use crate::{CacheAction, Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
@@ -18,7 +19,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => connect(&cli, repo, git_ref.as_deref(), name.as_deref()).await,
         Command::Disconnect { target, force } => disconnect(&cli, target, *force).await,
         Command::Status { json } => status(&cli, *json).await,
+        Command::Cache { action, json } => cache(&cli, *action, *json).await,
     }
+}
+
+async fn cache(cli: &Cli, action: Option<CacheAction>, json: bool) -> anyhow::Result<()> {
+    let action = match action {
+        None => Action::Usage,
+        Some(CacheAction::Gc) => Action::Gc,
+        Some(CacheAction::Clear) => Action::Clear,
+    };
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .cache(CacheRequest {
+            action: action as i32,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!("{}", output::cache_json(&reply));
+    } else {
+        print!("{}", output::cache_text(&reply));
+    }
+    Ok(())
 }
 
 /// Relative paths are the user's, so they are resolved here, not in the daemon.

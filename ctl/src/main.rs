@@ -63,6 +63,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the shared object cache (size, limit, objects, hit rate), or collect or clear it.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum CacheAction {
+    /// Evict least recently used objects down to the limit now.
+    Gc,
+    /// Remove every object that no open file uses.
+    Clear,
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,6 @@
 //! How results are shown: tables for people, JSON for programs.
 
-use megafs_proto::v1::{MountInfo, StatusReply};
+use megafs_proto::v1::{CacheReply, MountInfo, StatusReply};
 use serde_json::json;
 
 pub fn short(commit: &str) -> &str {
@@ -113,6 +113,53 @@ pub fn status_json(reply: &StatusReply) -> String {
     .to_string()
 }
 
+fn hit_rate(reply: &CacheReply) -> Option<f64> {
+    let reads = reply.hits + reply.misses;
+    (reads > 0).then(|| reply.hits as f64 / reads as f64)
+}
+
+pub fn cache_text(reply: &CacheReply) -> String {
+    let limit = if reply.limit == 0 {
+        "no limit".to_string()
+    } else {
+        format!("limit {}", human_bytes(reply.limit))
+    };
+    let rate = hit_rate(reply).map_or("no reads yet".to_string(), |r| {
+        format!(
+            "hit rate {:.1}% ({} hits, {} misses)",
+            r * 100.0,
+            reply.hits,
+            reply.misses
+        )
+    });
+    let mut out = format!(
+        "cache {}: {} in {} objects, {limit}\n{rate}; {} evicted\n",
+        reply.dir,
+        human_bytes(reply.bytes),
+        reply.objects,
+        reply.evicted
+    );
+    if reply.freed > 0 {
+        out.push_str(&format!("freed {}\n", human_bytes(reply.freed)));
+    }
+    out
+}
+
+pub fn cache_json(reply: &CacheReply) -> String {
+    json!({
+        "dir": reply.dir,
+        "bytes": reply.bytes,
+        "limit": reply.limit,
+        "objects": reply.objects,
+        "hits": reply.hits,
+        "misses": reply.misses,
+        "hit_rate": hit_rate(reply),
+        "evicted": reply.evicted,
+        "freed": reply.freed,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +169,26 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn cache_usage_reads_well() {
+        let reply = CacheReply {
+            dir: "/var/cache/megafs".into(),
+            bytes: 3 << 20,
+            limit: 10 << 30,
+            objects: 4,
+            hits: 3,
+            misses: 1,
+            ..Default::default()
+        };
+        let text = cache_text(&reply);
+        assert!(
+            text.starts_with("cache /var/cache/megafs: 3.0 MiB in 4 objects, limit 10.0 GiB"),
+            "{text}"
+        );
+        assert!(text.contains("hit rate 75.0% (3 hits, 1 misses)"), "{text}");
+        assert!(cache_json(&reply).contains("\"hit_rate\":0.75"));
     }
 
     #[test]

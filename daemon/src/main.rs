@@ -42,6 +42,9 @@ struct Args {
     /// Object cache directory, shared by every mount.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Cache size limit ("10G", "500M", bytes) [default: 10% of the cache's filesystem].
+    #[arg(long)]
+    cache_max_size: Option<String>,
     /// Where the log file goes when not in the foreground and not under systemd.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -60,6 +63,8 @@ struct Args {
 struct Settings {
     socket: PathBuf,
     cache_dir: PathBuf,
+    /// None: a share of the disk, decided once the directory exists.
+    cache_max_size: Option<u64>,
     log_dir: PathBuf,
     log_level: String,
     request_timeout: Duration,
@@ -86,9 +91,17 @@ fn default_config_path() -> PathBuf {
     }
 }
 
-fn settings(args: &Args, config: &Config) -> Settings {
+fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
     let d = &config.daemon;
-    Settings {
+    let cache_max_size = match &args.cache_max_size {
+        Some(text) => Some(
+            megafsd::config::parse_size(&toml::Value::String(text.clone()))
+                .map_err(|e| anyhow::anyhow!("--cache-max-size: {e}"))?,
+        ),
+        None => d.cache_max_size,
+    };
+    Ok(Settings {
+        cache_max_size,
         socket: args
             .socket
             .clone()
@@ -126,7 +139,21 @@ fn settings(args: &Args, config: &Config) -> Settings {
             .map(|s| Duration::from_secs(s.max(1)))
             .or(d.request_timeout)
             .unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+/// The default cache limit: a tenth of the filesystem the cache lives on.
+fn default_cache_limit(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs fills the struct we own; path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return 0;
     }
+    (stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64) / 10
 }
 
 fn main() -> ExitCode {
@@ -146,7 +173,13 @@ fn main() -> ExitCode {
         print_check(&config_path, &config);
         return ExitCode::SUCCESS;
     }
-    let settings = settings(&args, &config);
+    let settings = match settings(&args, &config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("megafsd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) =
         megafsd::telemetry::init(args.foreground, &settings.log_dir, &settings.log_level)
     {
@@ -206,11 +239,16 @@ fn print_check(path: &Path, config: &Config) {
 }
 
 async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.cache_dir)
+        .with_context(|| format!("creating cache {}", settings.cache_dir.display()))?;
+    let limit = settings
+        .cache_max_size
+        .unwrap_or_else(|| default_cache_limit(&settings.cache_dir));
     let store = Arc::new(
-        Store::open(&settings.cache_dir)
+        Store::open(&settings.cache_dir, limit)
             .with_context(|| format!("opening cache {}", settings.cache_dir.display()))?,
     );
-    let supervisor = Arc::new(Supervisor::new(store, settings.request_timeout));
+    let supervisor = Arc::new(Supervisor::new(store.clone(), settings.request_timeout));
     let listener = bind_socket(&settings.socket).await?;
     for stale in megafsd::mounts::clean_stale() {
         warn!(
@@ -220,7 +258,12 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     }
 
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = ControlServer::new(ControlService::new(supervisor.clone(), config.file.clone()));
+    let service = ControlServer::new(ControlService::new(
+        supervisor.clone(),
+        store.clone(),
+        settings.cache_dir.clone(),
+        config.file.clone(),
+    ));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -228,14 +271,17 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
                 let _ = serving_stopped.await;
             }),
     );
-    info!(socket = %settings.socket.display(), cache = %settings.cache_dir.display(), "listening");
+    info!(
+        socket = %settings.socket.display(), cache = %settings.cache_dir.display(),
+        cache_limit = limit, "listening"
+    );
 
     supervisor.apply_config(&config.mounts).await;
     let summary = supervisor.summary().await;
     notify::ready(&summary);
     info!(status = %summary, "megafsd ready");
 
-    let background = spawn_background(supervisor.clone());
+    let background = spawn_background(supervisor.clone(), store.clone());
     wait_for_signals(&supervisor, &config_path, config.file.is_some()).await?;
 
     notify::stopping();
@@ -255,7 +301,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
 
 /// Supervision every second, STATUS= whenever it changes, and watchdog pings while the
 /// supervisor answers: all on this runtime, so a wedged runtime misses its pings.
-fn spawn_background(supervisor: Arc<Supervisor>) -> tokio::task::JoinHandle<()> {
+fn spawn_background(supervisor: Arc<Supervisor>, store: Arc<Store>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let watchdog = notify::watchdog_interval();
         let tick = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
@@ -264,6 +310,8 @@ fn spawn_background(supervisor: Arc<Supervisor>) -> tokio::task::JoinHandle<()> 
         loop {
             interval.tick().await;
             supervisor.supervise().await;
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.evict_to_limit()).await;
             if watchdog.is_some() && supervisor.is_responsive().await {
                 notify::watchdog();
             }

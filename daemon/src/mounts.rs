@@ -104,14 +104,22 @@ fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
     })
 }
 
-/// Whether a FUSE mountpoint has no daemon behind it any more. Checked on a thread with a
-/// deadline: a live but stuck daemon must not hang the caller (it counts as alive).
+/// Whether a FUSE mountpoint has no daemon behind it any more. Asks with statfs, which the
+/// kernel never answers from its caches (a stat may be), on a thread with a deadline: a live
+/// but stuck daemon must not hang the caller (it counts as alive).
 pub fn is_dead(mountpoint: &Path) -> bool {
-    let path = mountpoint.to_path_buf();
+    let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return false;
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let result = std::fs::metadata(&path);
-        let _ = tx.send(result.err().and_then(|e| e.raw_os_error()));
+        // SAFETY: statvfs fills the struct we own; path is a valid C string.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+        let errno = (rc != 0)
+            .then(|| io::Error::last_os_error().raw_os_error())
+            .flatten();
+        let _ = tx.send(errno);
     });
     matches!(
         rx.recv_timeout(std::time::Duration::from_secs(2)),

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, MountInfo, StatusReply,
-    StatusRequest,
+    CacheReply, CacheRequest, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest,
+    MountInfo, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
@@ -13,17 +14,27 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::source::SourceError;
+use crate::store::Store;
 use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
 
 pub struct ControlService {
     supervisor: Arc<Supervisor>,
+    store: Arc<Store>,
+    cache_dir: PathBuf,
     config_file: Option<PathBuf>,
 }
 
 impl ControlService {
-    pub fn new(supervisor: Arc<Supervisor>, config_file: Option<PathBuf>) -> Self {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        store: Arc<Store>,
+        cache_dir: PathBuf,
+        config_file: Option<PathBuf>,
+    ) -> Self {
         ControlService {
             supervisor,
+            store,
+            cache_dir,
             config_file,
         }
     }
@@ -127,6 +138,38 @@ impl Control for ControlService {
             .map_err(to_status)?;
         Ok(Response::new(DisconnectReply {
             mount: Some(to_info(status)),
+        }))
+    }
+
+    async fn cache(&self, request: Request<CacheRequest>) -> Result<Response<CacheReply>, Status> {
+        let caller = caller(&request)?;
+        let action = request.into_inner().action();
+        let store = self.store.clone();
+        let freed = match action {
+            Action::Usage => 0,
+            Action::Gc => {
+                info!(uid = caller.uid, "cache gc requested");
+                tokio::task::spawn_blocking(move || store.evict_to_limit())
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+            Action::Clear => {
+                info!(uid = caller.uid, "cache clear requested");
+                tokio::task::spawn_blocking(move || store.clear())
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+        };
+        let usage = self.store.usage();
+        Ok(Response::new(CacheReply {
+            dir: self.cache_dir.display().to_string(),
+            bytes: usage.bytes,
+            limit: usage.limit,
+            objects: usage.objects,
+            hits: usage.hits,
+            misses: usage.misses,
+            evicted: usage.evicted,
+            freed,
         }))
     }
 

@@ -6,9 +6,10 @@ mod error;
 mod flight;
 mod inode;
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, StreamExt};
@@ -21,7 +22,7 @@ use inode::{InodeTable, Listing};
 
 use crate::object::{parse_tree, EntryKind, ObjectId, ObjectKind};
 use crate::source::{Snapshot, Source};
-use crate::store::Store;
+use crate::store::{Pin, Store};
 
 /// How many size queries one directory may have in flight at once.
 const SIZE_QUERY_PARALLELISM: usize = 16;
@@ -70,6 +71,9 @@ pub struct MountFs {
     owner: (u32, u32),
     stats: Stats,
     flights: Flights<FlightKey>,
+    /// Open files: each pins its blob in the cache until released.
+    handles: Mutex<HashMap<u64, Pin>>,
+    next_handle: AtomicU64,
 }
 
 impl MountFs {
@@ -88,6 +92,8 @@ impl MountFs {
             owner,
             stats: Stats::default(),
             flights: Flights::new(),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
         });
         if let Some(body) = fs.snapshot.root_body.clone() {
             // Already fetched to resolve; it hashes to root_tree by construction.
@@ -156,6 +162,35 @@ impl MountFs {
                 })
             })
             .collect())
+    }
+
+    /// Opens a file: its blob stays in the cache (once there) until the handle is released.
+    pub fn open_file(&self, ino: u64) -> Result<u64, FsError> {
+        let oid = {
+            let inodes = self.read_inodes();
+            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+            if node.kind.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            node.oid
+        };
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let pin = self.store.pin(&oid);
+        self.lock_handles().insert(handle, pin);
+        Ok(handle)
+    }
+
+    pub fn release_file(&self, handle: u64) {
+        self.lock_handles().remove(&handle);
+    }
+
+    /// How many files are open.
+    pub fn open_files(&self) -> usize {
+        self.lock_handles().len()
+    }
+
+    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pin>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn read(

@@ -54,7 +54,7 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let fixture = fixture::build(&dir.path().join("repo")).expect("fixture");
     let inner = LocalSource::open(fixture.path.to_str().expect("utf-8"), "").expect("open");
-    let store = Arc::new(Store::open(&dir.path().join("cache")).expect("store"));
+    let store = Arc::new(Store::open(&dir.path().join("cache"), 0).expect("store"));
     Setup {
         _dir: dir,
         source: Arc::new(Recording {
