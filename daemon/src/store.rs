@@ -333,7 +333,7 @@ impl Store {
         for (oid, size) in victims {
             let mut index = self.lock();
             // Pinned (or used) since we chose it: keep it.
-            if !index.cached.get(&oid).is_some_and(|e| e.pins == 0) {
+            if index.cached.get(&oid).is_none_or(|e| e.pins != 0) {
                 continue;
             }
             match fs::remove_file(self.path_of(&oid)) {
