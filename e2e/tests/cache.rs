@@ -1,0 +1,170 @@
+//! The shared object cache: bounded, least recently used first, never under an open file,
+//! and enough by itself after a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{path_str, World, MEGA_REPO};
+use megafs_testsupport::fixture::{git, pseudo_random};
+use megafs_testsupport::harness::{within, Daemon, Options};
+use megafs_testsupport::{DevServer, ServedRepo};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const MIB: usize = 1 << 20;
+const FILES: usize = 6;
+
+/// A repository of six 1 MiB files, served by the dev Mega server.
+struct Big {
+    server: DevServer,
+    _dir: tempfile::TempDir,
+}
+
+fn big_repo() -> Big {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("big");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    git(&repo, &["init", "-q", "-b", "main"]).expect("init");
+    for i in 0..FILES {
+        std::fs::write(
+            repo.join(format!("f{i}.bin")),
+            pseudo_random(MIB, i as u64 + 7),
+        )
+        .expect("write");
+    }
+    git(&repo, &["add", "-A"]).expect("add");
+    git(&repo, &["commit", "-q", "-m", "big"]).expect("commit");
+    let served = ServedRepo::open(MEGA_REPO, &repo, "main").expect("serve");
+    Big {
+        server: DevServer::start(vec![served]).expect("server"),
+        _dir: dir,
+    }
+}
+
+fn cache_usage(daemon: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&daemon.ctl_ok(&["cache", "--json"])).expect("json")
+}
+
+fn read(path: std::path::PathBuf) -> Vec<u8> {
+    within(LIMIT, move || std::fs::read(&path)).expect("read")
+}
+
+fn blob_gets(server: &DevServer) -> usize {
+    server.requests().iter().filter(|r| r.is_blob_get()).count()
+}
+
+#[test]
+fn the_limit_holds_and_evicted_objects_come_back() {
+    let big = big_repo();
+    let daemon = Daemon::start_with(Options {
+        config: Some("[daemon]\ncache_max_size = \"3M\"\n".into()),
+        ..Options::default()
+    });
+    let point = daemon.mountpoint("big");
+    daemon.ctl_ok(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &big.server.url(),
+        "--mount-point",
+        path_str(&point),
+    ]);
+    for i in 0..FILES {
+        assert_eq!(
+            read(point.join(format!("f{i}.bin"))),
+            pseudo_random(MIB, i as u64 + 7)
+        );
+    }
+    // Eviction runs in the background, about every second.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let usage = cache_usage(&daemon);
+        if usage["bytes"].as_u64() <= usage["limit"].as_u64() {
+            assert_eq!(usage["limit"], 3 * MIB as u64);
+            assert!(usage["evicted"].as_u64() > Some(0), "{usage}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache stays over its limit: {usage}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first file was evicted (least recently used); reading it fetches it again, right.
+    big.server.clear_requests();
+    // Drop the kernel's page cache for it, so the read reaches the daemon.
+    std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop caches");
+    assert_eq!(read(point.join("f0.bin")), pseudo_random(MIB, 7));
+    assert_eq!(blob_gets(&big.server), 1, "fetched again after eviction");
+}
+
+#[test]
+fn an_open_file_keeps_its_object_and_clear_spares_it() {
+    let big = big_repo();
+    let daemon = Daemon::start_with(Options {
+        config: Some("[daemon]\ncache_max_size = \"2M\"\n".into()),
+        ..Options::default()
+    });
+    let point = daemon.mountpoint("big");
+    daemon.ctl_ok(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &big.server.url(),
+        "--mount-point",
+        path_str(&point),
+    ]);
+    use std::io::{Read, Seek, SeekFrom};
+    let mut held = std::fs::File::open(point.join("f0.bin")).expect("open");
+    let mut first = vec![0u8; 4096];
+    held.read_exact(&mut first).expect("read");
+    for i in 1..FILES {
+        read(point.join(format!("f{i}.bin")));
+    }
+    let cleared = daemon.ctl_ok(&["cache", "clear"]);
+    assert!(cleared.contains("freed"), "{cleared}");
+    assert_eq!(
+        cache_usage(&daemon)["objects"],
+        1,
+        "only the open file's object is left"
+    );
+    big.server.clear_requests();
+    std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop caches");
+    let mut rest = Vec::new();
+    held.seek(SeekFrom::Start(0)).expect("seek");
+    held.read_to_end(&mut rest).expect("read the rest");
+    assert_eq!(rest, pseudo_random(MIB, 7));
+    assert_eq!(
+        blob_gets(&big.server),
+        0,
+        "the open file's object was never evicted"
+    );
+}
+
+#[test]
+fn after_a_restart_what_was_read_costs_no_request() {
+    let mut world = World::new();
+    let point = world.mount_mega("warm");
+    for rel in ["README.md", "src/nested/deep/leaf.txt", "big/five-mb.bin"] {
+        read(point.join(rel));
+    }
+    // `ls -l` of a directory learns its sizes; they must survive too.
+    let listed: Vec<_> = std::fs::read_dir(point.join("src"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").metadata().expect("stat").len())
+        .collect();
+    assert!(!listed.is_empty());
+    world.daemon.restart();
+    let point = world.mount_mega("warm");
+    world.server.clear_requests();
+    for rel in ["README.md", "src/nested/deep/leaf.txt", "big/five-mb.bin"] {
+        read(point.join(rel));
+    }
+    for entry in std::fs::read_dir(point.join("src")).expect("readdir") {
+        entry.expect("entry").metadata().expect("stat");
+    }
+    let requests = world.server.requests();
+    assert_eq!(requests, [], "everything came from the cache");
+    let usage = cache_usage(&world.daemon);
+    assert!(usage["hits"].as_u64() >= Some(3), "{usage}");
+}
