@@ -76,6 +76,8 @@ impl Index {
 
 pub struct Store {
     objects: PathBuf,
+    /// What each source last resolved to, for mounting while it is unreachable.
+    snapshots: PathBuf,
     tmp: PathBuf,
     index: Mutex<Index>,
     sizes_log: Mutex<File>,
@@ -107,7 +109,8 @@ impl Store {
         };
         let objects = dir.join("objects");
         let tmp = dir.join("tmp");
-        for d in [&objects, &tmp] {
+        let snapshots = dir.join("snapshots");
+        for d in [&objects, &tmp, &snapshots] {
             fs::create_dir_all(d).map_err(err(d))?;
         }
         if let Ok(leftovers) = fs::read_dir(&tmp) {
@@ -128,6 +131,7 @@ impl Store {
             .map_err(err(&log_path))?;
         Ok(Store {
             objects,
+            snapshots,
             tmp,
             index: Mutex::new(index),
             sizes_log: Mutex::new(sizes_log),
@@ -359,6 +363,33 @@ impl Store {
         freed
     }
 
+    /// Remembers what `source` (a source's description) resolved to: commit, root tree and
+    /// commit time, one line, written atomically.
+    pub fn save_snapshot(&self, source: &str, commit: &ObjectId, tree: &ObjectId, time: i64) {
+        let path = self.snapshot_path(source);
+        let tmp = path.with_extension("tmp");
+        let text = format!("{commit} {tree} {time}\n");
+        if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path)) {
+            warn!(error = %e, "cannot remember a source's commit");
+        }
+    }
+
+    /// What `source` last resolved to, if known: (commit, root tree, commit time).
+    pub fn load_snapshot(&self, source: &str) -> Option<(ObjectId, ObjectId, i64)> {
+        let text = fs::read_to_string(self.snapshot_path(source)).ok()?;
+        let mut parts = text.split_whitespace();
+        let commit = ObjectId::from_hex(parts.next()?).ok()?;
+        let tree = ObjectId::from_hex(parts.next()?).ok()?;
+        let time = parts.next()?.parse().ok()?;
+        Some((commit, tree, time))
+    }
+
+    fn snapshot_path(&self, source: &str) -> PathBuf {
+        use crate::object::ObjectKind;
+        let key = ObjectId::hash(ObjectKind::Blob, source.as_bytes());
+        self.snapshots.join(key.to_hex())
+    }
+
     pub fn usage(&self) -> Usage {
         let index = self.lock();
         Usage {
@@ -505,7 +536,8 @@ mod tests {
     #[test]
     fn eviction_keeps_the_limit_and_spares_pinned_and_recent_objects() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path(), 100).expect("open"));
+        // 150: the 180 bytes below stay under the inline (hard) limit of 150 + 150/4.
+        let store = Arc::new(Store::open(dir.path(), 150).expect("open"));
         let objects: Vec<_> = (0..6).map(|i| blob(&format!("{i:0>30}"))).collect();
         let pinned = store.pin(&objects[0].0);
         for (oid, bytes) in &objects[..3] {
@@ -519,7 +551,7 @@ mod tests {
         assert_eq!(store.usage().bytes, 180);
         store.evict_to_limit();
         let usage = store.usage();
-        assert!(usage.bytes <= 100, "{usage:?}");
+        assert!(usage.bytes <= 150, "{usage:?}");
         assert!(store.contains(&objects[0].0), "pinned survives");
         assert!(!store.contains(&objects[2].0), "least recently used goes");
         assert!(store.contains(&objects[5].0), "newest stays");

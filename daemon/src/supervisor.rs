@@ -195,6 +195,8 @@ impl MountEntry {
             // The session thread ends when the kernel drops the mount behind our back.
             state: if self.session.guard.is_finished() {
                 "lost"
+            } else if self.fs.is_offline() {
+                "offline"
             } else {
                 "mounted"
             },

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, StreamExt};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use error::FsError;
 use flight::Flights;
@@ -71,6 +71,9 @@ pub struct MountFs {
     owner: (u32, u32),
     stats: Stats,
     flights: Flights<FlightKey>,
+    /// Mounted from the last known commit because the source was unreachable; cleared by the
+    /// first successful fetch.
+    offline: std::sync::atomic::AtomicBool,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -83,8 +86,9 @@ impl MountFs {
         store: Arc<Store>,
         owner: (u32, u32),
     ) -> Result<Arc<MountFs>, FsError> {
-        let snapshot = source.resolve().await?;
+        let (snapshot, offline) = resolve_or_remember(source.as_ref(), &store).await?;
         let fs = Arc::new(MountFs {
+            offline: std::sync::atomic::AtomicBool::new(offline),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             source,
             store,
@@ -102,6 +106,12 @@ impl MountFs {
         }
         fs.listing(ROOT_INO).await?;
         Ok(fs)
+    }
+
+    /// Whether the mount shows a remembered commit because its source was unreachable, and
+    /// nothing has been fetched since.
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -315,7 +325,11 @@ impl MountFs {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(body);
         }
-        let body = self.source.fetch_tree(path, oid).await?;
+        let body = self.source.fetch_tree(path, oid).await.map_err(|error| {
+            let server = self.source.describe();
+            warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a directory");
+            error
+        })?;
         self.count_fetch(body.len());
         self.verified(ObjectKind::Tree, oid, &format!("/{path}"), &body)?;
         self.store.insert(&oid, &body)?;
@@ -351,7 +365,11 @@ impl MountFs {
                 }
                 let path = this.read_inodes().get(ino).map(|n| n.path.clone());
                 let path = path.unwrap_or_default();
-                let bytes = this.source.fetch_blob(oid).await?;
+                let bytes = this.source.fetch_blob(oid).await.map_err(|error| {
+                    let server = this.source.describe();
+                    warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a file");
+                    error
+                })?;
                 this.count_fetch(bytes.len());
                 this.verified(ObjectKind::Blob, oid, &format!("/{path}"), &bytes)?;
                 this.store.insert(&oid, &bytes)?;
@@ -461,10 +479,50 @@ impl MountFs {
     }
 
     fn count_fetch(&self, bytes: usize) {
+        self.offline.store(false, Ordering::Relaxed);
         self.stats.fetched_objects.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fetched_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Resolves the source's commit and remembers it; where the source cannot be reached, falls
+/// back to the commit it last resolved to, if its root listing is cached (offline).
+async fn resolve_or_remember(
+    source: &dyn Source,
+    store: &Store,
+) -> Result<(Snapshot, bool), FsError> {
+    let key = source.describe();
+    match source.resolve().await {
+        Ok(snapshot) => {
+            store.save_snapshot(
+                &key,
+                &snapshot.commit,
+                &snapshot.root_tree,
+                snapshot.commit_time,
+            );
+            Ok((snapshot, false))
+        }
+        Err(e) if e.is_unavailable() => {
+            let Some((commit, root_tree, commit_time)) = store.load_snapshot(&key) else {
+                return Err(e.into());
+            };
+            if !store.contains(&root_tree) {
+                return Err(e.into());
+            }
+            tracing::warn!(source = %key, %commit, error = %e, "source unreachable: mounting the last known commit from the cache (offline)");
+            Ok((
+                Snapshot {
+                    commit,
+                    root_tree,
+                    commit_time,
+                    root_body: None,
+                },
+                true,
+            ))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

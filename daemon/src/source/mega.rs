@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::{Client, Method, Response, StatusCode};
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Method, StatusCode};
+use tracing::debug;
 
 use super::{Snapshot, Source, SourceError};
 use crate::object::ObjectId;
@@ -50,19 +52,61 @@ impl MegaSource {
         }
     }
 
+    /// One request, whole body included. Every request megafs makes is idempotent, so a
+    /// dropped connection, a timeout or a 5xx is tried again (with growing, jittered pauses);
+    /// a 4xx is an answer and is not.
     async fn send(
         &self,
         method: Method,
         endpoint: &str,
         query: &[(&str, &str)],
-    ) -> Result<Response, SourceError> {
+    ) -> Result<Answer, SourceError> {
         let url = format!("{}{endpoint}", self.base);
-        self.client
-            .request(method, &url)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.attempt(method.clone(), &url, query).await;
+            let retryable = match &result {
+                Ok(answer) => answer.status.is_server_error(),
+                Err(SourceError::Unreachable { .. })
+                | Err(SourceError::Timeout { .. })
+                | Err(SourceError::Server { .. }) => true,
+                Err(_) => false,
+            };
+            if !retryable || attempt >= ATTEMPTS {
+                return result;
+            }
+            let pause = backoff(attempt);
+            debug!(url = %endpoint, attempt, ?pause, "retrying a failed request");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Answer, SourceError> {
+        let response = self
+            .client
+            .request(method, url)
             .query(query)
             .send()
             .await
-            .map_err(|e| self.transport_error(e))
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?
+            .to_vec();
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     fn transport_error(&self, e: reqwest::Error) -> SourceError {
@@ -85,20 +129,15 @@ impl MegaSource {
     }
 
     /// The body of a 200 answer, or the server's error text.
-    async fn body_of(&self, what: &str, response: Response) -> Result<Vec<u8>, SourceError> {
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        if status != StatusCode::OK {
+    fn body_of(&self, what: &str, answer: Answer) -> Result<Vec<u8>, SourceError> {
+        if answer.status != StatusCode::OK {
             return Err(SourceError::Server {
                 server: self.server.clone(),
                 what: what.to_string(),
-                detail: format!("HTTP {status}: {}", error_text(&body)),
+                detail: format!("HTTP {}: {}", answer.status, error_text(&answer.body)),
             });
         }
-        Ok(body.to_vec())
+        Ok(answer.body)
     }
 
     async fn latest_commit(&self) -> Result<(ObjectId, i64), SourceError> {
@@ -110,13 +149,13 @@ impl MegaSource {
                 &[("path", &self.repo)],
             )
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
+        if response.status == StatusCode::NOT_FOUND {
             return Err(SourceError::RepoNotFound(format!(
                 "{} on {}",
                 self.repo, self.server
             )));
         }
-        let body = self.body_of(&what, response).await?;
+        let body = self.body_of(&what, response)?;
         let bad = |detail: String| SourceError::Server {
             server: self.server.clone(),
             what: what.clone(),
@@ -132,6 +171,27 @@ impl MegaSource {
             .map_err(|_| bad(format!("unreadable date {:?}", info.date)))?;
         Ok((oid, time))
     }
+}
+
+/// How many times a request is tried.
+const ATTEMPTS: u32 = 3;
+
+/// The pause before attempt `attempt + 1`: 100 ms doubling, with up to as much again of
+/// jitter so that many readers do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100) * (1 << attempt.min(6));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+/// A whole HTTP answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
 }
 
 #[derive(serde::Deserialize)]
@@ -150,9 +210,7 @@ impl Source for MegaSource {
         let response = self
             .send(Method::GET, "/api/v1/file/tree", &[("path", &self.repo)])
             .await?;
-        let root_body = self
-            .body_of(&format!("tree {}", self.repo), response)
-            .await?;
+        let root_body = self.body_of(&format!("tree {}", self.repo), response)?;
         if root_body.is_empty() {
             return Err(SourceError::RepoNotFound(format!(
                 "{} is not a directory on {}",
@@ -178,7 +236,7 @@ impl Source for MegaSource {
                 &[("path", &full), ("oid", &hex)],
             )
             .await?;
-        let body = self.body_of(&format!("tree {full}"), response).await?;
+        let body = self.body_of(&format!("tree {full}"), response)?;
         // An empty answer means the path's tree is no longer `oid`: the trunk moved.
         if body.is_empty() && oid != ObjectId::EMPTY_TREE {
             return Err(SourceError::TrunkMoved {
@@ -193,21 +251,20 @@ impl Source for MegaSource {
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         let endpoint = format!("/api/v1/file/blob/{oid}");
         let response = self.send(Method::GET, &endpoint, &[]).await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            let body = response.bytes().await.unwrap_or_default();
+        if response.status == StatusCode::NOT_FOUND {
             return Err(SourceError::ObjectMissing {
                 server: self.server.clone(),
                 oid,
-                detail: error_text(&body),
+                detail: error_text(&response.body),
             });
         }
-        self.body_of(&format!("blob {oid}"), response).await
+        self.body_of(&format!("blob {oid}"), response)
     }
 
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
         let endpoint = format!("/api/v1/file/blob/{oid}");
         let response = self.send(Method::HEAD, &endpoint, &[]).await?;
-        let status = response.status();
+        let status = response.status;
         if status != StatusCode::OK {
             return Err(SourceError::Server {
                 server: self.server.clone(),
@@ -216,7 +273,7 @@ impl Source for MegaSource {
             });
         }
         response
-            .headers()
+            .headers
             .get(reqwest::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())

@@ -56,6 +56,19 @@ pub enum SourceError {
     Local { repo: String, detail: String },
 }
 
+impl SourceError {
+    /// Trouble reaching a healthy server, as opposed to an answer (not found, bad ref):
+    /// the kind of failure that cached data may stand in for.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Unreachable { .. }
+                | SourceError::Timeout { .. }
+                | SourceError::Server { .. }
+        )
+    }
+}
+
 /// A repository the filesystem can list and read.
 #[async_trait]
 pub trait Source: Send + Sync {

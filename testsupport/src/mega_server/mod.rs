@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 pub use monorepo::{components, tree_id, Monorepo, ServedRepo};
 
-/// Ways the server can misbehave, set by tests (or `POST /__dev/faults?...`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Ways the server can misbehave, set by tests (or `POST /__dev/faults?...`). The blob and
+/// tree faults (all but `corrupt_trees`/`blob_delay_ms`, which always apply) hit a request with
+/// `probability` (default: always), and only the next `count` requests when `count` > 0.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
     /// Flip one byte of every non-empty blob body.
@@ -33,6 +35,47 @@ pub struct Faults {
     pub blob_delay_ms: u64,
     /// Send half of a blob body, then drop the connection.
     pub truncate_blobs: bool,
+    /// Drop the connection right after the headers of a blob or tree answer.
+    pub reset: bool,
+    /// Never answer a blob or tree request (the client must give up).
+    pub stall: bool,
+    /// Answer blob and tree requests with this HTTP status (500, 503, 404, ...).
+    pub status: Option<u16>,
+    /// Append bytes after a blob's content.
+    pub extra_bytes: bool,
+    /// The chance (0 to 1) that a blob or tree request is hit by the faults above.
+    pub probability: f64,
+    /// Hit only this many requests, then behave (0: no bound).
+    pub count: u32,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            corrupt_blobs: false,
+            corrupt_trees: false,
+            blob_delay_ms: 0,
+            truncate_blobs: false,
+            reset: false,
+            stall: false,
+            status: None,
+            extra_bytes: false,
+            probability: 1.0,
+            count: 0,
+        }
+    }
+}
+
+/// What happened to one request, decided once per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    Reset,
+    Stall,
+    Status(u16),
+    Truncate,
+    Extra,
+    Corrupt,
 }
 
 /// One request as the server saw it.
@@ -106,6 +149,9 @@ struct ServerState {
     faults: Mutex<Faults>,
     log: Mutex<Vec<Logged>>,
     next_request_id: AtomicU64,
+    /// Faults dealt so far, and the state of the dice.
+    injected: AtomicU64,
+    dice: AtomicU64,
 }
 
 impl ServerState {
@@ -114,6 +160,73 @@ impl ServerState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Decides whether this request is hit, and by what.
+    fn deal(&self, is_blob: bool) -> Fault {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let fault = if faults.reset {
+            Fault::Reset
+        } else if faults.stall {
+            Fault::Stall
+        } else if let Some(code) = faults.status {
+            Fault::Status(code)
+        } else if is_blob && faults.truncate_blobs {
+            Fault::Truncate
+        } else if is_blob && faults.extra_bytes {
+            Fault::Extra
+        } else if is_blob && faults.corrupt_blobs {
+            Fault::Corrupt
+        } else {
+            return Fault::None;
+        };
+        // xorshift: cheap, and repeatable for a given sequence of requests.
+        let mut x = self.dice.load(Ordering::Relaxed) | 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.dice.store(x, Ordering::Relaxed);
+        let roll = (x >> 11) as f64 / (1u64 << 53) as f64;
+        if roll >= faults.probability {
+            return Fault::None;
+        }
+        if faults.count > 0 {
+            faults.count -= 1;
+            if faults.count == 0 {
+                *faults = Faults {
+                    blob_delay_ms: faults.blob_delay_ms,
+                    corrupt_trees: faults.corrupt_trees,
+                    ..Faults::default()
+                };
+            }
+        }
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        fault
+    }
+}
+
+/// An answer that fails the way `fault` says, if it says anything.
+async fn faulty(fault: Fault, filename: &str, length: u64) -> Option<Response> {
+    match fault {
+        Fault::Reset => {
+            let stream = futures::stream::iter(vec![Err::<bytes::Bytes, _>(
+                std::io::Error::other("dev server: reset on purpose"),
+            )]);
+            Some(octet_stream(
+                filename,
+                Body::from_stream(stream),
+                length.max(1),
+            ))
+        }
+        Fault::Stall => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            None
+        }
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some(common_error(status, "dev server: failing on purpose"))
+        }
+        _ => None,
     }
 }
 
@@ -140,6 +253,8 @@ impl DevServer {
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
             next_request_id: AtomicU64::new(1),
+            injected: AtomicU64::new(0),
+            dice: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = router(state.clone());
@@ -200,6 +315,11 @@ impl DevServer {
 
     pub fn set_faults(&self, faults: Faults) {
         *self.state.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    /// How many requests the faults have hit so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.state.injected.load(Ordering::Relaxed)
     }
 }
 
@@ -333,6 +453,9 @@ async fn file_tree(State(state): State<Arc<ServerState>>, Query(q): Query<TreeQu
         flip_a_byte(&mut body);
     }
     let length = body.len() as u64;
+    if let Some(response) = faulty(state.deal(false), "", length).await {
+        return response;
+    }
     octet_stream("", Body::from(body), length)
 }
 
@@ -377,11 +500,18 @@ async fn blob(
     let Some(mut data) = state.monorepo.blob(&oid) else {
         return blob_not_found(&oid_text);
     };
-    if faults.corrupt_blobs {
+    let fault = state.deal(true);
+    if let Some(response) = faulty(fault, &oid_text, data.len() as u64).await {
+        return response;
+    }
+    if fault == Fault::Corrupt {
         flip_a_byte(&mut data);
     }
+    if fault == Fault::Extra {
+        data.extend_from_slice(b"extra bytes the object does not have");
+    }
     let length = data.len() as u64;
-    if faults.truncate_blobs && data.len() > 1 {
+    if fault == Fault::Truncate && data.len() > 1 {
         // Promise the whole length, send half, then fail the stream: the connection drops.
         let half = bytes::Bytes::from(data[..data.len() / 2].to_vec());
         let stream = futures::stream::iter(vec![

@@ -1,0 +1,319 @@
+//! A sick server costs a clear error, never a hung process or a wrong byte; a missing one
+//! costs nothing that was fetched before; a killed daemon leaves a consistent cache.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{errno, path_str, MEGA_REPO};
+use megafs_testsupport::fixture::{self, Fixture, MANY_FILES};
+use megafs_testsupport::harness::{within, Daemon, Options};
+use megafs_testsupport::{DevServer, Faults, ServedRepo};
+use sha1::{Digest, Sha1};
+
+/// The daemon's request limit in these tests, and how long a read may take at most.
+const REQUEST_LIMIT: &str = "3s";
+const READ_LIMIT: Duration = Duration::from_secs(10);
+
+struct Setup {
+    fixture: Fixture,
+    server: DevServer,
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = fixture::build(&dir.path().join("repo")).expect("fixture");
+    let served = ServedRepo::open(MEGA_REPO, &fixture.path, "main").expect("serve");
+    let server = DevServer::start(vec![served]).expect("server");
+    let daemon = Daemon::start_with(Options {
+        config: Some(format!("[daemon]\nrequest_timeout = \"{REQUEST_LIMIT}\"\n")),
+        ..Options::default()
+    });
+    Setup {
+        fixture,
+        server,
+        daemon,
+        _dir: dir,
+    }
+}
+
+fn connect(s: &Setup, url: &str) -> std::path::PathBuf {
+    let point = s.daemon.mountpoint("m");
+    s.daemon.ctl_ok(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        url,
+        "--mount-point",
+        path_str(&point),
+    ]);
+    point
+}
+
+fn expected(i: usize) -> Vec<u8> {
+    format!("file number {i}\n").into_bytes()
+}
+
+/// Reads within the limit; the bytes are right or the error is EIO.
+fn read_right_or_eio(path: std::path::PathBuf, want: &[u8]) -> bool {
+    let started = Instant::now();
+    let result = within(READ_LIMIT, move || std::fs::read(path));
+    assert!(started.elapsed() < READ_LIMIT);
+    match result {
+        Ok(bytes) => {
+            assert_eq!(bytes, want, "a wrong byte was served");
+            true
+        }
+        Err(e) => {
+            assert_eq!(errno(&e), libc::EIO, "{e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn under_every_fault_reads_are_right_or_eio_and_recover() {
+    let s = setup();
+    let point = connect(&s, &s.server.url());
+    for i in 0..MANY_FILES {
+        std::fs::metadata(point.join(format!("many/f{i}.txt"))).expect("stat");
+    }
+    let faults = [
+        (
+            "reset",
+            Faults {
+                reset: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "stall",
+            Faults {
+                stall: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "500",
+            Faults {
+                status: Some(500),
+                ..Faults::default()
+            },
+        ),
+        (
+            "503",
+            Faults {
+                status: Some(503),
+                ..Faults::default()
+            },
+        ),
+        (
+            "404",
+            Faults {
+                status: Some(404),
+                ..Faults::default()
+            },
+        ),
+        (
+            "truncate",
+            Faults {
+                truncate_blobs: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "extra bytes",
+            Faults {
+                extra_bytes: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "flipped byte",
+            Faults {
+                corrupt_blobs: true,
+                ..Faults::default()
+            },
+        ),
+    ];
+    assert_eq!(faults.len(), MANY_FILES);
+    for (i, (name, fault)) in faults.into_iter().enumerate() {
+        s.server.clear_requests();
+        s.server.set_faults(fault);
+        let path = point.join(format!("many/f{i}.txt"));
+        let served = read_right_or_eio(path.clone(), &expected(i));
+        assert!(
+            !served,
+            "{name}: a fault on every request cannot give the file"
+        );
+        let gets = s
+            .server
+            .requests()
+            .iter()
+            .filter(|r| r.is_blob_get())
+            .count();
+        match name {
+            // The kernel may ask twice (a read and its readahead), each a fetch of its own;
+            // a retried request would cost three each.
+            "404" => assert!(gets <= 2, "a 4xx is not retried ({gets} requests)"),
+            "reset" | "500" | "503" => assert!(gets >= 3, "{name} is retried ({gets} requests)"),
+            _ => {}
+        }
+        s.server.set_faults(Faults::default());
+        assert!(
+            read_right_or_eio(path, &expected(i)),
+            "{name}: the read works once the fault stops"
+        );
+    }
+    s.daemon.ctl_ok(&["status"]);
+}
+
+#[test]
+fn a_flaky_server_never_gives_a_wrong_byte() {
+    let s = setup();
+    let point = connect(&s, &s.server.url());
+    for i in 0..MANY_FILES {
+        std::fs::metadata(point.join(format!("many/f{i}.txt"))).expect("stat");
+    }
+    s.server.set_faults(Faults {
+        reset: true,
+        probability: 0.5,
+        ..Faults::default()
+    });
+    let mut served = 0;
+    for i in 0..MANY_FILES {
+        served += usize::from(read_right_or_eio(
+            point.join(format!("many/f{i}.txt")),
+            &expected(i),
+        ));
+    }
+    assert!(s.server.faults_injected() > 0);
+    assert!(
+        served > 0,
+        "retries get most reads through a half-broken server"
+    );
+    s.server.set_faults(Faults::default());
+    for i in 0..MANY_FILES {
+        assert!(read_right_or_eio(
+            point.join(format!("many/f{i}.txt")),
+            &expected(i)
+        ));
+    }
+}
+
+#[test]
+fn offline_what_was_fetched_reads_and_the_rest_fails_fast() {
+    let mut s = setup();
+    let url = s.server.url();
+    let addr = url.trim_start_matches("http://").to_string();
+    let point = connect(&s, &url);
+    assert_eq!(
+        std::fs::read(point.join("README.md")).expect("read"),
+        b"fixture v2\n"
+    );
+    s.daemon.ctl_ok(&["disconnect", path_str(&point)]);
+
+    // The server goes away; the same repository mounts from what the cache remembers.
+    drop(std::mem::replace(
+        &mut s.server,
+        DevServer::start(Vec::new()).expect("placeholder"),
+    ));
+    let point = connect(&s, &url);
+    let status = s.daemon.status();
+    assert_eq!(status["mounts"][0]["state"], "offline", "{status}");
+    assert_eq!(
+        std::fs::read(point.join("README.md")).expect("cached"),
+        b"fixture v2\n"
+    );
+    let started = Instant::now();
+    let never = point.join("data.bin");
+    let err = within(READ_LIMIT, move || std::fs::read(never)).expect_err("never fetched");
+    assert_eq!(errno(&err), libc::EIO);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    let log = s.daemon.log();
+    assert!(
+        log.contains("path=/data.bin") && log.contains("cannot fetch a file"),
+        "{log}"
+    );
+
+    // The server comes back on the same address: the mount works again without remounting.
+    let served = ServedRepo::open(MEGA_REPO, &s.fixture.path, "main").expect("serve");
+    s.server = DevServer::start_on(addr.parse().expect("addr"), vec![served]).expect("restart");
+    let data = std::fs::read(point.join("data.bin")).expect("read after recovery");
+    assert_eq!(data.len(), 1024);
+    assert_eq!(s.daemon.status()["mounts"][0]["state"], "mounted");
+}
+
+/// Every cached object hashes to its name, as a blob or as a tree.
+fn assert_cache_consistent(cache: &std::path::Path) {
+    let mut checked = 0;
+    for shard in std::fs::read_dir(cache.join("objects")).expect("objects") {
+        let shard = shard.expect("shard");
+        for file in std::fs::read_dir(shard.path()).expect("shard dir") {
+            let file = file.expect("file");
+            let name = format!(
+                "{}{}",
+                shard.file_name().to_string_lossy(),
+                file.file_name().to_string_lossy()
+            );
+            let bytes = std::fs::read(file.path()).expect("object");
+            let ok = ["blob", "tree"].iter().any(|kind| {
+                let mut h = Sha1::new();
+                h.update(format!("{kind} {}\0", bytes.len()).as_bytes());
+                h.update(&bytes);
+                hex_of(&h.finalize()) == name
+            });
+            assert!(ok, "cached object {name} does not match its content");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    let leftovers = std::fs::read_dir(cache.join("tmp")).expect("tmp").count();
+    assert_eq!(leftovers, 0, "no temporaries after a start");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_daemon_killed_during_heavy_reads_restarts_with_a_consistent_cache() {
+    let mut s = setup();
+    let point = connect(&s, &s.server.url());
+    s.server.set_faults(Faults {
+        blob_delay_ms: 50,
+        ..Faults::default()
+    });
+    let readers: Vec<_> = (0..MANY_FILES)
+        .map(|i| {
+            let path = point.join(format!("many/f{i}.txt"));
+            let big = point.join("big/five-mb.bin");
+            std::thread::spawn(move || {
+                let _ = std::fs::read(path);
+                let _ = std::fs::read(big);
+            })
+        })
+        .collect();
+    // Kill it once reads are under way.
+    let deadline = Instant::now() + READ_LIMIT;
+    while s.server.requests().iter().filter(|r| r.is_blob_get()).count() < 3 {
+        assert!(Instant::now() < deadline, "no reads started");
+        std::thread::yield_now();
+    }
+    s.daemon.kill();
+    for reader in readers {
+        let _ = reader.join();
+    }
+    s.server.set_faults(Faults::default());
+    s.daemon.start_again();
+    assert_cache_consistent(&s.daemon.cache_dir);
+    let point = connect(&s, &s.server.url());
+    let big = std::fs::read(point.join("big/five-mb.bin")).expect("read");
+    assert_eq!(big, fixture::pseudo_random(5 * 1024 * 1024, 42));
+}
