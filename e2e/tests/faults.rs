@@ -302,7 +302,14 @@ fn a_daemon_killed_during_heavy_reads_restarts_with_a_consistent_cache() {
         .collect();
     // Kill it once reads are under way.
     let deadline = Instant::now() + READ_LIMIT;
-    while s.server.requests().iter().filter(|r| r.is_blob_get()).count() < 3 {
+    while s
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.is_blob_get())
+        .count()
+        < 3
+    {
         assert!(Instant::now() < deadline, "no reads started");
         std::thread::yield_now();
     }

@@ -344,6 +344,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/__dev/requests", get(dev_requests))
         .route("/__dev/faults", post(dev_faults))
         .route("/__dev/reset", post(dev_reset))
+        .route("/__dev/stats", get(dev_stats))
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -587,6 +588,14 @@ async fn dev_requests(State(state): State<Arc<ServerState>>) -> Response {
 async fn dev_faults(State(state): State<Arc<ServerState>>, Query(f): Query<Faults>) -> Response {
     *state.faults.lock().unwrap_or_else(|p| p.into_inner()) = f.clone();
     json_response(serde_json::to_string(&f))
+}
+
+async fn dev_stats(State(state): State<Arc<ServerState>>) -> Response {
+    let requests = state.log.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let injected = state.injected.load(Ordering::Relaxed);
+    json_response(Ok(format!(
+        "{{\"requests\":{requests},\"faults_injected\":{injected}}}"
+    )))
 }
 
 async fn dev_reset(State(state): State<Arc<ServerState>>) -> Response {
