@@ -224,6 +224,24 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Like [`unmount`], but rides out a busy mount for up to a second: the kernel releases a
+/// just-closed FUSE file asynchronously, so a mount can look busy for a moment after the last
+/// file was closed.
+pub fn unmount_patiently(path: &Path, lazy: bool) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match unmount(path, lazy) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Unmounts `path`; `lazy` detaches it even while files are open. Root calls umount2(2)
 /// directly; other users go through the setuid `fusermount3`.
 pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {

@@ -94,6 +94,30 @@ impl ObjectId {
     }
 }
 
+/// Hashes an object of known length as its bytes arrive, for content too big to hold.
+pub struct ObjectHasher {
+    hasher: Sha1,
+}
+
+impl ObjectHasher {
+    pub fn new(kind: ObjectKind, len: u64) -> Self {
+        let mut hasher = Sha1::new();
+        hasher.update(kind.header_name().as_bytes());
+        hasher.update(b" ");
+        hasher.update(len.to_string().as_bytes());
+        hasher.update(b"\0");
+        ObjectHasher { hasher }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    pub fn finish(self) -> ObjectId {
+        ObjectId(self.hasher.finalize().into())
+    }
+}
+
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -225,6 +249,16 @@ mod tests {
             ObjectId::hash(ObjectKind::Blob, b"").to_hex(),
             "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
         );
+    }
+
+    #[test]
+    fn hashing_in_pieces_is_hashing_at_once() {
+        let content = b"some content, in three pieces";
+        let mut hasher = ObjectHasher::new(ObjectKind::Blob, content.len() as u64);
+        for piece in content.chunks(11) {
+            hasher.update(piece);
+        }
+        assert_eq!(hasher.finish(), ObjectId::hash(ObjectKind::Blob, content));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{info, warn};
 
-use crate::object::ObjectId;
+use crate::object::{ObjectError, ObjectHasher, ObjectId, ObjectKind};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cache at {path}: {source}")]
@@ -86,6 +86,46 @@ pub struct Store {
     hits: AtomicU64,
     misses: AtomicU64,
     evicted: AtomicU64,
+}
+
+/// An object being written as it arrives: hashed on the way, renamed into place only if it is
+/// whole and hashes to its id. Dropped unfinished, it leaves nothing behind.
+pub struct PendingObject {
+    oid: ObjectId,
+    expected_len: u64,
+    written: u64,
+    hasher: Option<ObjectHasher>,
+    file: File,
+    tmp_path: Option<PathBuf>,
+}
+
+impl PendingObject {
+    pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.written += chunk.len() as u64;
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(chunk);
+        }
+        self.file.write_all(chunk)
+    }
+}
+
+impl Drop for PendingObject {
+    fn drop(&mut self) {
+        if let Some(path) = self.tmp_path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Why a streamed object was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Corrupt(ObjectError),
+    #[error("expected {expected} bytes, received {received}")]
+    Length { expected: u64, received: u64 },
 }
 
 /// Keeps an object from eviction while alive.
@@ -225,26 +265,80 @@ impl Store {
             let _ = fs::remove_file(&tmp_path);
             return result;
         }
+        // Eviction runs in the background; only a cache far over its limit waits for it.
+        self.admit(oid, bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Starts writing blob `oid` of `len` bytes as it arrives (see [`PendingObject`]).
+    pub fn begin(&self, oid: &ObjectId, len: u64) -> io::Result<PendingObject> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = self
+            .tmp
+            .join(format!("{}.{}.{n}", oid.to_hex(), std::process::id()));
+        let file = File::create(&tmp_path)?;
+        Ok(PendingObject {
+            oid: *oid,
+            expected_len: len,
+            written: 0,
+            hasher: Some(ObjectHasher::new(ObjectKind::Blob, len)),
+            file,
+            tmp_path: Some(tmp_path),
+        })
+    }
+
+    /// Keeps a fully written object if it is whole and hashes to its id.
+    pub fn commit(&self, mut pending: PendingObject) -> Result<(), CommitError> {
+        if pending.written != pending.expected_len {
+            return Err(CommitError::Length {
+                expected: pending.expected_len,
+                received: pending.written,
+            });
+        }
+        let actual = pending.hasher.take().map(ObjectHasher::finish);
+        if actual != Some(pending.oid) {
+            return Err(CommitError::Corrupt(ObjectError::Mismatch {
+                kind: ObjectKind::Blob,
+                expected: pending.oid,
+                actual: actual.unwrap_or(pending.oid),
+            }));
+        }
+        pending.file.sync_data()?;
+        let final_path = self.path_of(&pending.oid);
+        if let Some(parent) = final_path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        if let Some(tmp_path) = pending.tmp_path.take() {
+            if let Err(e) = fs::rename(&tmp_path, &final_path) {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e.into());
+            }
+        }
+        self.record_size(&pending.oid, pending.written);
+        self.admit(&pending.oid, pending.written);
+        Ok(())
+    }
+
+    /// Enters a newly written object into the index, evicting inline only when far over.
+    fn admit(&self, oid: &ObjectId, size: u64) {
         let over_hard_limit = {
             let mut index = self.lock();
             index.clock += 1;
             let pins = index.early_pins.remove(oid).unwrap_or(0);
             let entry = Entry {
-                size: bytes.len() as u64,
+                size,
                 last_used: index.clock,
                 pins,
             };
             if index.cached.insert(*oid, entry).is_none() {
-                index.bytes += bytes.len() as u64;
+                index.bytes += size;
             }
             let limit = self.limit();
-            // Eviction runs in the background; only a cache far over its limit waits for it.
             limit > 0 && index.bytes > limit + limit / 4
         };
         if over_hard_limit {
             self.evict_to_limit();
         }
-        Ok(())
     }
 
     /// The size of object `oid` if known, from a size query or its content.
@@ -491,6 +585,41 @@ mod tests {
         );
         assert_eq!(store.usage().objects, 1);
         assert_eq!(store.usage().bytes, 7);
+    }
+
+    #[test]
+    fn streamed_objects_are_kept_only_whole_and_right() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 0).expect("open");
+        let (oid, bytes) = blob("streamed in pieces");
+        let mut pending = store.begin(&oid, bytes.len() as u64).expect("begin");
+        for piece in bytes.chunks(5) {
+            pending.write(piece).expect("write");
+        }
+        store.commit(pending).expect("commit");
+        assert_eq!(store.read(&oid).expect("read"), Some(bytes.clone()));
+
+        let (other, other_bytes) = blob("another one");
+        let mut short = store
+            .begin(&other, other_bytes.len() as u64)
+            .expect("begin");
+        short.write(&other_bytes[..4]).expect("write");
+        assert!(matches!(
+            store.commit(short),
+            Err(CommitError::Length { .. })
+        ));
+        let mut wrong = store
+            .begin(&other, other_bytes.len() as u64)
+            .expect("begin");
+        wrong.write(b"another 0ne").expect("write");
+        assert!(matches!(store.commit(wrong), Err(CommitError::Corrupt(_))));
+        drop(store.begin(&other, 3).expect("begin"));
+        assert!(!store.contains(&other));
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0,
+            "no leftovers"
+        );
     }
 
     #[test]

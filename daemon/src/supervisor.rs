@@ -657,7 +657,7 @@ fn find_target(
 async fn release(entry: MountEntry) {
     if !entry.session.guard.is_finished() {
         let point = entry.mountpoint.clone();
-        let clean = tokio::task::spawn_blocking(move || mounts::unmount(&point, false))
+        let clean = tokio::task::spawn_blocking(move || mounts::unmount_patiently(&point, false))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = clean {
@@ -719,7 +719,7 @@ fn short_reason(reason: &str) -> String {
 }
 
 fn unmount_checked(mountpoint: &Path, force: bool) -> Result<(), SupervisorError> {
-    mounts::unmount(mountpoint, force).map_err(|source| {
+    mounts::unmount_patiently(mountpoint, force).map_err(|source| {
         if source.raw_os_error() == Some(libc::EBUSY) {
             SupervisorError::Busy(mountpoint.to_path_buf())
         } else {

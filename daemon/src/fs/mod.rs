@@ -22,7 +22,7 @@ use inode::{InodeTable, Listing};
 
 use crate::object::{parse_tree, EntryKind, ObjectId, ObjectKind};
 use crate::source::{Snapshot, Source};
-use crate::store::{Pin, Store};
+use crate::store::{CommitError, Pin, Store};
 
 /// How many size queries one directory may have in flight at once.
 const SIZE_QUERY_PARALLELISM: usize = 16;
@@ -365,15 +365,12 @@ impl MountFs {
                 }
                 let path = this.read_inodes().get(ino).map(|n| n.path.clone());
                 let path = path.unwrap_or_default();
-                let bytes = this.source.fetch_blob(oid).await.map_err(|error| {
+                let bytes = this.fetch_blob_to_cache(oid, &path).await.map_err(|error| {
                     let server = this.source.describe();
                     warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a file");
                     error
                 })?;
-                this.count_fetch(bytes.len());
-                this.verified(ObjectKind::Blob, oid, &format!("/{path}"), &bytes)?;
-                this.store.insert(&oid, &bytes)?;
-                info!(%oid, path = %path, bytes = bytes.len(), "fetched blob");
+                info!(%oid, path = %path, bytes, "fetched blob");
                 Ok(())
             })
             .await
@@ -392,6 +389,37 @@ impl MountFs {
         } else {
             result
         }
+    }
+
+    /// Streams blob `oid` into the cache as it arrives (memory does not grow with its size),
+    /// keeping it only if it is whole and hashes to its id. Returns its length.
+    async fn fetch_blob_to_cache(&self, oid: ObjectId, path: &str) -> Result<u64, FsError> {
+        let (len, mut chunks) = self.source.fetch_blob_stream(oid).await?;
+        let mut pending = self.store.begin(&oid, len)?;
+        while let Some(chunk) = chunks.next().await {
+            pending.write(&chunk?)?;
+        }
+        self.count_fetch(len as usize);
+        self.store.commit(pending).map_err(|e| match e {
+            CommitError::Io(e) => FsError::from(e),
+            CommitError::Corrupt(error) => {
+                let server = self.source.describe();
+                error!(%server, %oid, path = %format!("/{path}"), %error, "server sent bytes that do not match their object id");
+                FsError::Corrupt {
+                    what: format!("blob {oid} at /{path}"),
+                    server,
+                    error,
+                }
+            }
+            CommitError::Length { expected, received } => FsError::Source(Arc::new(
+                crate::source::SourceError::Server {
+                    server: self.source.describe(),
+                    what: format!("blob {oid}"),
+                    detail: format!("expected {expected} bytes, received {received}"),
+                },
+            )),
+        })?;
+        Ok(len)
     }
 
     /// Learns the sizes of every file in directory `dir` that has none yet, in parallel: the

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use reqwest::header::HeaderMap;
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Client, Method, Response, StatusCode};
 use tracing::debug;
 
-use super::{Snapshot, Source, SourceError};
+use super::{ByteStream, Snapshot, Source, SourceError};
 use crate::object::ObjectId;
 
 pub struct MegaSource {
@@ -31,9 +32,11 @@ impl MegaSource {
                 "invalid Mega URL {base_url:?}: the scheme must be http or https"
             )));
         }
+        // No deadline on a whole response: a big file may take longer than any one read is
+        // allowed to stall. The filesystem bounds each request and each fetch itself.
         let client = Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
+            .read_timeout(timeout)
             .build()
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
         Ok(MegaSource {
@@ -79,6 +82,29 @@ impl MegaSource {
             let pause = backoff(attempt);
             debug!(url = %endpoint, attempt, ?pause, "retrying a failed request");
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Like `send`, but hands back the response once its headers are in, body unread.
+    async fn open(&self, endpoint: &str) -> Result<Response, SourceError> {
+        let url = format!("{}{endpoint}", self.base);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| self.transport_error(e));
+            let retryable = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(e) => e.is_unavailable(),
+            };
+            if !retryable || attempt >= ATTEMPTS {
+                return result;
+            }
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
 
@@ -259,6 +285,48 @@ impl Source for MegaSource {
             });
         }
         self.body_of(&format!("blob {oid}"), response)
+    }
+
+    async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
+        let endpoint = format!("/api/v1/file/blob/{oid}");
+        let response = self.open(&endpoint).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(SourceError::ObjectMissing {
+                server: self.server.clone(),
+                oid,
+                detail: error_text(&body),
+            });
+        }
+        let what = format!("blob {oid}");
+        if status != StatusCode::OK {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(SourceError::Server {
+                server: self.server.clone(),
+                what,
+                detail: format!("HTTP {status}: {}", error_text(&body)),
+            });
+        }
+        let len = response
+            .content_length()
+            .ok_or_else(|| SourceError::Server {
+                server: self.server.clone(),
+                what: what.clone(),
+                detail: "no Content-Length".into(),
+            })?;
+        let server = self.server.clone();
+        let stream = response
+            .bytes_stream()
+            .map(move |chunk| {
+                chunk.map_err(|e| SourceError::Server {
+                    server: server.clone(),
+                    what: what.clone(),
+                    detail: format!("the body broke off: {}", root_cause(&e)),
+                })
+            })
+            .boxed();
+        Ok((len, stream))
     }
 
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {

@@ -6,8 +6,12 @@ pub mod local;
 pub mod mega;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 
 use crate::object::ObjectId;
+
+/// A blob's content as it arrives.
+pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, SourceError>>;
 
 /// The commit a mount shows.
 #[derive(Clone, Debug)]
@@ -87,4 +91,13 @@ pub trait Source: Send + Sync {
 
     /// The size of blob `oid`, without its content where the source allows.
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError>;
+
+    /// The length and content of blob `oid` as it arrives, so that big files never have to
+    /// fit in memory. By default, the whole blob at once.
+    async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
+        let bytes = self.fetch_blob(oid).await?;
+        let len = bytes.len() as u64;
+        let chunk = bytes::Bytes::from(bytes);
+        Ok((len, futures::stream::once(async move { Ok(chunk) }).boxed()))
+    }
 }
