@@ -38,6 +38,8 @@ pub struct DaemonConfig {
     pub log_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub request_timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub fetch_timeout: Option<Duration>,
 }
 
 /// One configured mount.
@@ -79,6 +81,8 @@ struct RawDaemon {
     log_dir: Option<PathBuf>,
     log_level: Option<String>,
     request_timeout: Option<Spanned<toml::Value>>,
+    connect_timeout: Option<Spanned<toml::Value>>,
+    fetch_timeout: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +132,8 @@ impl Config {
                 log_dir: None,
                 log_level: None,
                 request_timeout: None,
+                connect_timeout: None,
+                fetch_timeout: None,
             },
             mounts: Vec::new(),
         }
@@ -211,13 +217,15 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         ),
         None => None,
     };
-    let request_timeout = match raw.request_timeout {
-        Some(v) => Some(
-            parse_duration(v.get_ref())
-                .map_err(|m| src.error(&v.span(), "daemon.request_timeout", m))?,
-        ),
-        None => None,
+    let duration = |value: &Option<Spanned<toml::Value>>, key: &str| match value {
+        Some(v) => parse_duration(v.get_ref())
+            .map(Some)
+            .map_err(|m| src.error(&v.span(), key, m)),
+        None => Ok(None),
     };
+    let request_timeout = duration(&raw.request_timeout, "daemon.request_timeout")?;
+    let connect_timeout = duration(&raw.connect_timeout, "daemon.connect_timeout")?;
+    let fetch_timeout = duration(&raw.fetch_timeout, "daemon.fetch_timeout")?;
     Ok(DaemonConfig {
         socket: raw.socket,
         cache_dir: raw.cache_dir,
@@ -225,6 +233,8 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         log_dir: raw.log_dir,
         log_level: raw.log_level,
         request_timeout,
+        connect_timeout,
+        fetch_timeout,
     })
 }
 

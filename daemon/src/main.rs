@@ -19,7 +19,7 @@ use megafsd::config::{Config, SYSTEM_CONFIG};
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
-use megafsd::supervisor::Supervisor;
+use megafsd::supervisor::{Supervisor, Timeouts};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +68,8 @@ struct Settings {
     log_dir: PathBuf,
     log_level: String,
     request_timeout: Duration,
+    connect_timeout: Duration,
+    fetch_timeout: Duration,
 }
 
 fn is_root() -> bool {
@@ -139,6 +141,8 @@ fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
             .map(|s| Duration::from_secs(s.max(1)))
             .or(d.request_timeout)
             .unwrap_or(Duration::from_secs(30)),
+        connect_timeout: d.connect_timeout.unwrap_or(Duration::from_secs(5)),
+        fetch_timeout: d.fetch_timeout.unwrap_or(Duration::from_secs(600)),
     })
 }
 
@@ -248,7 +252,12 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
         Store::open(&settings.cache_dir, limit)
             .with_context(|| format!("opening cache {}", settings.cache_dir.display()))?,
     );
-    let supervisor = Arc::new(Supervisor::new(store.clone(), settings.request_timeout));
+    let timeouts = Timeouts {
+        connect: settings.connect_timeout,
+        request: settings.request_timeout,
+        fetch: settings.fetch_timeout,
+    };
+    let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts));
     let listener = bind_socket(&settings.socket).await?;
     for stale in megafsd::mounts::clean_stale() {
         warn!(

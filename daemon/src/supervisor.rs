@@ -224,7 +224,19 @@ struct Table {
 pub struct Supervisor {
     store: Arc<Store>,
     table: Mutex<Table>,
-    request_timeout: Duration,
+    timeouts: Timeouts,
+}
+
+/// How long the daemon waits on servers.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Establishing a connection.
+    pub connect: Duration,
+    /// One request (also the longest any filesystem request waits).
+    pub request: Duration,
+    /// A whole fetch, retries included; it goes on (filling the cache) after the request
+    /// that started it has given up.
+    pub fetch: Duration,
 }
 
 /// A mount's default name: the last component of its repository, without `.git`.
@@ -238,11 +250,11 @@ pub fn default_name(repo: &str) -> String {
 }
 
 impl Supervisor {
-    pub fn new(store: Arc<Store>, request_timeout: Duration) -> Self {
+    pub fn new(store: Arc<Store>, timeouts: Timeouts) -> Self {
         Supervisor {
             store,
             table: Mutex::new(Table::default()),
-            request_timeout,
+            timeouts,
         }
     }
 
@@ -332,14 +344,19 @@ impl Supervisor {
         caller: Caller,
     ) -> Result<MountEntry, SupervisorError> {
         let source = self.make_source(spec)?;
-        let open = MountFs::open(source, self.store.clone(), (caller.uid, caller.gid));
-        let fs = tokio::time::timeout(self.request_timeout, open)
+        let open = MountFs::open(
+            source,
+            self.store.clone(),
+            (caller.uid, caller.gid),
+            self.timeouts.fetch,
+        );
+        let fs = tokio::time::timeout(self.timeouts.request, open)
             .await
-            .map_err(|_| SupervisorError::Timeout(self.request_timeout))??;
+            .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;
         let adapter = FuseAdapter::new(
             fs.clone(),
             tokio::runtime::Handle::current(),
-            self.request_timeout,
+            self.timeouts.request,
             name.to_string(),
         );
         let mut config = fuser::Config::default();
@@ -392,7 +409,8 @@ impl Supervisor {
             return Ok(Arc::new(MegaSource::new(
                 &spec.mega_url,
                 &spec.repo,
-                self.request_timeout,
+                self.timeouts.request,
+                self.timeouts.connect,
             )?));
         }
         if spec.repo.starts_with("http://") || spec.repo.starts_with("https://") {

@@ -74,6 +74,8 @@ pub struct MountFs {
     /// Mounted from the last known commit because the source was unreachable; cleared by the
     /// first successful fetch.
     offline: std::sync::atomic::AtomicBool,
+    /// The longest one fetch (retries included) may take.
+    fetch_timeout: Duration,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -85,10 +87,12 @@ impl MountFs {
         source: Arc<dyn Source>,
         store: Arc<Store>,
         owner: (u32, u32),
+        fetch_timeout: Duration,
     ) -> Result<Arc<MountFs>, FsError> {
         let (snapshot, offline) = resolve_or_remember(source.as_ref(), &store).await?;
         let fs = Arc::new(MountFs {
             offline: std::sync::atomic::AtomicBool::new(offline),
+            fetch_timeout,
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             source,
             store,
@@ -365,7 +369,11 @@ impl MountFs {
                 }
                 let path = this.read_inodes().get(ino).map(|n| n.path.clone());
                 let path = path.unwrap_or_default();
-                let bytes = this.fetch_blob_to_cache(oid, &path).await.map_err(|error| {
+                let fetch = this.fetch_blob_to_cache(oid, &path);
+                let bytes = tokio::time::timeout(this.fetch_timeout, fetch)
+                    .await
+                    .unwrap_or(Err(FsError::Timeout(this.fetch_timeout)))
+                    .map_err(|error| {
                     let server = this.source.describe();
                     warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a file");
                     error

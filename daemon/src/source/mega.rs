@@ -23,7 +23,13 @@ pub struct MegaSource {
 }
 
 impl MegaSource {
-    pub fn new(base_url: &str, repo: &str, timeout: Duration) -> Result<Self, SourceError> {
+    /// `timeout` bounds each request's waits; `connect_timeout` establishing a connection.
+    pub fn new(
+        base_url: &str,
+        repo: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, SourceError> {
         let base = base_url.trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| SourceError::Unsupported(format!("invalid Mega URL {base_url:?}: {e}")))?;
@@ -35,7 +41,7 @@ impl MegaSource {
         // No deadline on a whole response: a big file may take longer than any one read is
         // allowed to stall. The filesystem bounds each request and each fetch itself.
         let client = Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .connect_timeout(connect_timeout)
             .read_timeout(timeout)
             .build()
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
@@ -450,14 +456,32 @@ mod tests {
             "http://127.0.0.1:1/",
             "/third-party/rg",
             Duration::from_secs(1),
+            Duration::from_secs(1),
         )
         .unwrap();
         assert_eq!(s.full_path(""), "/third-party/rg");
         assert_eq!(s.full_path("src/a"), "/third-party/rg/src/a");
-        assert!(MegaSource::new("ftp://x", "/r", Duration::from_secs(1)).is_err());
-        let secret =
-            MegaSource::new("http://me:hunter2@host:8000", "/r", Duration::from_secs(1)).unwrap();
+        assert!(MegaSource::new(
+            "ftp://x",
+            "/r",
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        )
+        .is_err());
+        let secret = MegaSource::new(
+            "http://me:hunter2@host:8000",
+            "/r",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         assert_eq!(secret.describe(), "mega http://me:***@host:8000 /r");
-        assert!(MegaSource::new("not a url", "/r", Duration::from_secs(1)).is_err());
+        assert!(MegaSource::new(
+            "not a url",
+            "/r",
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        )
+        .is_err());
     }
 }
