@@ -49,6 +49,26 @@ fn read(path: std::path::PathBuf) -> Vec<u8> {
     within(LIMIT, move || std::fs::read(&path)).expect("read")
 }
 
+/// A daemon whose cache may hold `limit`, with the big repository mounted.
+fn mount_with_cache_limit(big: &Big, limit: &str) -> (Daemon, std::path::PathBuf) {
+    let daemon = Daemon::start_with(Options {
+        config: Some(format!("[daemon]\ncache_max_size = \"{limit}\"\n")),
+        ..Options::default()
+    });
+    let point = daemon.mountpoint("big");
+    let url = big.server.url();
+    let args = [
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &url,
+        "--mount-point",
+        path_str(&point),
+    ];
+    daemon.ctl_ok(&args);
+    (daemon, point)
+}
+
 fn blob_gets(server: &DevServer) -> usize {
     server.requests().iter().filter(|r| r.is_blob_get()).count()
 }
@@ -56,19 +76,7 @@ fn blob_gets(server: &DevServer) -> usize {
 #[test]
 fn the_limit_holds_and_evicted_objects_come_back() {
     let big = big_repo();
-    let daemon = Daemon::start_with(Options {
-        config: Some("[daemon]\ncache_max_size = \"3M\"\n".into()),
-        ..Options::default()
-    });
-    let point = daemon.mountpoint("big");
-    daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &big.server.url(),
-        "--mount-point",
-        path_str(&point),
-    ]);
+    let (daemon, point) = mount_with_cache_limit(&big, "3M");
     for i in 0..FILES {
         assert_eq!(
             read(point.join(format!("f{i}.bin"))),
@@ -101,19 +109,7 @@ fn the_limit_holds_and_evicted_objects_come_back() {
 #[test]
 fn an_open_file_keeps_its_object_and_clear_spares_it() {
     let big = big_repo();
-    let daemon = Daemon::start_with(Options {
-        config: Some("[daemon]\ncache_max_size = \"2M\"\n".into()),
-        ..Options::default()
-    });
-    let point = daemon.mountpoint("big");
-    daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &big.server.url(),
-        "--mount-point",
-        path_str(&point),
-    ]);
+    let (daemon, point) = mount_with_cache_limit(&big, "2M");
     use std::io::{Read, Seek, SeekFrom};
     let mut held = std::fs::File::open(point.join("f0.bin")).expect("open");
     let mut first = vec![0u8; 4096];

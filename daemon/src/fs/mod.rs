@@ -178,16 +178,19 @@ impl MountFs {
             .collect())
     }
 
+    /// The blob id of file (or symlink) `ino`.
+    fn file_oid(&self, ino: u64) -> Result<ObjectId, FsError> {
+        let inodes = self.read_inodes();
+        let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+        if node.kind.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        Ok(node.oid)
+    }
+
     /// Opens a file: its blob stays in the cache (once there) until the handle is released.
     pub fn open_file(&self, ino: u64) -> Result<u64, FsError> {
-        let oid = {
-            let inodes = self.read_inodes();
-            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
-            if node.kind.is_dir() {
-                return Err(FsError::IsDir);
-            }
-            node.oid
-        };
+        let oid = self.file_oid(ino)?;
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let pin = self.store.pin(&oid);
         self.lock_handles().insert(handle, pin);
@@ -213,14 +216,7 @@ impl MountFs {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
-        let oid = {
-            let inodes = self.read_inodes();
-            let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
-            if node.kind.is_dir() {
-                return Err(FsError::IsDir);
-            }
-            node.oid
-        };
+        let oid = self.file_oid(ino)?;
         let file = self.open_blob(ino, oid).await?;
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
