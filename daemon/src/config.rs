@@ -252,14 +252,12 @@ fn mount_config(
             check_url(url.get_ref()).map_err(|m| src.error(&url.span(), "mount.mega_url", m))?;
             url.get_ref().clone()
         }
+        None if repo.starts_with("http://") || repo.starts_with("https://") => {
+            // A git server.
+            check_url(&repo).map_err(|m| src.error(&raw.repo.span(), "mount.repo", m))?;
+            String::new()
+        }
         None => {
-            if repo.starts_with("http://") || repo.starts_with("https://") {
-                return Err(src.error(
-                    &raw.repo.span(),
-                    "mount.repo",
-                    "git servers are not supported yet; give mega_url for a Mega server",
-                ));
-            }
             let local = repo.strip_prefix("file://").unwrap_or(&repo);
             if !Path::new(local).is_absolute() {
                 return Err(src.error(
@@ -425,6 +423,10 @@ options = ["allow_other"]
         let e = error_of("[daemon]\nsocket = \"/x\"\ncolour = \"blue\"\n");
         assert!(e.starts_with("/etc/megafs/megafsd.toml:3: colour:"), "{e}");
         let e = error_of("[[mount]]\nrepo = \"/r\"\nmountpoint = \"/m\"\nmega_url = \"ftp://x\"\n");
+        assert!(
+            error_of("[[mount]]\nrepo = \"https://\"\nmountpoint = \"/m\"\n")
+                .contains(":2: mount.repo: invalid URL")
+        );
         assert!(e.contains(":4: mount.mega_url: invalid URL"), "{e}");
         let two = "[[mount]]\nrepo = \"/a/r\"\nmountpoint = \"/m1\"\n\n[[mount]]\nrepo = \"/b/r\"\nmountpoint = \"/m2\"\n";
         let e = error_of(two);

@@ -13,6 +13,7 @@ pub struct ObjectId([u8; 20]);
 pub enum ObjectKind {
     Blob,
     Tree,
+    Commit,
 }
 
 impl ObjectKind {
@@ -20,6 +21,7 @@ impl ObjectKind {
         match self {
             ObjectKind::Blob => "blob",
             ObjectKind::Tree => "tree",
+            ObjectKind::Commit => "commit",
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::config::MountConfig;
 use crate::fs::{FsError, MountFs};
 use crate::fuse::FuseAdapter;
 use crate::mounts;
+use crate::source::git::GitSource;
 use crate::source::local::LocalSource;
 use crate::source::mega::MegaSource;
 use crate::source::{Source, SourceError};
@@ -414,10 +415,12 @@ impl Supervisor {
             )?));
         }
         if spec.repo.starts_with("http://") || spec.repo.starts_with("https://") {
-            return Err(SupervisorError::Invalid(format!(
-                "{} looks like a server URL: give --mega-url for a Mega server (git servers are not supported yet)",
-                spec.repo
-            )));
+            return Ok(Arc::new(GitSource::new(
+                &spec.repo,
+                &spec.git_ref,
+                self.timeouts.request,
+                self.timeouts.connect,
+            )?));
         }
         let location = spec.repo.strip_prefix("file://").unwrap_or(&spec.repo);
         if !Path::new(location).is_absolute() {

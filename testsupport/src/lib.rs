@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod fixture;
+pub mod git_server;
 pub mod harness;
 pub mod mega_server;
 

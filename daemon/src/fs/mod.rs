@@ -443,6 +443,10 @@ impl MountFs {
                         async move {
                             let size = match this.store.known_size(&oid) {
                                 Some(size) => size,
+                                None if this.source.sizes_need_content() => {
+                                    this.ensure_blob(ino, oid).await?;
+                                    this.store.known_size(&oid).unwrap_or(0)
+                                }
                                 None => this.source.blob_size(oid).await?,
                             };
                             this.store.record_size(&oid, size);

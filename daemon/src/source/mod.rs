@@ -2,8 +2,10 @@
 //! filesystem never knows which it talks to. Sources return raw bytes; the caller verifies
 //! them against their object id, in one place.
 
+pub mod git;
 pub mod local;
 pub mod mega;
+pub mod pktline;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
@@ -91,6 +93,12 @@ pub trait Source: Send + Sync {
 
     /// The size of blob `oid`, without its content where the source allows.
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError>;
+
+    /// Whether learning a blob's size costs fetching its content anyway (then the content is
+    /// fetched into the cache instead, so a later read is free).
+    fn sizes_need_content(&self) -> bool {
+        false
+    }
 
     /// The length and content of blob `oid` as it arrives, so that big files never have to
     /// fit in memory. By default, the whole blob at once.

@@ -1,0 +1,505 @@
+//! Any git server over smart HTTP, protocol v2, with partial-clone filters: capabilities once,
+//! `ls-refs` to resolve the ref, the commit and all its trees in one `fetch` (`filter
+//! blob:none`, `deepen 1`), then blobs one by one by id. Packs are decoded with gitoxide's
+//! pack crate (deltas resolved). See the shared notes' git-protocol-v2 summary and git's
+//! gitprotocol-v2(5).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Client, StatusCode};
+use tokio::sync::OnceCell;
+
+use super::pktline::{self, Pkt};
+use super::{Snapshot, Source, SourceError};
+use crate::object::{ObjectId, ObjectKind};
+
+const ATTEMPTS: u32 = 3;
+
+pub struct GitSource {
+    client: Client,
+    /// The repository URL, without a trailing slash.
+    url: String,
+    /// `url` fit for logs: no password.
+    server: String,
+    reference: String,
+    capabilities: OnceCell<Capabilities>,
+    /// Trees that came with the commit, by id.
+    trees: Mutex<HashMap<ObjectId, Vec<u8>>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Capabilities {
+    filter: bool,
+    object_info: bool,
+}
+
+/// One decoded object of a pack.
+struct PackObject {
+    oid: ObjectId,
+    kind: gix::object::Kind,
+    data: Vec<u8>,
+}
+
+impl GitSource {
+    pub fn new(
+        url: &str,
+        reference: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, SourceError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| SourceError::Unsupported(format!("invalid git URL {url:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(SourceError::Unsupported(format!(
+                "invalid git URL {url:?}: only http:// and https:// are supported"
+            )));
+        }
+        let client = Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        Ok(GitSource {
+            client,
+            url: url.trim_end_matches('/').to_string(),
+            server: super::mega::display_url(url),
+            reference: reference.to_string(),
+            capabilities: OnceCell::new(),
+            trees: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn error(&self, what: &str, detail: impl Into<String>) -> SourceError {
+        SourceError::Server {
+            server: self.server.clone(),
+            what: what.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn transport(&self, e: reqwest::Error) -> SourceError {
+        if e.is_timeout() {
+            SourceError::Timeout {
+                server: self.server.clone(),
+            }
+        } else if e.is_connect() {
+            SourceError::Unreachable {
+                server: self.server.clone(),
+                detail: root_cause(&e),
+            }
+        } else {
+            self.error("a request", root_cause(&e))
+        }
+    }
+
+    /// GET or POST with retries on transport failures and 5xx; the whole body.
+    async fn request(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.attempt(post.clone(), what).await;
+            let retry = match &result {
+                Err(e) => {
+                    e.is_unavailable()
+                        && !matches!(e, SourceError::Server { detail, .. } if detail.starts_with("HTTP 4"))
+                }
+                Ok(_) => false,
+            };
+            if !retry || attempt >= ATTEMPTS {
+                return result;
+            }
+            if let Err(e) = &result {
+                tracing::debug!(what, attempt, error = %e, "retrying a git request");
+            }
+            tokio::time::sleep(Duration::from_millis(100) * (1 << attempt)).await;
+        }
+    }
+
+    async fn attempt(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
+        let request = match post {
+            Some(body) => self
+                .client
+                .post(format!("{}/git-upload-pack", self.url))
+                .header("Content-Type", "application/x-git-upload-pack-request")
+                .header("Accept", "application/x-git-upload-pack-result")
+                .body(body),
+            None => self
+                .client
+                .get(format!("{}/info/refs?service=git-upload-pack", self.url)),
+        };
+        let response = request
+            .header("Git-Protocol", "version=2")
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(SourceError::RepoNotFound(format!(
+                "{} (HTTP 404)",
+                self.server
+            )));
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(SourceError::Unsupported(format!(
+                "{} refused access (HTTP {status}): credentials are not supported yet",
+                self.server
+            )));
+        }
+        if !status.is_success() {
+            return Err(self.error(what, format!("HTTP {status}")));
+        }
+        Ok(body.to_vec())
+    }
+
+    async fn capabilities(&self) -> Result<&Capabilities, SourceError> {
+        self.capabilities
+            .get_or_try_init(|| async {
+                let body = self.request(None, "capabilities").await?;
+                let pkts = pktline::parse(&body).map_err(|e| self.error("capabilities", e.to_string()))?;
+                let lines: Vec<String> = pkts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Pkt::Data(d) => Some(pktline::text(d)),
+                        _ => None,
+                    })
+                    .collect();
+                if !lines.iter().any(|l| l == "version 2") {
+                    return Err(SourceError::Unsupported(format!(
+                        "{} does not speak git protocol v2",
+                        self.server
+                    )));
+                }
+                let fetch = lines.iter().find_map(|l| l.strip_prefix("fetch=")).unwrap_or("");
+                let caps = Capabilities {
+                    filter: fetch.split(' ').any(|c| c == "filter"),
+                    object_info: lines.iter().any(|l| l == "object-info" || l.starts_with("object-info=")),
+                };
+                if !caps.filter {
+                    return Err(SourceError::Unsupported(format!(
+                        "{} does not support partial-clone filters (uploadpack.allowFilter), so \
+                         megafs cannot fetch lazily from it (it will not clone the whole repository)",
+                        self.server
+                    )));
+                }
+                Ok(caps)
+            })
+            .await
+    }
+
+    /// A v2 command: `command=NAME`, capabilities, delimiter, arguments, flush.
+    fn command(name: &str, args: &[String]) -> Vec<u8> {
+        let mut body = Vec::new();
+        pktline::line(&mut body, &format!("command={name}"));
+        pktline::line(&mut body, "object-format=sha1");
+        pktline::delim(&mut body);
+        for arg in args {
+            pktline::line(&mut body, arg);
+        }
+        pktline::flush(&mut body);
+        body
+    }
+
+    /// The commit the configured reference names.
+    async fn resolve_ref(&self) -> Result<ObjectId, SourceError> {
+        if let Ok(oid) = ObjectId::from_hex(&self.reference) {
+            return Ok(oid);
+        }
+        let args: Vec<String> = [
+            "peel",
+            "symrefs",
+            "ref-prefix HEAD",
+            "ref-prefix refs/heads/",
+            "ref-prefix refs/tags/",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let body = self
+            .request(Some(Self::command("ls-refs", &args)), "ls-refs")
+            .await?;
+        let pkts = pktline::parse(&body).map_err(|e| self.error("ls-refs", e.to_string()))?;
+        let wanted = if self.reference.is_empty() {
+            "HEAD"
+        } else {
+            &self.reference
+        };
+        let candidates = [
+            wanted.to_string(),
+            format!("refs/heads/{wanted}"),
+            format!("refs/tags/{wanted}"),
+        ];
+        for pkt in pkts {
+            let Pkt::Data(d) = pkt else { continue };
+            let line = pktline::text(d);
+            if let Some(message) = line.strip_prefix("ERR ") {
+                return Err(self.error("ls-refs", message));
+            }
+            let mut parts = line.split(' ');
+            let (Some(oid), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if !candidates.iter().any(|c| c == name) {
+                continue;
+            }
+            // An annotated tag names the tag object; `peeled:` names its commit.
+            let peeled = parts.find_map(|p| p.strip_prefix("peeled:")).unwrap_or(oid);
+            return ObjectId::from_hex(peeled).map_err(|e| self.error("ls-refs", e.to_string()));
+        }
+        Err(SourceError::UnknownRef {
+            repo: self.server.clone(),
+            reference: wanted.to_string(),
+        })
+    }
+
+    /// `fetch` with `want`s and a filter; the decoded objects of the pack that comes back.
+    async fn fetch(
+        &self,
+        wants: &[ObjectId],
+        extra: &[&str],
+    ) -> Result<Vec<PackObject>, SourceError> {
+        self.capabilities().await?;
+        let mut args: Vec<String> = ["no-progress", "ofs-delta"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(wants.iter().map(|w| format!("want {w}")));
+        args.push("done".into());
+        let body = self
+            .request(Some(Self::command("fetch", &args)), "fetch")
+            .await?;
+        let pack = self.pack_of(&body, wants)?;
+        tokio::task::spawn_blocking(move || decode_pack(&pack))
+            .await
+            .map_err(|e| self.error("fetch", e.to_string()))?
+            .map_err(|e| self.error("fetch", format!("undecodable pack: {e}")))
+    }
+
+    /// The pack data of a fetch response (side-band channel 1 after `packfile`).
+    fn pack_of(&self, body: &[u8], wants: &[ObjectId]) -> Result<Vec<u8>, SourceError> {
+        if body.is_empty() {
+            return Err(self.error("fetch", "empty answer (the server gave up on the request)"));
+        }
+        let pkts = pktline::parse(body).map_err(|e| self.error("fetch", e.to_string()))?;
+        let mut in_pack = false;
+        let mut pack = Vec::new();
+        for pkt in pkts {
+            let Pkt::Data(d) = pkt else { continue };
+            if !in_pack {
+                let line = pktline::text(d);
+                if let Some(message) = line.strip_prefix("ERR ") {
+                    if message.contains("not our ref") && wants.len() == 1 {
+                        return Err(SourceError::ObjectMissing {
+                            server: self.server.clone(),
+                            oid: wants[0],
+                            detail: message.to_string(),
+                        });
+                    }
+                    return Err(self.error("fetch", message));
+                }
+                in_pack = line == "packfile";
+                continue;
+            }
+            match d.first() {
+                Some(1) => pack.extend_from_slice(&d[1..]),
+                Some(2) => {}
+                Some(3) => return Err(self.error("fetch", pktline::text(&d[1..]))),
+                _ => return Err(self.error("fetch", "unknown side-band channel")),
+            }
+        }
+        if !in_pack {
+            return Err(self.error("fetch", "the answer has no pack"));
+        }
+        Ok(pack)
+    }
+}
+
+/// Decodes a pack (deltas resolved) by indexing it in a scratch directory.
+fn decode_pack(pack: &[u8]) -> Result<Vec<PackObject>, String> {
+    use gix_pack::bundle::write::Options;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut reader = std::io::BufReader::new(pack);
+    let outcome = gix_pack::Bundle::write_to_directory(
+        &mut reader,
+        Some(dir.path()),
+        &mut gix::progress::Discard,
+        &AtomicBool::new(false),
+        None::<gix::objs::find::Never>,
+        gix::hash::Kind::Sha1,
+        Options {
+            thread_limit: Some(1),
+            ..Options::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(index_path) = outcome.index_path else {
+        return Ok(Vec::new());
+    };
+    let bundle =
+        gix_pack::Bundle::at(&index_path, gix::hash::Kind::Sha1).map_err(|e| e.to_string())?;
+    let mut objects = Vec::new();
+    let mut buf = Vec::new();
+    let mut inflate = gix::zlib::Inflate::default();
+    let mut cache = gix_pack::cache::Never;
+    for (index, entry) in bundle.index.iter().enumerate() {
+        let (data, _) = bundle
+            .get_object_by_index(index as u32, &mut buf, &mut inflate, &mut cache)
+            .map_err(|e| e.to_string())?;
+        let mut oid = [0u8; 20];
+        oid.copy_from_slice(entry.oid.as_bytes());
+        objects.push(PackObject {
+            oid: ObjectId::from_bytes(oid),
+            kind: data.kind,
+            data: data.data.to_vec(),
+        });
+    }
+    Ok(objects)
+}
+
+/// The tree and committer time of a raw commit.
+fn parse_commit(body: &[u8]) -> Option<(ObjectId, i64)> {
+    let text = String::from_utf8_lossy(body);
+    let mut tree = None;
+    let mut time = 0;
+    for line in text.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if let Some(hex) = line.strip_prefix("tree ") {
+            tree = ObjectId::from_hex(hex.trim()).ok();
+        } else if let Some(rest) = line.strip_prefix("committer ") {
+            let mut fields = rest.rsplit(' ');
+            let _zone = fields.next();
+            time = fields.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+        }
+    }
+    Some((tree?, time))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[async_trait]
+impl Source for GitSource {
+    fn describe(&self) -> String {
+        match self.reference.as_str() {
+            "" => format!("git {}", self.server),
+            r => format!("git {} {r}", self.server),
+        }
+    }
+
+    async fn resolve(&self) -> Result<Snapshot, SourceError> {
+        self.capabilities().await?;
+        let commit = self.resolve_ref().await?;
+        let objects = self
+            .fetch(&[commit], &["filter blob:none", "deepen 1"])
+            .await?;
+        let mut commit_body = None;
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        for object in objects {
+            match object.kind {
+                gix::object::Kind::Commit if object.oid == commit => {
+                    commit_body = Some(object.data)
+                }
+                gix::object::Kind::Tree => {
+                    trees.insert(object.oid, object.data);
+                }
+                _ => {}
+            }
+        }
+        let body = commit_body
+            .ok_or_else(|| self.error("fetch", format!("commit {commit} missing from the pack")))?;
+        commit
+            .verify(ObjectKind::Commit, &body)
+            .map_err(|e| self.error("fetch", e.to_string()))?;
+        let (root_tree, commit_time) = parse_commit(&body)
+            .ok_or_else(|| self.error("fetch", format!("commit {commit} is malformed")))?;
+        Ok(Snapshot {
+            commit,
+            root_tree,
+            commit_time,
+            root_body: trees.get(&root_tree).cloned(),
+        })
+    }
+
+    async fn fetch_tree(&self, _path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        if let Some(body) = self
+            .trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&oid)
+        {
+            return Ok(body.clone());
+        }
+        let objects = self.fetch(&[oid], &["filter tree:0"]).await?;
+        object_of(objects, oid).ok_or_else(|| SourceError::ObjectMissing {
+            server: self.server.clone(),
+            oid,
+            detail: "not in the pack the server sent".into(),
+        })
+    }
+
+    async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        let objects = self.fetch(&[oid], &["filter blob:none"]).await?;
+        object_of(objects, oid).ok_or_else(|| SourceError::ObjectMissing {
+            server: self.server.clone(),
+            oid,
+            detail: "not in the pack the server sent".into(),
+        })
+    }
+
+    fn sizes_need_content(&self) -> bool {
+        self.capabilities.get().is_some_and(|c| !c.object_info)
+    }
+
+    async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
+        if self.capabilities().await?.object_info {
+            let args = vec!["size".to_string(), format!("oid {oid}")];
+            let body = self
+                .request(Some(Self::command("object-info", &args)), "object-info")
+                .await?;
+            let pkts =
+                pktline::parse(&body).map_err(|e| self.error("object-info", e.to_string()))?;
+            for pkt in pkts {
+                let Pkt::Data(d) = pkt else { continue };
+                let line = pktline::text(d);
+                if let Some(size) = line.strip_prefix(&format!("{oid} ")) {
+                    return size
+                        .parse()
+                        .map_err(|_| self.error("object-info", line.clone()));
+                }
+            }
+            return Err(self.error("object-info", format!("no size for {oid}")));
+        }
+        // Without object-info the only way to learn a size is the content itself.
+        Ok(self.fetch_blob(oid).await?.len() as u64)
+    }
+}
+
+fn object_of(objects: Vec<PackObject>, oid: ObjectId) -> Option<Vec<u8>> {
+    objects.into_iter().find(|o| o.oid == oid).map(|o| o.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_commit_headers() {
+        let body = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent 1111111111111111111111111111111111111111\nauthor A <a@x> 1700000000 +0100\ncommitter C <c@x> 1704164645 +0000\n\nmessage\n";
+        let (tree, time) = parse_commit(body).expect("commit");
+        assert_eq!(tree, ObjectId::EMPTY_TREE);
+        assert_eq!(time, 1_704_164_645);
+        assert!(parse_commit(b"no tree here\n").is_none());
+    }
+}

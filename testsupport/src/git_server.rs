@@ -1,0 +1,263 @@
+//! A smart-HTTP git server for tests: git's own `git http-backend`, run as a CGI program per
+//! request behind a small axum front. Serves every repository under a root directory with
+//! partial-clone filters allowed (or not), and records each request (the protocol v2 command
+//! it carried) so tests can count them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+
+/// One request as the server saw it: method, path, and for POSTs the v2 command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitRequest {
+    pub method: String,
+    pub path: String,
+    pub command: Option<String>,
+    /// The arguments of a v2 command (`want <oid>`, `filter blob:none`, ...).
+    pub args: Vec<String>,
+}
+
+struct GitState {
+    root: PathBuf,
+    allow_filter: bool,
+    log: Mutex<Vec<GitRequest>>,
+}
+
+pub struct GitServer {
+    addr: SocketAddr,
+    state: Arc<GitState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GitServer {
+    /// Serves the repositories under `root` (`<url>/<name>` is `root/<name>`).
+    pub fn start(root: &Path, allow_filter: bool) -> anyhow::Result<GitServer> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(GitState {
+            root: root.to_path_buf(),
+            allow_filter,
+            log: Mutex::new(Vec::new()),
+        });
+        let app = Router::new().fallback(cgi).with_state(state.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        });
+        Ok(GitServer {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The URL of repository `name` under the root.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<GitRequest> {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The argument lines of a v2 command (after its delimiter), for tests to inspect.
+fn args_of(body: &[u8]) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut rest = body;
+    let mut after_delim = false;
+    while rest.len() >= 4 {
+        let Some(len) = std::str::from_utf8(&rest[..4])
+            .ok()
+            .and_then(|t| usize::from_str_radix(t, 16).ok())
+        else {
+            break;
+        };
+        if len < 4 {
+            after_delim |= len == 1;
+            rest = &rest[4..];
+            continue;
+        }
+        let Some(payload) = rest.get(4..len) else {
+            break;
+        };
+        if after_delim {
+            args.push(String::from_utf8_lossy(payload).trim_end().to_string());
+        }
+        rest = &rest[len..];
+    }
+    args
+}
+
+/// The v2 command of a request body (`command=fetch`), from its first pkt-line.
+fn command_of(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body.get(4..64.min(body.len()))?).into_owned();
+    let line = text.lines().next()?;
+    line.strip_prefix("command=").map(|c| c.trim().to_string())
+}
+
+async fn cgi(State(state): State<Arc<GitState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    state
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(GitRequest {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            command: (parts.method == Method::POST)
+                .then(|| command_of(&body))
+                .flatten(),
+            args: args_of(&body),
+        });
+    let state = state.clone();
+    let result = tokio::task::spawn_blocking(move || run_backend(&state, &parts, &body)).await;
+    match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("git http-backend: {e:#}"),
+        ),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn run_backend(
+    state: &GitState,
+    parts: &axum::http::request::Parts,
+    body: &Bytes,
+) -> anyhow::Result<Response> {
+    use std::io::Write;
+    let mut command = std::process::Command::new("git");
+    command
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", &state.root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", parts.method.as_str())
+        .env("PATH_INFO", parts.uri.path())
+        .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
+        .env("CONTENT_TYPE", header(&parts.headers, "content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_GIT_PROTOCOL", header(&parts.headers, "git-protocol"))
+        .env(
+            "HTTP_CONTENT_ENCODING",
+            header(&parts.headers, "content-encoding"),
+        )
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_KEY_0", "uploadpack.allowFilter")
+        .env(
+            "GIT_CONFIG_VALUE_0",
+            if state.allow_filter { "true" } else { "false" },
+        )
+        .env("GIT_CONFIG_KEY_1", "safe.directory")
+        .env("GIT_CONFIG_VALUE_1", "*")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(body)?;
+    }
+    let output = child.wait_with_output()?;
+    parse_cgi(&output.stdout)
+}
+
+/// CGI output: header lines (with `Status:`), a blank line, the body.
+fn parse_cgi(out: &[u8]) -> anyhow::Result<Response> {
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)))
+        .ok_or_else(|| anyhow::anyhow!("no CGI header end"))?;
+    let head = String::from_utf8_lossy(&out[..split.0]).into_owned();
+    let mut response = Response::new(Body::from(out[split.0 + split.1..].to_vec()));
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value
+                .split(' ')
+                .next()
+                .unwrap_or("200")
+                .parse()
+                .unwrap_or(200);
+            *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+        } else if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
