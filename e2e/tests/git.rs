@@ -19,8 +19,18 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
+impl Setup {
+    fn server_root(&self) -> std::path::PathBuf {
+        self._dir.path().join("served")
+    }
+}
+
 /// The fixture as a bare repository `fixture.git` under a served root.
 fn setup(allow_filter: bool) -> Setup {
+    setup_with(allow_filter, false)
+}
+
+fn setup_with(allow_filter: bool, object_info: bool) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let fixture = fixture::build(&dir.path().join("work")).expect("fixture");
     let root = dir.path().join("served");
@@ -34,7 +44,7 @@ fn setup(allow_filter: bool) -> Setup {
         .expect("git clone");
     assert!(status.success());
     Setup {
-        server: GitServer::start(&root, allow_filter).expect("git server"),
+        server: GitServer::start_with(&root, allow_filter, object_info).expect("git server"),
         daemon: Daemon::start(),
         fixture,
         _dir: dir,
@@ -151,4 +161,85 @@ fn a_server_without_filters_is_refused_clearly() {
         "m",
     ]);
     assert!(err.contains("repository not found"), "{err}");
+}
+
+fn mount(s: &Setup, name: &str) -> std::path::PathBuf {
+    let point = s.daemon.mountpoint(name);
+    let url = s.server.url("fixture.git");
+    s.daemon.ctl_ok(&[
+        "connect",
+        &url,
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        name,
+    ]);
+    s.server.clear_requests();
+    point
+}
+
+fn sizes_of(dir: std::path::PathBuf) -> Vec<u64> {
+    within(LIMIT, move || {
+        std::fs::read_dir(&dir)
+            .expect("readdir")
+            .map(|e| e.expect("entry").metadata().map(|m| m.len()))
+            .collect::<std::io::Result<Vec<u64>>>()
+    })
+    .expect("stat")
+}
+
+#[test]
+fn a_directorys_sizes_come_in_one_batch() {
+    let s = setup(true);
+    let point = mount(&s, "batch");
+    let sizes = sizes_of(point.join("many"));
+    assert_eq!(sizes, vec![14; 8]);
+    let requests = s.server.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let wants = requests[0]
+        .args
+        .iter()
+        .filter(|a| a.starts_with("want "))
+        .count();
+    assert_eq!(wants, 8, "every file of the directory in one fetch");
+    // Their contents came with them.
+    s.server.clear_requests();
+    let f3 = point.join("many/f3.txt");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(f3)).expect("read"),
+        b"file number 3\n"
+    );
+    assert_eq!(s.server.requests(), []);
+}
+
+#[test]
+fn a_deleted_object_fails_alone() {
+    let s = setup(true);
+    // Delete one blob from the served repository (its objects are loose).
+    let oid = fixture::git(&s.fixture.path, &["rev-parse", "HEAD:many/f3.txt"]).expect("rev-parse");
+    let served = s.server_root().join("fixture.git/objects");
+    std::fs::remove_file(served.join(&oid[..2]).join(&oid[2..])).expect("delete the object");
+    let point = mount(&s, "holes");
+    let f3 = point.join("many/f3.txt");
+    let err = within(LIMIT, move || std::fs::read(f3)).expect_err("a missing object");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let f4 = point.join("many/f4.txt");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(f4)).expect("the others arrive"),
+        b"file number 4\n"
+    );
+}
+
+#[test]
+fn object_info_gives_sizes_without_content() {
+    let s = setup_with(true, true);
+    let point = mount(&s, "info");
+    assert_eq!(sizes_of(point.join("many")), vec![14; 8]);
+    let requests = s.server.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.command.as_deref() == Some("object-info")),
+        "{requests:?}"
+    );
 }

@@ -27,6 +27,7 @@ pub struct GitRequest {
 struct GitState {
     root: PathBuf,
     allow_filter: bool,
+    object_info: bool,
     log: Mutex<Vec<GitRequest>>,
 }
 
@@ -40,12 +41,23 @@ pub struct GitServer {
 impl GitServer {
     /// Serves the repositories under `root` (`<url>/<name>` is `root/<name>`).
     pub fn start(root: &Path, allow_filter: bool) -> anyhow::Result<GitServer> {
+        Self::start_with(root, allow_filter, false)
+    }
+
+    /// Like `start`; `object_info` advertises the object-info command (off by default since
+    /// git 2.45).
+    pub fn start_with(
+        root: &Path,
+        allow_filter: bool,
+        object_info: bool,
+    ) -> anyhow::Result<GitServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(GitState {
             root: root.to_path_buf(),
             allow_filter,
+            object_info,
             log: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(cgi).with_state(state.clone());
@@ -210,7 +222,12 @@ fn run_backend(
             header(&parts.headers, "content-encoding"),
         )
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_COUNT", "3")
+        .env("GIT_CONFIG_KEY_2", "transfer.advertiseObjectInfo")
+        .env(
+            "GIT_CONFIG_VALUE_2",
+            if state.object_info { "true" } else { "false" },
+        )
         .env("GIT_CONFIG_KEY_0", "uploadpack.allowFilter")
         .env(
             "GIT_CONFIG_VALUE_0",

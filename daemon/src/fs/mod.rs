@@ -380,6 +380,30 @@ impl MountFs {
             .await
     }
 
+    /// Fetches several blobs in one go (where the source batches) and keeps the verified ones.
+    /// Failures are only logged: each file's own read or size query reports its error.
+    async fn fetch_batch_to_cache(&self, wanted: &[(u64, ObjectId)]) {
+        let oids: Vec<ObjectId> = wanted
+            .iter()
+            .map(|(_, oid)| *oid)
+            .filter(|oid| !self.store.contains(oid))
+            .collect();
+        if oids.is_empty() {
+            return;
+        }
+        for (oid, result) in self.source.fetch_blobs(&oids).await {
+            let kept = result.map_err(FsError::from).and_then(|bytes| {
+                self.count_fetch(bytes.len());
+                self.verified(ObjectKind::Blob, oid, "(batch)", &bytes)?;
+                self.store.insert(&oid, &bytes)?;
+                Ok(())
+            });
+            if let Err(error) = kept {
+                warn!(server = %self.source.describe(), %oid, %error, "a batched fetch failed");
+            }
+        }
+    }
+
     /// Makes sure `ino` (in directory `dir`) has a size. Sizes are learnt per directory, but a
     /// sibling whose size could not be learnt must not fail this one.
     async fn ensure_size(self: &Arc<Self>, dir: u64, ino: u64) -> Result<(), FsError> {
@@ -437,16 +461,17 @@ impl MountFs {
         self.flights
             .run(FlightKey::Sizes(dir), async move {
                 let missing = this.files_without_size(dir)?;
+                if this.source.sizes_need_content() {
+                    // The sizes cost the contents: fetch them all in one batch, into the cache.
+                    this.fetch_batch_to_cache(&missing).await;
+                }
+                let missing = this.files_without_size(dir)?;
                 let sizes: Vec<_> = stream::iter(missing)
                     .map(|(ino, oid)| {
                         let this = this.clone();
                         async move {
                             let size = match this.store.known_size(&oid) {
                                 Some(size) => size,
-                                None if this.source.sizes_need_content() => {
-                                    this.ensure_blob(ino, oid).await?;
-                                    this.store.known_size(&oid).unwrap_or(0)
-                                }
                                 None => this.source.blob_size(oid).await?,
                             };
                             this.store.record_size(&oid, size);

@@ -458,6 +458,50 @@ impl Source for GitSource {
         })
     }
 
+    async fn fetch_blobs(
+        &self,
+        oids: &[ObjectId],
+    ) -> Vec<(ObjectId, Result<Vec<u8>, SourceError>)> {
+        let mut out = Vec::with_capacity(oids.len());
+        // Halves of a batch that failed as a whole (one missing object fails a fetch) are
+        // tried apart, down to single objects, so the rest still arrive.
+        let mut pending: Vec<Vec<ObjectId>> = vec![oids.to_vec()];
+        while let Some(batch) = pending.pop() {
+            match self.fetch(&batch, &["filter blob:none"]).await {
+                Ok(objects) => {
+                    let mut by_id: HashMap<ObjectId, Vec<u8>> =
+                        objects.into_iter().map(|o| (o.oid, o.data)).collect();
+                    for oid in batch {
+                        let result = by_id
+                            .remove(&oid)
+                            .ok_or_else(|| SourceError::ObjectMissing {
+                                server: self.server.clone(),
+                                oid,
+                                detail: "not in the pack the server sent".into(),
+                            });
+                        out.push((oid, result));
+                    }
+                }
+                Err(e) if batch.len() > 1 && !e.is_unavailable() => {
+                    let (left, right) = batch.split_at(batch.len() / 2);
+                    pending.push(left.to_vec());
+                    pending.push(right.to_vec());
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    let mut first = Some(e);
+                    for oid in batch {
+                        let error = first
+                            .take()
+                            .unwrap_or_else(|| self.error("fetch", text.clone()));
+                        out.push((oid, Err(error)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn sizes_need_content(&self) -> bool {
         self.capabilities.get().is_some_and(|c| !c.object_info)
     }

@@ -94,6 +94,19 @@ pub trait Source: Send + Sync {
     /// The size of blob `oid`, without its content where the source allows.
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError>;
 
+    /// Several blobs at once, where the source can batch them (default: one by one). Blobs the
+    /// source does not have come back as errors of their own; the others still arrive.
+    async fn fetch_blobs(
+        &self,
+        oids: &[ObjectId],
+    ) -> Vec<(ObjectId, Result<Vec<u8>, SourceError>)> {
+        let mut out = Vec::with_capacity(oids.len());
+        for oid in oids {
+            out.push((*oid, self.fetch_blob(*oid).await));
+        }
+        out
+    }
+
     /// Whether learning a blob's size costs fetching its content anyway (then the content is
     /// fetched into the cache instead, so a later read is free).
     fn sizes_need_content(&self) -> bool {
