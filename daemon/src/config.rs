@@ -487,7 +487,7 @@ options = ["allow_other"]
             .collect::<Vec<_>>()
             .join("\n");
         let config = parse(&uncommented).expect("uncommented");
-        assert_eq!(config.mounts.len(), 2);
+        assert_eq!(config.mounts.len(), 3);
         assert_eq!(config.daemon.cache_max_size, Some(10 << 30));
     }
 
