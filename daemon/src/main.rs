@@ -220,7 +220,9 @@ fn print_check(path: &Path, config: &Config) {
         println!("no mounts configured");
     }
     for m in &config.mounts {
-        let source = if m.mega_url.is_empty() {
+        let source = if m.repo.starts_with("http://") || m.repo.starts_with("https://") {
+            format!("git {}", megafsd::source::mega::display_url(&m.repo))
+        } else if m.mega_url.is_empty() {
             format!("local {}", m.repo)
         } else {
             format!(

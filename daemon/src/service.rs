@@ -105,7 +105,8 @@ impl Control for ControlService {
     ) -> Result<Response<ConnectReply>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        info!(repo = %r.repo, mountpoint = %r.mountpoint, uid = caller.uid, "connect requested");
+        let repo = crate::source::mega::display_url(&r.repo);
+        info!(%repo, mountpoint = %r.mountpoint, uid = caller.uid, "connect requested");
         let spec = ConnectSpec {
             repo: r.repo,
             mega_url: r.mega_url,

@@ -16,6 +16,7 @@ use crate::fuse::FuseAdapter;
 use crate::mounts;
 use crate::source::git::GitSource;
 use crate::source::local::LocalSource;
+use crate::source::mega::display_url;
 use crate::source::mega::MegaSource;
 use crate::source::{Source, SourceError};
 use crate::store::Store;
@@ -165,7 +166,9 @@ impl Retrying {
 }
 
 fn describe_config(c: &MountConfig) -> String {
-    if c.mega_url.is_empty() {
+    if c.repo.starts_with("http://") || c.repo.starts_with("https://") {
+        format!("git {}", display_url(&c.repo))
+    } else if c.mega_url.is_empty() {
         format!("local {}", c.repo)
     } else {
         format!(
@@ -305,7 +308,7 @@ impl Supervisor {
         entry.config = config;
         let status = entry.status();
         info!(
-            mount = %name, repo = %spec.repo, commit = %status.commit,
+            mount = %name, repo = %display_url(&spec.repo), commit = %status.commit,
             mountpoint = %mountpoint.display(), uid = caller.uid, "connected"
         );
         table.mounts.push(entry);
@@ -538,7 +541,7 @@ impl Supervisor {
     async fn retry_later(&self, config: MountConfig, attempts: u32, reason: String) {
         let wait = backoff(attempts);
         warn!(
-            mount = %config.name, repo = %config.repo, error = %reason,
+            mount = %config.name, repo = %display_url(&config.repo), error = %reason,
             retry_in = ?wait, "configured mount failed"
         );
         let mut table = self.table.lock().await;

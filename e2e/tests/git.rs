@@ -243,3 +243,54 @@ fn object_info_gives_sizes_without_content() {
         "{requests:?}"
     );
 }
+
+#[test]
+fn credentials_are_sent_as_asked_and_never_shown() {
+    let s = setup(true);
+    let server = GitServer::start_with_basic_auth(&s.server_root(), "alice", "s3cret-token")
+        .expect("server");
+    let plain = server.url("fixture.git");
+    let with = |password: &str| plain.replacen("http://", &format!("http://alice:{password}@"), 1);
+
+    let point = s.daemon.mountpoint("authed");
+    s.daemon.ctl_ok(&[
+        "connect",
+        &with("s3cret-token"),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "authed",
+    ]);
+    let readme = point.join("README.md");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(readme)).expect("read"),
+        b"fixture v2\n"
+    );
+
+    let other = s.daemon.mountpoint("denied");
+    let err = s.daemon.ctl_err(&[
+        "connect",
+        &with("wrong"),
+        "--mount-point",
+        path_str(&other),
+        "--name",
+        "denied",
+    ]);
+    assert!(err.contains("refused access (HTTP 401"), "{err}");
+    let err = s.daemon.ctl_err(&[
+        "connect",
+        &plain,
+        "--mount-point",
+        path_str(&other),
+        "--name",
+        "anon",
+    ]);
+    assert!(err.contains("give credentials"), "{err}");
+
+    let status = s.daemon.ctl_ok(&["status", "--json"]);
+    let log = s.daemon.log();
+    for secret in ["s3cret-token", "wrong"] {
+        assert!(!status.contains(secret), "status shows a secret: {status}");
+        assert!(!log.contains(secret), "the log shows a secret");
+    }
+}

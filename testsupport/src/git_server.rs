@@ -28,6 +28,8 @@ struct GitState {
     root: PathBuf,
     allow_filter: bool,
     object_info: bool,
+    /// The `Authorization` header every request must carry, if any.
+    required_auth: Option<String>,
     log: Mutex<Vec<GitRequest>>,
 }
 
@@ -51,6 +53,27 @@ impl GitServer {
         allow_filter: bool,
         object_info: bool,
     ) -> anyhow::Result<GitServer> {
+        Self::start_full(root, allow_filter, object_info, None)
+    }
+
+    /// A server that answers only requests with HTTP Basic credentials `user:password`
+    /// (anything else gets a 401 asking for Basic).
+    pub fn start_with_basic_auth(
+        root: &Path,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<GitServer> {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Self::start_full(root, true, false, Some(format!("Basic {token}")))
+    }
+
+    fn start_full(
+        root: &Path,
+        allow_filter: bool,
+        object_info: bool,
+        required_auth: Option<String>,
+    ) -> anyhow::Result<GitServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -58,6 +81,7 @@ impl GitServer {
             root: root.to_path_buf(),
             allow_filter,
             object_info,
+            required_auth,
             log: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(cgi).with_state(state.clone());
@@ -172,6 +196,16 @@ async fn cgi(State(state): State<Arc<GitState>>, request: Request) -> Response {
                 .flatten(),
             args: args_of(&body),
         });
+    if let Some(required) = &state.required_auth {
+        if header(&parts.headers, "authorization") != *required {
+            let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required".into());
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"megafs-test\""),
+            );
+            return response;
+        }
+    }
     let state = state.clone();
     let result = tokio::task::spawn_blocking(move || run_backend(&state, &parts, &body)).await;
     match result {

@@ -19,8 +19,24 @@ use crate::object::{ObjectId, ObjectKind};
 
 const ATTEMPTS: u32 = 3;
 
+/// Who to say we are to a git server.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub secret: String,
+}
+
+/// How the server asked to be told (its `WWW-Authenticate`), once it has asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthScheme {
+    Basic,
+    Bearer,
+}
+
 pub struct GitSource {
     client: Client,
+    credentials: Option<Credentials>,
+    scheme: Mutex<Option<AuthScheme>>,
     /// The repository URL, without a trailing slash.
     url: String,
     /// `url` fit for logs: no password.
@@ -63,9 +79,16 @@ impl GitSource {
             .read_timeout(timeout)
             .build()
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        let credentials = credentials_for(&parsed);
+        // Requests go without the user info; credentials are sent as the server asks.
+        let mut bare = parsed.clone();
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
         Ok(GitSource {
             client,
-            url: url.trim_end_matches('/').to_string(),
+            credentials,
+            scheme: Mutex::new(None),
+            url: bare.as_str().trim_end_matches('/').to_string(),
             server: super::mega::display_url(url),
             reference: reference.to_string(),
             capabilities: OnceCell::new(),
@@ -120,7 +143,28 @@ impl GitSource {
     }
 
     async fn attempt(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
-        let request = match post {
+        loop {
+            let scheme = *self.scheme.lock().unwrap_or_else(|p| p.into_inner());
+            let response = self.send_once(post.clone(), scheme).await?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && scheme.is_none() {
+                if let Some(asked) = asked_scheme(response.headers()) {
+                    if self.credentials.is_some() {
+                        *self.scheme.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
+                        continue;
+                    }
+                }
+            }
+            return self.read_answer(response, what).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        post: Option<Vec<u8>>,
+        scheme: Option<AuthScheme>,
+    ) -> Result<reqwest::Response, SourceError> {
+        let mut request = match post {
             Some(body) => self
                 .client
                 .post(format!("{}/git-upload-pack", self.url))
@@ -131,11 +175,24 @@ impl GitSource {
                 .client
                 .get(format!("{}/info/refs?service=git-upload-pack", self.url)),
         };
-        let response = request
+        if let (Some(scheme), Some(c)) = (scheme, &self.credentials) {
+            request = match scheme {
+                AuthScheme::Basic => request.basic_auth(&c.user, Some(&c.secret)),
+                AuthScheme::Bearer => request.bearer_auth(&c.secret),
+            };
+        }
+        request
             .header("Git-Protocol", "version=2")
             .send()
             .await
-            .map_err(|e| self.transport(e))?;
+            .map_err(|e| self.transport(e))
+    }
+
+    async fn read_answer(
+        &self,
+        response: reqwest::Response,
+        what: &str,
+    ) -> Result<Vec<u8>, SourceError> {
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.transport(e))?;
         if status == StatusCode::NOT_FOUND {
@@ -145,8 +202,14 @@ impl GitSource {
             )));
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let hint = if self.credentials.is_some() {
+                "it refused the credentials given"
+            } else {
+                "give credentials in the URL (https://user:token@host/...), in \
+                 MEGAFS_GIT_TOKEN (and MEGAFS_GIT_USERNAME), or in ~/.netrc"
+            };
             return Err(SourceError::Unsupported(format!(
-                "{} refused access (HTTP {status}): credentials are not supported yet",
+                "{} refused access (HTTP {status}): {hint}",
                 self.server
             )));
         }
@@ -317,6 +380,103 @@ impl GitSource {
         }
         Ok(pack)
     }
+}
+
+/// The scheme a 401 asks for; Basic where it names none we know.
+fn asked_scheme(headers: &reqwest::header::HeaderMap) -> Option<AuthScheme> {
+    let value = headers
+        .get(reqwest::header::WWW_AUTHENTICATE)?
+        .to_str()
+        .ok()?;
+    Some(
+        if value
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("bearer")
+        {
+            AuthScheme::Bearer
+        } else {
+            AuthScheme::Basic
+        },
+    )
+}
+
+/// Credentials for `url`: its user info, else MEGAFS_GIT_TOKEN (with MEGAFS_GIT_USERNAME),
+/// else the `~/.netrc` entry for its host.
+fn credentials_for(url: &reqwest::Url) -> Option<Credentials> {
+    if let Some(password) = url.password() {
+        return Some(Credentials {
+            user: percent_decode(url.username()),
+            secret: percent_decode(password),
+        });
+    }
+    if let Ok(token) = std::env::var("MEGAFS_GIT_TOKEN") {
+        let user = std::env::var("MEGAFS_GIT_USERNAME").unwrap_or_else(|_| "git".into());
+        return Some(Credentials {
+            user,
+            secret: token,
+        });
+    }
+    let home = std::env::var_os("HOME")?;
+    let netrc = std::fs::read_to_string(std::path::Path::new(&home).join(".netrc")).ok()?;
+    netrc_lookup(&netrc, url.host_str()?)
+}
+
+/// The `machine HOST login USER password SECRET` entry for `host` (or `default`).
+fn netrc_lookup(text: &str, host: &str) -> Option<Credentials> {
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let mut found = None;
+    let mut i = 0;
+    while i < tokens.len() {
+        let applies = match tokens[i] {
+            "machine" => {
+                i += 1;
+                tokens.get(i) == Some(&host)
+            }
+            "default" => found.is_none(),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        i += 1;
+        let (mut user, mut secret) = (String::new(), None);
+        while i < tokens.len() && !matches!(tokens[i], "machine" | "default") {
+            match (tokens[i], tokens.get(i + 1)) {
+                ("login", Some(v)) => user = v.to_string(),
+                ("password", Some(v)) => secret = Some(v.to_string()),
+                _ => {}
+            }
+            i += 2;
+        }
+        if applies {
+            if let Some(secret) = secret {
+                found = Some(Credentials { user, secret });
+            }
+        }
+    }
+    found
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Decodes a pack (deltas resolved) by indexing it in a scratch directory.
@@ -537,6 +697,19 @@ fn object_of(objects: Vec<PackObject>, oid: ObjectId) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_netrc_entries() {
+        let netrc = "machine other login a password b\nmachine git.example.org login me password s3cret\ndefault login anon password x";
+        let c = netrc_lookup(netrc, "git.example.org").expect("entry");
+        assert_eq!((c.user.as_str(), c.secret.as_str()), ("me", "s3cret"));
+        assert_eq!(
+            netrc_lookup(netrc, "elsewhere").expect("default").user,
+            "anon"
+        );
+        assert!(netrc_lookup("machine x login a", "x").is_none());
+        assert_eq!(percent_decode("p%40ss%2Fw"), "p@ss/w");
+    }
 
     #[test]
     fn reads_commit_headers() {
