@@ -698,6 +698,59 @@ fn object_of(objects: Vec<PackObject>, oid: ObjectId) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn source() -> GitSource {
+        let t = Duration::from_secs(1);
+        GitSource::new("http://me:pw@127.0.0.1:1/repo.git", "", t, t).expect("source")
+    }
+
+    fn answer(lines: &[&[u8]]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for line in lines {
+            pktline::data(&mut body, line);
+        }
+        pktline::flush(&mut body);
+        body
+    }
+
+    #[test]
+    fn fetch_answers_become_packs_or_clear_errors() {
+        let s = source();
+        let oid = ObjectId::EMPTY_TREE;
+        let ok = answer(&[
+            b"packfile\n",
+            b"\x01PACK",
+            b"\x02counting objects",
+            b"\x01DATA",
+        ]);
+        assert_eq!(s.pack_of(&ok, &[oid]).expect("pack"), b"PACKDATA");
+
+        let err = s.pack_of(&answer(&[b"ERR upload-pack: not our ref 4b82"]), &[oid]);
+        assert!(
+            matches!(err, Err(SourceError::ObjectMissing { .. })),
+            "{err:?}"
+        );
+        let err = s
+            .pack_of(&answer(&[b"ERR something broke"]), &[oid, oid])
+            .unwrap_err();
+        assert!(err.to_string().contains("something broke"), "{err}");
+        let err = s.pack_of(b"", &[oid]).unwrap_err();
+        assert!(err.to_string().contains("empty answer"), "{err}");
+        let err = s
+            .pack_of(&answer(&[b"shallow-info\n"]), &[oid])
+            .unwrap_err();
+        assert!(err.to_string().contains("no pack"), "{err}");
+        let err = s
+            .pack_of(
+                &answer(&[b"packfile\n", b"\x03fatal: out of memory"]),
+                &[oid],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("out of memory"), "{err}");
+        assert!(s.pack_of(b"zzzz", &[oid]).is_err());
+        // The password never shows.
+        assert_eq!(s.describe(), "git http://me:***@127.0.0.1:1/repo.git");
+    }
+
     #[test]
     fn finds_netrc_entries() {
         let netrc = "machine other login a password b\nmachine git.example.org login me password s3cret\ndefault login anon password x";
