@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use megafs_proto::v1::cache_request::Action;
-use megafs_proto::v1::{CacheRequest, ConnectRequest, DisconnectRequest, StatusRequest};
+use megafs_proto::v1::{
+    CacheRequest, ConnectRequest, DisconnectRequest, RefreshRequest, StatusRequest,
+};
 
 use crate::client::{self, status_error};
 use crate::output;
@@ -18,9 +20,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
         } => connect(&cli, repo, git_ref.as_deref(), name.as_deref()).await,
         Command::Disconnect { target, force } => disconnect(&cli, target, *force).await,
+        Command::Refresh { target } => refresh(&cli, target).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
     }
+}
+
+async fn refresh(cli: &Cli, target: &str) -> anyhow::Result<()> {
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .refresh(RefreshRequest {
+            target: target.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mount = reply
+        .mount
+        .ok_or_else(|| anyhow!("the daemon sent an empty reply"))?;
+    if reply.previous_commit == mount.commit {
+        println!(
+            "{} is up to date at {}",
+            mount.name,
+            output::short(&mount.commit)
+        );
+    } else {
+        println!(
+            "{} moved from {} to {}",
+            mount.name,
+            output::short(&reply.previous_commit),
+            output::short(&mount.commit)
+        );
+    }
+    Ok(())
 }
 
 async fn cache(cli: &Cli, action: Option<CacheAction>, json: bool) -> anyhow::Result<()> {

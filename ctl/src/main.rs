@@ -57,6 +57,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Move a mount to the newest commit of what it follows (its branch, tag or trunk).
+    Refresh {
+        /// A mount's name, mountpoint or repository.
+        target: String,
+    },
     /// Show every mount.
     Status {
         /// Print JSON instead of a table.

@@ -98,6 +98,7 @@ pub fn status_json(reply: &StatusReply) -> String {
                 "cache_hits": m.cache_hits,
                 "owner_uid": m.owner_uid,
                 "from_config": m.from_config,
+                "refreshed_at": m.refreshed_at,
                 "error": m.error,
             })
         })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     CacheReply, CacheRequest, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest,
-    MountInfo, StatusReply, StatusRequest,
+    MountInfo, RefreshReply, RefreshRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
@@ -94,6 +94,7 @@ fn to_info(s: MountStatus) -> MountInfo {
         owner_uid: s.owner_uid,
         error: s.error,
         from_config: s.from_config,
+        refreshed_at: s.refreshed_at,
     }
 }
 
@@ -139,6 +140,21 @@ impl Control for ControlService {
             .map_err(to_status)?;
         Ok(Response::new(DisconnectReply {
             mount: Some(to_info(status)),
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshReply>, Status> {
+        let caller = caller(&request)?;
+        let target = request.into_inner().target;
+        info!(%target, uid = caller.uid, "refresh requested");
+        let (previous_commit, status) =
+            self.supervisor.refresh(&target).await.map_err(to_status)?;
+        Ok(Response::new(RefreshReply {
+            mount: Some(to_info(status)),
+            previous_commit,
         }))
     }
 

@@ -2,6 +2,7 @@
 //! status, and unmounting everything at shutdown.
 
 use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,6 +121,7 @@ pub struct MountStatus {
     pub from_config: bool,
     /// Why a mount is retrying or lost.
     pub error: String,
+    pub refreshed_at: i64,
 }
 
 struct MountEntry {
@@ -132,6 +134,10 @@ struct MountEntry {
     config: Option<MountConfig>,
     fs: Arc<MountFs>,
     session: BackgroundSession,
+    /// Tells the kernel which cached entries a refresh made stale.
+    notifier: fuser::Notifier,
+    /// Unix seconds of the last refresh, 0 for none.
+    refreshed_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A configured mount that is not mounted now, and when to try again.
@@ -161,6 +167,7 @@ impl Retrying {
             owner_uid: 0,
             from_config: true,
             error: self.reason.clone(),
+            refreshed_at: 0,
         }
     }
 }
@@ -210,6 +217,7 @@ impl MountEntry {
             owner_uid: self.owner_uid,
             from_config: self.config.is_some(),
             error: String::new(),
+            refreshed_at: self.refreshed_at.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -399,7 +407,9 @@ impl Supervisor {
             owner_uid: caller.uid,
             config: None,
             fs,
+            notifier: session.notifier(),
             session,
+            refreshed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
@@ -478,6 +488,45 @@ impl Supervisor {
             state: "unmounted",
             ..status
         })
+    }
+
+    /// Moves a mount to the newest commit of what it follows; returns the commit before and
+    /// the mount as it is now.
+    pub async fn refresh(&self, target: &str) -> Result<(String, MountStatus), SupervisorError> {
+        let (fs, notifier, refreshed_at) = {
+            let table = self.table.lock().await;
+            let index = find_target(&table.mounts, target, None)?;
+            let entry = &table.mounts[index];
+            (
+                entry.fs.clone(),
+                entry.notifier.clone(),
+                entry.refreshed_at.clone(),
+            )
+        };
+        let before = fs.snapshot().commit.to_hex();
+        let refresh = fs.refresh();
+        let stale = tokio::time::timeout(self.timeouts.request, refresh)
+            .await
+            .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;
+        if let Some(names) = stale {
+            // Outside any FUSE request: the kernel may call back into us while invalidating.
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in names {
+                    let name = std::ffi::OsStr::from_bytes(&name);
+                    let _ = notifier.inval_entry(fuser::INodeNo(crate::fs::ROOT_INO), name);
+                }
+                let _ = notifier.inval_inode(fuser::INodeNo(crate::fs::ROOT_INO), 0, 0);
+            })
+            .await;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        refreshed_at.store(now, std::sync::atomic::Ordering::Relaxed);
+        let table = self.table.lock().await;
+        let index = find_target(&table.mounts, target, None)?;
+        Ok((before, table.mounts[index].status()))
     }
 
     pub async fn status(&self) -> Vec<MountStatus> {

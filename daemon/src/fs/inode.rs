@@ -18,6 +18,9 @@ pub struct Node {
     pub size: Option<u64>,
     /// A directory's entries once listed.
     pub listing: Option<Arc<Listing>>,
+    /// The directory this one replaced at a refresh, whose unchanged entries keep their
+    /// inode numbers when this one is listed.
+    pub previous: Option<u64>,
 }
 
 /// A listed directory: entries in tree order, and an index by name.
@@ -47,8 +50,30 @@ impl InodeTable {
                 oid: root_tree,
                 size: None,
                 listing: None,
+                previous: None,
             }],
         }
+    }
+
+    /// Points the root at a new tree (a refresh): the old root's listing moves to a retired
+    /// inode that the new listing reuses unchanged entries from. Returns the old listing.
+    pub fn retire_root(&mut self, new_tree: ObjectId) -> Option<Arc<Listing>> {
+        let retired_ino = self.nodes.len() as u64 + 1;
+        let root = self.get_mut(ROOT_INO)?;
+        let old = Node {
+            parent: ROOT_INO,
+            path: String::new(),
+            kind: root.kind,
+            oid: root.oid,
+            size: None,
+            listing: root.listing.take(),
+            previous: root.previous.take(),
+        };
+        root.oid = new_tree;
+        root.previous = Some(retired_ino);
+        let listing = old.listing.clone();
+        self.nodes.push(old);
+        listing
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
@@ -73,11 +98,39 @@ impl InodeTable {
             return;
         }
         let parent_path = parent.path.clone();
+        let previous = parent
+            .previous
+            .and_then(|p| self.get(p))
+            .and_then(|p| p.listing.clone());
         let mut listing = Listing {
             entries: Vec::with_capacity(entries.len()),
             by_name: HashMap::with_capacity(entries.len()),
         };
         for entry in entries {
+            // Unchanged since the commit before: the same inode, with all it has loaded.
+            let reused = previous
+                .as_ref()
+                .and_then(|old| old.get(&entry.name))
+                .filter(|&old| {
+                    self.get(old)
+                        .is_some_and(|n| n.oid == entry.oid && n.kind == entry.kind)
+                });
+            if let Some(ino) = reused {
+                if let Some(node) = self.get_mut(ino) {
+                    node.parent = dir;
+                }
+                listing.by_name.insert(entry.name.clone(), ino);
+                listing.entries.push((entry.name, ino));
+                continue;
+            }
+            // A changed directory remembers its old self, to reuse from it in turn.
+            let replaced = previous
+                .as_ref()
+                .and_then(|old| old.get(&entry.name))
+                .filter(|&old| {
+                    self.get(old)
+                        .is_some_and(|n| n.kind.is_dir() && entry.kind.is_dir())
+                });
             let ino = self.nodes.len() as u64 + 1;
             let name_text = String::from_utf8_lossy(&entry.name);
             let path = if parent_path.is_empty() {
@@ -93,6 +146,7 @@ impl InodeTable {
                 size: None,
                 // A submodule shows as an empty directory.
                 listing: (entry.kind == EntryKind::Submodule).then(|| Arc::new(Listing::empty())),
+                previous: replaced,
             });
             listing.by_name.insert(entry.name.clone(), ino);
             listing.entries.push((entry.name, ino));
@@ -154,6 +208,65 @@ mod tests {
         assert_eq!(table.len(), 4);
         assert!(table.get(0).is_none());
         assert!(table.get(99).is_none());
+    }
+
+    #[test]
+    fn a_new_root_keeps_the_numbers_of_what_did_not_change() {
+        let mut table = InodeTable::new(ObjectId::EMPTY_TREE);
+        table.add_listing(
+            ROOT_INO,
+            vec![
+                entry("same", EntryKind::Directory, 1),
+                entry("changed", EntryKind::Directory, 2),
+                entry("gone", EntryKind::File, 3),
+            ],
+        );
+        let changed = 3;
+        table.add_listing(
+            changed,
+            vec![
+                entry("deep-same", EntryKind::Directory, 7),
+                entry("f", EntryKind::File, 8),
+            ],
+        );
+        let deep_same = table
+            .get(changed)
+            .unwrap()
+            .listing
+            .clone()
+            .unwrap()
+            .get(b"deep-same")
+            .unwrap();
+        let old = table
+            .retire_root(ObjectId::from_bytes([9; 20]))
+            .expect("old listing");
+        assert_eq!(old.get(b"gone"), Some(4));
+        table.add_listing(
+            ROOT_INO,
+            vec![
+                entry("same", EntryKind::Directory, 1),
+                entry("changed", EntryKind::Directory, 5),
+                entry("new", EntryKind::File, 6),
+            ],
+        );
+        let root = table.get(ROOT_INO).unwrap().listing.clone().unwrap();
+        assert_eq!(root.get(b"same"), Some(2), "unchanged keeps its number");
+        let new_changed = root.get(b"changed").unwrap();
+        assert_ne!(new_changed, changed, "changed gets a new number");
+        assert!(root.get(b"gone").is_none());
+        // Deeper, unchanged directories under a changed one keep theirs too.
+        table.add_listing(
+            new_changed,
+            vec![
+                entry("deep-same", EntryKind::Directory, 7),
+                entry("f", EntryKind::File, 10),
+            ],
+        );
+        let listing = table.get(new_changed).unwrap().listing.clone().unwrap();
+        assert_eq!(listing.get(b"deep-same"), Some(deep_same));
+        assert_ne!(listing.get(b"f"), Some(8));
+        // The old file node still holds its old content id (open files read it).
+        assert_eq!(table.get(4).unwrap().oid, ObjectId::from_bytes([3; 20]));
     }
 
     #[test]

@@ -66,7 +66,8 @@ enum FlightKey {
 pub struct MountFs {
     source: Arc<dyn Source>,
     store: Arc<Store>,
-    snapshot: Snapshot,
+    /// The commit shown; replaced by a refresh.
+    snapshot: RwLock<Snapshot>,
     inodes: RwLock<InodeTable>,
     owner: (u32, u32),
     stats: Stats,
@@ -94,19 +95,23 @@ impl MountFs {
             offline: std::sync::atomic::AtomicBool::new(offline),
             fetch_timeout,
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
+            // Without the root's body: the snapshot is cloned on every stat.
+            snapshot: RwLock::new(Snapshot {
+                root_body: None,
+                ..snapshot.clone()
+            }),
             source,
             store,
-            snapshot,
             owner,
             stats: Stats::default(),
             flights: Flights::new(),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
         });
-        if let Some(body) = fs.snapshot.root_body.clone() {
+        if let Some(body) = snapshot.root_body.clone() {
             // Already fetched to resolve; it hashes to root_tree by construction.
             fs.count_fetch(body.len());
-            fs.store.insert(&fs.snapshot.root_tree, &body)?;
+            fs.store.insert(&snapshot.root_tree, &body)?;
         }
         fs.listing(ROOT_INO).await?;
         Ok(fs)
@@ -118,8 +123,57 @@ impl MountFs {
         self.offline.load(Ordering::Relaxed)
     }
 
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Moves the mount to the newest commit of what it follows, if that changed. Unchanged
+    /// entries keep their inode numbers; changed ones get new inodes, while the old ones (and
+    /// so open files) keep their old content. Returns the names at the root whose kernel
+    /// entries are stale, or None when nothing changed.
+    pub async fn refresh(self: &Arc<Self>) -> Result<Option<Vec<Vec<u8>>>, FsError> {
+        let fresh = self.source.resolve().await?;
+        let current = self.snapshot();
+        if fresh.commit == current.commit {
+            return Ok(None);
+        }
+        // Have the new root in hand (verified) before switching to it.
+        match &fresh.root_body {
+            Some(body) => {
+                self.verified(ObjectKind::Tree, fresh.root_tree, "/", body)?;
+                self.count_fetch(body.len());
+                self.store.insert(&fresh.root_tree, body)?;
+            }
+            None => {
+                self.tree_body("", fresh.root_tree).await?;
+            }
+        }
+        self.store.save_snapshot(
+            &self.source.describe(),
+            &fresh.commit,
+            &fresh.root_tree,
+            fresh.commit_time,
+        );
+        let old = self.write_inodes().retire_root(fresh.root_tree);
+        info!(from = %current.commit, to = %fresh.commit, "refreshed");
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+            root_body: None,
+            ..fresh
+        };
+        let new = self.listing(ROOT_INO).await?;
+        let stale = old
+            .map(|old| {
+                old.entries
+                    .iter()
+                    .filter(|(name, ino)| new.get(name) != Some(*ino))
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(stale))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -273,7 +327,7 @@ impl MountFs {
                     .unwrap_or(0)
             },
             perm,
-            mtime: UNIX_EPOCH + Duration::from_secs(self.snapshot.commit_time.max(0) as u64),
+            mtime: UNIX_EPOCH + Duration::from_secs(self.snapshot().commit_time.max(0) as u64),
             uid: self.owner.0,
             gid: self.owner.1,
         })

@@ -1,0 +1,62 @@
+//! Following a branch: `mega-fuse refresh` moves a mount to the newest commit; open files keep
+//! their old bytes, unchanged directories keep their inode numbers.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+
+use common::{path_str, World};
+use megafs_testsupport::fixture::git;
+
+#[test]
+fn refresh_shows_the_new_commit_and_keeps_what_did_not_change() {
+    let world = World::new();
+    let point = world.mount_local("follow", "main");
+    let src_ino = std::fs::metadata(point.join("src")).expect("stat").ino();
+    let leaf_before = std::fs::read(point.join("src/nested/deep/leaf.txt")).expect("read");
+    let mut open_readme = std::fs::File::open(point.join("README.md")).expect("open");
+
+    // Commit to the branch the mount follows: change a file, add one, delete one.
+    let repo = &world.fixture.path;
+    std::fs::write(repo.join("README.md"), b"fixture v3\n").expect("write");
+    std::fs::write(repo.join("added.txt"), b"new\n").expect("write");
+    git(repo, &["rm", "-q", "empty.txt"]).expect("rm");
+    git(repo, &["add", "README.md", "added.txt"]).expect("add");
+    git(repo, &["commit", "-q", "-m", "third"]).expect("commit");
+    let head = git(repo, &["rev-parse", "HEAD"]).expect("rev-parse");
+
+    let out = world.daemon.ctl_ok(&["refresh", "follow"]);
+    assert!(out.contains("moved from"), "{out}");
+    let status = world.daemon.status();
+    assert_eq!(status["mounts"][0]["commit"], head.as_str());
+    assert!(status["mounts"][0]["refreshed_at"].as_i64() > Some(0));
+
+    assert_eq!(
+        std::fs::read(point.join("README.md")).expect("read"),
+        b"fixture v3\n"
+    );
+    assert_eq!(
+        std::fs::read(point.join("added.txt")).expect("read"),
+        b"new\n"
+    );
+    assert!(!point.join("empty.txt").exists(), "deleted files are gone");
+    // The file opened before the refresh still reads the commit it was opened at.
+    let mut old = String::new();
+    open_readme
+        .read_to_string(&mut old)
+        .expect("read the open file");
+    assert_eq!(old, "fixture v2\n");
+    // Unchanged directories keep their inode numbers and content.
+    assert_eq!(
+        std::fs::metadata(point.join("src")).expect("stat").ino(),
+        src_ino
+    );
+    assert_eq!(
+        std::fs::read(point.join("src/nested/deep/leaf.txt")).expect("read"),
+        leaf_before
+    );
+
+    let again = world.daemon.ctl_ok(&["refresh", path_str(&point)]);
+    assert!(again.contains("up to date"), "{again}");
+}
