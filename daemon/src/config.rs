@@ -53,6 +53,8 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// Let users other than the daemon's see the mount.
     pub allow_other: bool,
+    /// Move to the newest commit of what the mount follows this often.
+    pub refresh_interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +98,7 @@ struct RawMount {
     mountpoint: Spanned<PathBuf>,
     #[serde(default)]
     options: Vec<Spanned<String>>,
+    refresh_interval: Option<Spanned<toml::Value>>,
 }
 
 /// Finds line numbers for spans of one file.
@@ -298,6 +301,13 @@ fn mount_config(
             }
         }
     }
+    let refresh_interval = match &raw.refresh_interval {
+        Some(v) => Some(
+            parse_duration(v.get_ref())
+                .map_err(|m| src.error(&v.span(), "mount.refresh_interval", m))?,
+        ),
+        None => None,
+    };
     Ok(MountConfig {
         name,
         repo,
@@ -305,6 +315,7 @@ fn mount_config(
         git_ref: raw.git_ref.unwrap_or_default(),
         mountpoint,
         allow_other,
+        refresh_interval,
     })
 }
 

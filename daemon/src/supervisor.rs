@@ -134,10 +134,10 @@ struct MountEntry {
     config: Option<MountConfig>,
     fs: Arc<MountFs>,
     session: BackgroundSession,
-    /// Tells the kernel which cached entries a refresh made stale.
-    notifier: fuser::Notifier,
     /// Unix seconds of the last refresh, 0 for none.
     refreshed_at: Arc<std::sync::atomic::AtomicI64>,
+    /// When a configured `refresh_interval` next falls due.
+    next_refresh: Option<Instant>,
 }
 
 /// A configured mount that is not mounted now, and when to try again.
@@ -312,6 +312,7 @@ impl Supervisor {
         let mut entry = result?;
         if let Some(config) = &config {
             table.retrying.retain(|r| r.config.name != config.name);
+            entry.next_refresh = config.refresh_interval.map(|i| Instant::now() + i);
         }
         entry.config = config;
         let status = entry.status();
@@ -399,6 +400,10 @@ impl Supervisor {
                     path: mountpoint.to_path_buf(),
                     source,
                 })?;
+        let notifier = session.notifier();
+        fs.on_stale_entries(Box::new(move |names| {
+            invalidate_root_entries(&notifier, names)
+        }));
         Ok(MountEntry {
             name: name.to_string(),
             mountpoint: mountpoint.to_path_buf(),
@@ -407,9 +412,9 @@ impl Supervisor {
             owner_uid: caller.uid,
             config: None,
             fs,
-            notifier: session.notifier(),
             session,
             refreshed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            next_refresh: None,
         })
     }
 
@@ -493,37 +498,18 @@ impl Supervisor {
     /// Moves a mount to the newest commit of what it follows; returns the commit before and
     /// the mount as it is now.
     pub async fn refresh(&self, target: &str) -> Result<(String, MountStatus), SupervisorError> {
-        let (fs, notifier, refreshed_at) = {
+        let (fs, refreshed_at) = {
             let table = self.table.lock().await;
             let index = find_target(&table.mounts, target, None)?;
             let entry = &table.mounts[index];
-            (
-                entry.fs.clone(),
-                entry.notifier.clone(),
-                entry.refreshed_at.clone(),
-            )
+            (entry.fs.clone(), entry.refreshed_at.clone())
         };
         let before = fs.snapshot().commit.to_hex();
         let refresh = fs.refresh();
-        let stale = tokio::time::timeout(self.timeouts.request, refresh)
+        tokio::time::timeout(self.timeouts.request, refresh)
             .await
             .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;
-        if let Some(names) = stale {
-            // Outside any FUSE request: the kernel may call back into us while invalidating.
-            let _ = tokio::task::spawn_blocking(move || {
-                for name in names {
-                    let name = std::ffi::OsStr::from_bytes(&name);
-                    let _ = notifier.inval_entry(fuser::INodeNo(crate::fs::ROOT_INO), name);
-                }
-                let _ = notifier.inval_inode(fuser::INodeNo(crate::fs::ROOT_INO), 0, 0);
-            })
-            .await;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        refreshed_at.store(now, std::sync::atomic::Ordering::Relaxed);
+        refreshed_at.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         let table = self.table.lock().await;
         let index = find_target(&table.mounts, target, None)?;
         Ok((before, table.mounts[index].status()))
@@ -635,6 +621,15 @@ impl Supervisor {
                 }
             }
             let now = Instant::now();
+            for entry in table.mounts.iter_mut() {
+                let interval = entry.config.as_ref().and_then(|c| c.refresh_interval);
+                if let (Some(interval), Some(next)) = (interval, entry.next_refresh) {
+                    if next <= now {
+                        entry.next_refresh = Some(now + interval);
+                        spawn_refresh(entry);
+                    }
+                }
+            }
             let mut due = Vec::new();
             for retry in table.retrying.iter_mut() {
                 if !retry.in_flight && retry.next_try <= now {
@@ -823,6 +818,46 @@ fn mount_session(
     let fd = mounts::fusermount(point, &options)?;
     let acl = config.acl;
     fuser::Session::from_fd(adapter, fd, acl, config)?.spawn()
+}
+
+/// A periodic refresh of a configured mount, in the background.
+fn spawn_refresh(entry: &MountEntry) {
+    let (fs, name, refreshed_at) = (
+        entry.fs.clone(),
+        entry.name.clone(),
+        entry.refreshed_at.clone(),
+    );
+    tokio::spawn(async move {
+        match fs.refresh().await {
+            Ok(_) => refreshed_at.store(unix_now(), std::sync::atomic::Ordering::Relaxed),
+            Err(e) => warn!(mount = %name, error = %e, "periodic refresh failed"),
+        }
+    });
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Tells the kernel to drop its cached root entries `names` (and the root's attributes), on a
+/// thread of its own: the kernel may need locks that a request in flight holds.
+fn invalidate_root_entries(notifier: &fuser::Notifier, names: Vec<Vec<u8>>) {
+    let notifier = notifier.clone();
+    let spawned = std::thread::Builder::new()
+        .name("megafs-inval".into())
+        .spawn(move || {
+            let root = fuser::INodeNo(crate::fs::ROOT_INO);
+            for name in names {
+                let _ = notifier.inval_entry(root, std::ffi::OsStr::from_bytes(&name));
+            }
+            let _ = notifier.inval_inode(root, 0, 0);
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread to invalidate kernel entries");
+    }
 }
 
 /// Lets a session end in its own time, on a plain thread (not the runtime's blocking pool,

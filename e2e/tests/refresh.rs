@@ -60,3 +60,45 @@ fn refresh_shows_the_new_commit_and_keeps_what_did_not_change() {
     let again = world.daemon.ctl_ok(&["refresh", path_str(&point)]);
     assert!(again.contains("up to date"), "{again}");
 }
+
+#[test]
+fn a_refresh_interval_follows_the_branch_by_itself() {
+    use megafs_testsupport::harness::{Daemon, Options};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = megafs_testsupport::fixture::build(&dir.path().join("repo")).expect("fixture");
+    let mut daemon = Daemon::start_with(Options {
+        config: Some(String::new()),
+        ..Options::default()
+    });
+    let point = daemon.dir.path().join("mnt/periodic");
+    daemon.mountpoint_registered(&point);
+    std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mkdir");
+    daemon.write_config(&format!(
+        "[[mount]]\nname = \"periodic\"\nrepo = \"{}\"\nref = \"main\"\nmountpoint = \"{}\"\nrefresh_interval = \"1s\"\n",
+        path_str(&fixture.path),
+        path_str(&point)
+    ));
+    daemon.restart();
+    assert_eq!(
+        std::fs::read(point.join("README.md")).expect("read"),
+        b"fixture v2\n"
+    );
+    std::fs::write(fixture.path.join("README.md"), b"fixture v4\n").expect("write");
+    git(&fixture.path, &["add", "README.md"]).expect("add");
+    git(&fixture.path, &["commit", "-q", "-m", "fourth"]).expect("commit");
+    let head = git(&fixture.path, &["rev-parse", "HEAD"]).expect("head");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon.status()["mounts"][0]["commit"] != head.as_str() {
+        assert!(
+            Instant::now() < deadline,
+            "never refreshed: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read(point.join("README.md")).expect("read"),
+        b"fixture v4\n"
+    );
+}

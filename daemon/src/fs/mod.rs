@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use tracing::{error, info, warn};
 
 pub use error::FsError;
@@ -21,11 +22,14 @@ pub use inode::ROOT_INO;
 use inode::{InodeTable, Listing};
 
 use crate::object::{parse_tree, EntryKind, ObjectId, ObjectKind};
-use crate::source::{Snapshot, Source};
+use crate::source::{Snapshot, Source, SourceError};
 use crate::store::{CommitError, Pin, Store};
 
 /// How many size queries one directory may have in flight at once.
 const SIZE_QUERY_PARALLELISM: usize = 16;
+
+/// What to do with root entry names a refresh made stale (kernel invalidation).
+pub type StaleEntries = Box<dyn Fn(Vec<Vec<u8>>) + Send + Sync>;
 
 /// Attributes of one inode, independent of the kernel interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +81,9 @@ pub struct MountFs {
     offline: std::sync::atomic::AtomicBool,
     /// The longest one fetch (retries included) may take.
     fetch_timeout: Duration,
+    /// Told the root names whose kernel entries a refresh made stale (set by whoever mounted
+    /// this, which knows the kernel; the filesystem logic does not).
+    on_stale: std::sync::OnceLock<StaleEntries>,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -94,6 +101,7 @@ impl MountFs {
         let fs = Arc::new(MountFs {
             offline: std::sync::atomic::AtomicBool::new(offline),
             fetch_timeout,
+            on_stale: std::sync::OnceLock::new(),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             // Without the root's body: the snapshot is cloned on every stat.
             snapshot: RwLock::new(Snapshot {
@@ -130,11 +138,25 @@ impl MountFs {
             .clone()
     }
 
+    /// Registers what to do with the names a refresh makes stale (kernel invalidation).
+    pub fn on_stale_entries(&self, f: StaleEntries) {
+        let _ = self.on_stale.set(f);
+    }
+
     /// Moves the mount to the newest commit of what it follows, if that changed. Unchanged
     /// entries keep their inode numbers; changed ones get new inodes, while the old ones (and
     /// so open files) keep their old content. Returns the names at the root whose kernel
     /// entries are stale, or None when nothing changed.
-    pub async fn refresh(self: &Arc<Self>) -> Result<Option<Vec<Vec<u8>>>, FsError> {
+    pub fn refresh(
+        self: &Arc<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Option<Vec<Vec<u8>>>, FsError>> {
+        // Boxed with its type spelled out: listing a directory may start a refresh, and a
+        // refresh lists the root, a cycle the compiler cannot see through otherwise.
+        let this = Arc::clone(self);
+        async move { this.refresh_now().await }.boxed()
+    }
+
+    async fn refresh_now(self: &Arc<Self>) -> Result<Option<Vec<Vec<u8>>>, FsError> {
         let fresh = self.source.resolve().await?;
         let current = self.snapshot();
         if fresh.commit == current.commit {
@@ -164,7 +186,7 @@ impl MountFs {
             ..fresh
         };
         let new = self.listing(ROOT_INO).await?;
-        let stale = old
+        let stale: Vec<Vec<u8>> = old
             .map(|old| {
                 old.entries
                     .iter()
@@ -173,6 +195,9 @@ impl MountFs {
                     .collect()
             })
             .unwrap_or_default();
+        if let Some(tell) = self.on_stale.get() {
+            tell(stale.clone());
+        }
         Ok(Some(stale))
     }
 
@@ -346,7 +371,22 @@ impl MountFs {
         let this = Arc::clone(self);
         self.flights
             .run(FlightKey::Listing(ino), async move {
-                let body = this.tree_body(&path, oid).await?;
+                let body = match this.tree_body(&path, oid).await {
+                    Err(FsError::Source(e)) if matches!(*e, SourceError::TrunkMoved { .. }) => {
+                        // The commit moved under us: move with it (in the background, so the
+                        // kernel's invalidations never wait on this request), and answer
+                        // ESTALE so the kernel walks the path again.
+                        warn!(path = %format!("/{path}"), "the trunk moved: refreshing");
+                        let refresher = Arc::clone(&this);
+                        tokio::spawn(async move {
+                            if let Err(e) = refresher.refresh().await {
+                                warn!(error = %e, "refresh after the trunk moved failed");
+                            }
+                        });
+                        return Err(FsError::StaleInode(ino));
+                    }
+                    other => other?,
+                };
                 let entries = parse_tree(&body).map_err(|error| {
                     let server = this.source.describe();
                     error!(%server, %oid, path = %path, %error, "refusing a malformed tree");
