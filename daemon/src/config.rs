@@ -42,6 +42,16 @@ pub struct DaemonConfig {
     pub fetch_timeout: Option<Duration>,
 }
 
+/// A password or token: compared and cloned like a string, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// One configured mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountConfig {
@@ -55,6 +65,9 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Move to the newest commit of what the mount follows this often.
     pub refresh_interval: Option<Duration>,
+    /// Credentials for a git server (else from the URL, the environment or ~/.netrc).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +112,8 @@ struct RawMount {
     #[serde(default)]
     options: Vec<Spanned<String>>,
     refresh_interval: Option<Spanned<toml::Value>>,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 /// Finds line numbers for spans of one file.
@@ -316,6 +331,8 @@ fn mount_config(
         mountpoint,
         allow_other,
         refresh_interval,
+        username: raw.username,
+        password: raw.password.map(Secret),
     })
 }
 
@@ -461,6 +478,18 @@ options = ["allow_other"]
             .contains(":2: daemon.request_timeout:"));
         assert!(error_of("[[mount]]\nmountpoint = \"/m\"\n").contains("missing field `repo`"));
         assert!(error_of("this is not toml").contains("megafsd.toml:1"));
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let config = parse("[[mount]]\nrepo = \"https://h/r.git\"\nmountpoint = \"/m\"\nusername = \"me\"\npassword = \"hunter2\"\n")
+            .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("me") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert_eq!(config.mounts[0].password, Some(Secret("hunter2".into())));
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Control for ControlService {
             git_ref: r.git_ref,
             name: r.name,
             allow_other: false,
+            credentials: None,
         };
         let status = self
             .supervisor

@@ -15,7 +15,7 @@ use crate::config::MountConfig;
 use crate::fs::{FsError, MountFs};
 use crate::fuse::FuseAdapter;
 use crate::mounts;
-use crate::source::git::GitSource;
+use crate::source::git::{Credentials, GitSource};
 use crate::source::local::LocalSource;
 use crate::source::mega::display_url;
 use crate::source::mega::MegaSource;
@@ -32,6 +32,8 @@ pub struct ConnectSpec {
     pub name: String,
     /// Let users other than the owner in (configured mounts only, for now).
     pub allow_other: bool,
+    /// Git server credentials from the configuration.
+    pub credentials: Option<Credentials>,
 }
 
 impl From<&MountConfig> for ConnectSpec {
@@ -43,6 +45,10 @@ impl From<&MountConfig> for ConnectSpec {
             git_ref: c.git_ref.clone(),
             name: c.name.clone(),
             allow_other: c.allow_other,
+            credentials: c.password.as_ref().map(|p| Credentials {
+                user: c.username.clone().unwrap_or_else(|| "git".into()),
+                secret: p.0.clone(),
+            }),
         }
     }
 }
@@ -438,6 +444,7 @@ impl Supervisor {
                 &spec.git_ref,
                 self.timeouts.request,
                 self.timeouts.connect,
+                spec.credentials.clone(),
             )?));
         }
         let location = spec.repo.strip_prefix("file://").unwrap_or(&spec.repo);

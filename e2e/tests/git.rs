@@ -294,3 +294,50 @@ fn credentials_are_sent_as_asked_and_never_shown() {
         assert!(!log.contains(secret), "the log shows a secret");
     }
 }
+
+#[test]
+fn a_push_then_refresh_moves_a_git_mount() {
+    let s = setup(true);
+    let point = mount(&s, "moving");
+    let work = &s.fixture.path;
+    std::fs::write(work.join("README.md"), b"pushed\n").expect("write");
+    fixture::git(work, &["add", "README.md"]).expect("add");
+    fixture::git(work, &["commit", "-q", "-m", "pushed"]).expect("commit");
+    let bare = s.server_root().join("fixture.git");
+    fixture::git(work, &["push", "-q", path_str(&bare), "main"]).expect("push");
+    let out = s.daemon.ctl_ok(&["refresh", "moving"]);
+    assert!(out.contains("moved from"), "{out}");
+    let readme = point.join("README.md");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(readme)).expect("read"),
+        b"pushed\n"
+    );
+}
+
+#[test]
+fn credentials_can_come_from_the_configuration() {
+    use megafs_testsupport::harness::Options;
+    let s = setup(true);
+    let server =
+        GitServer::start_with_basic_auth(&s.server_root(), "bob", "cfg-secret").expect("server");
+    let mut daemon = Daemon::start_with(Options {
+        config: Some(String::new()),
+        ..Options::default()
+    });
+    let point = daemon.dir.path().join("mnt/configured");
+    daemon.mountpoint_registered(&point);
+    std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mkdir");
+    daemon.write_config(&format!(
+        "[[mount]]\nname = \"configured\"\nrepo = \"{}\"\nmountpoint = \"{}\"\nusername = \"bob\"\npassword = \"cfg-secret\"\n",
+        server.url("fixture.git"),
+        path_str(&point)
+    ));
+    daemon.restart();
+    let readme = point.join("README.md");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(readme)).expect("read"),
+        b"fixture v2\n"
+    );
+    assert!(!daemon.log().contains("cfg-secret"));
+    assert!(!daemon.ctl_ok(&["status", "--json"]).contains("cfg-secret"));
+}

@@ -20,10 +20,16 @@ use crate::object::{ObjectId, ObjectKind};
 const ATTEMPTS: u32 = 3;
 
 /// Who to say we are to a git server.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
     pub secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ user: {:?}, secret: *** }}", self.user)
+    }
 }
 
 /// How the server asked to be told (its `WWW-Authenticate`), once it has asked.
@@ -61,11 +67,14 @@ struct PackObject {
 }
 
 impl GitSource {
+    /// `credentials` (from the configuration) win over those in the URL, the environment or
+    /// ~/.netrc.
     pub fn new(
         url: &str,
         reference: &str,
         timeout: Duration,
         connect_timeout: Duration,
+        credentials: Option<Credentials>,
     ) -> Result<Self, SourceError> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| SourceError::Unsupported(format!("invalid git URL {url:?}: {e}")))?;
@@ -79,7 +88,7 @@ impl GitSource {
             .read_timeout(timeout)
             .build()
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
-        let credentials = credentials_for(&parsed);
+        let credentials = credentials.or_else(|| credentials_for(&parsed));
         // Requests go without the user info; credentials are sent as the server asks.
         let mut bare = parsed.clone();
         let _ = bare.set_username("");
@@ -700,7 +709,7 @@ mod tests {
 
     fn source() -> GitSource {
         let t = Duration::from_secs(1);
-        GitSource::new("http://me:pw@127.0.0.1:1/repo.git", "", t, t).expect("source")
+        GitSource::new("http://me:pw@127.0.0.1:1/repo.git", "", t, t, None).expect("source")
     }
 
     fn answer(lines: &[&[u8]]) -> Vec<u8> {
