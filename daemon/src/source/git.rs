@@ -761,6 +761,27 @@ mod tests {
     }
 
     #[test]
+    fn answers_401s_in_the_scheme_asked_for() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(asked_scheme(&headers), None);
+        headers.insert(
+            reqwest::header::WWW_AUTHENTICATE,
+            "Bearer realm=\"x\"".parse().unwrap(),
+        );
+        assert_eq!(asked_scheme(&headers), Some(AuthScheme::Bearer));
+        headers.insert(
+            reqwest::header::WWW_AUTHENTICATE,
+            "Basic realm=\"x\"".parse().unwrap(),
+        );
+        assert_eq!(asked_scheme(&headers), Some(AuthScheme::Basic));
+        let c = Credentials {
+            user: "u".into(),
+            secret: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn finds_netrc_entries() {
         let netrc = "machine other login a password b\nmachine git.example.org login me password s3cret\ndefault login anon password x";
         let c = netrc_lookup(netrc, "git.example.org").expect("entry");
