@@ -221,13 +221,13 @@ fn print_check(path: &Path, config: &Config) {
     }
     for m in &config.mounts {
         let source = if m.repo.starts_with("http://") || m.repo.starts_with("https://") {
-            format!("git {}", megafsd::source::mega::display_url(&m.repo))
+            format!("git {}", megafsd::source::http::display_url(&m.repo))
         } else if m.mega_url.is_empty() {
             format!("local {}", m.repo)
         } else {
             format!(
                 "mega {} {}",
-                megafsd::source::mega::display_url(&m.mega_url),
+                megafsd::source::http::display_url(&m.mega_url),
                 m.repo
             )
         };

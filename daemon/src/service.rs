@@ -106,7 +106,7 @@ impl Control for ControlService {
     ) -> Result<Response<ConnectReply>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let repo = crate::source::mega::display_url(&r.repo);
+        let repo = crate::source::http::display_url(&r.repo);
         info!(%repo, mountpoint = %r.mountpoint, uid = caller.uid, "connect requested");
         let spec = ConnectSpec {
             repo: r.repo,

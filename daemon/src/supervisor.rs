@@ -16,8 +16,8 @@ use crate::fs::{FsError, MountFs};
 use crate::fuse::FuseAdapter;
 use crate::mounts;
 use crate::source::git::{Credentials, GitSource};
+use crate::source::http::display_url;
 use crate::source::local::LocalSource;
-use crate::source::mega::display_url;
 use crate::source::mega::MegaSource;
 use crate::source::{Source, SourceError};
 use crate::store::Store;
@@ -186,7 +186,7 @@ fn describe_config(c: &MountConfig) -> String {
     } else {
         format!(
             "mega {} {}",
-            crate::source::mega::display_url(&c.mega_url),
+            crate::source::http::display_url(&c.mega_url),
             c.repo
         )
     }

@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
+
+use crate::background::Background;
 
 /// One request as the server saw it: method, path, and for POSTs the v2 command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +37,7 @@ struct GitState {
 pub struct GitServer {
     addr: SocketAddr,
     state: Arc<GitState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 impl GitServer {
@@ -85,29 +85,11 @@ impl GitServer {
             log: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(cgi).with_state(state.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            runtime.shutdown_timeout(Duration::from_millis(100));
-        });
+        let server = Background::serve("git-http-backend", listener, app)?;
         Ok(GitServer {
             addr,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -130,17 +112,6 @@ impl GitServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-    }
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

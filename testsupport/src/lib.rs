@@ -2,6 +2,7 @@
 //! the dev Mega server, fixture repositories, a harness that runs the real daemon and control
 //! tool, and tree comparison.
 
+pub mod background;
 pub mod compare;
 pub mod fixture;
 pub mod git_server;

@@ -13,11 +13,10 @@ use async_trait::async_trait;
 use reqwest::{Client, StatusCode};
 use tokio::sync::OnceCell;
 
+use super::http::{self, ATTEMPTS};
 use super::pktline::{self, Pkt};
 use super::{Snapshot, Source, SourceError};
 use crate::object::{ObjectId, ObjectKind};
-
-const ATTEMPTS: u32 = 3;
 
 /// Who to say we are to a git server.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,18 +75,8 @@ impl GitSource {
         connect_timeout: Duration,
         credentials: Option<Credentials>,
     ) -> Result<Self, SourceError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| SourceError::Unsupported(format!("invalid git URL {url:?}: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(SourceError::Unsupported(format!(
-                "invalid git URL {url:?}: only http:// and https:// are supported"
-            )));
-        }
-        let client = Client::builder()
-            .connect_timeout(connect_timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        let parsed = http::parse_url(url, "git")?;
+        let client = http::client(timeout, connect_timeout)?;
         let credentials = credentials.or_else(|| credentials_for(&parsed));
         // Requests go without the user info; credentials are sent as the server asks.
         let mut bare = parsed.clone();
@@ -98,7 +87,7 @@ impl GitSource {
             credentials,
             scheme: Mutex::new(None),
             url: bare.as_str().trim_end_matches('/').to_string(),
-            server: super::mega::display_url(url),
+            server: http::display_url(url),
             reference: reference.to_string(),
             capabilities: OnceCell::new(),
             trees: Mutex::new(HashMap::new()),
@@ -114,18 +103,7 @@ impl GitSource {
     }
 
     fn transport(&self, e: reqwest::Error) -> SourceError {
-        if e.is_timeout() {
-            SourceError::Timeout {
-                server: self.server.clone(),
-            }
-        } else if e.is_connect() {
-            SourceError::Unreachable {
-                server: self.server.clone(),
-                detail: root_cause(&e),
-            }
-        } else {
-            self.error("a request", root_cause(&e))
-        }
+        http::transport_error(&self.server, &e)
     }
 
     /// GET or POST with retries on transport failures and 5xx; the whole body.
@@ -147,7 +125,7 @@ impl GitSource {
             if let Err(e) = &result {
                 tracing::debug!(what, attempt, error = %e, "retrying a git request");
             }
-            tokio::time::sleep(Duration::from_millis(100) * (1 << attempt)).await;
+            tokio::time::sleep(http::backoff(attempt)).await;
         }
     }
 
@@ -548,14 +526,6 @@ fn parse_commit(body: &[u8]) -> Option<(ObjectId, i64)> {
         }
     }
     Some((tree?, time))
-}
-
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[async_trait]

@@ -10,6 +10,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, Response, StatusCode};
 use tracing::debug;
 
+use super::http::{self, backoff, redacted, root_cause, ATTEMPTS};
 use super::{ByteStream, Snapshot, Source, SourceError};
 use crate::object::ObjectId;
 
@@ -31,20 +32,8 @@ impl MegaSource {
         connect_timeout: Duration,
     ) -> Result<Self, SourceError> {
         let base = base_url.trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&base)
-            .map_err(|e| SourceError::Unsupported(format!("invalid Mega URL {base_url:?}: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(SourceError::Unsupported(format!(
-                "invalid Mega URL {base_url:?}: the scheme must be http or https"
-            )));
-        }
-        // No deadline on a whole response: a big file may take longer than any one read is
-        // allowed to stall. The filesystem bounds each request and each fetch itself.
-        let client = Client::builder()
-            .connect_timeout(connect_timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        let parsed = http::parse_url(&base, "Mega")?;
+        let client = http::client(timeout, connect_timeout)?;
         Ok(MegaSource {
             client,
             server: redacted(&parsed),
@@ -142,22 +131,7 @@ impl MegaSource {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> SourceError {
-        if e.is_timeout() {
-            SourceError::Timeout {
-                server: self.server.clone(),
-            }
-        } else if e.is_connect() {
-            SourceError::Unreachable {
-                server: self.server.clone(),
-                detail: root_cause(&e),
-            }
-        } else {
-            SourceError::Server {
-                server: self.server.clone(),
-                what: e.url().map(|u| u.path().to_string()).unwrap_or_default(),
-                detail: error_chain(&e),
-            }
-        }
+        http::transport_error(&self.server, &e)
     }
 
     /// The body of a 200 answer, or the server's error text.
@@ -203,20 +177,6 @@ impl MegaSource {
             .map_err(|_| bad(format!("unreadable date {:?}", info.date)))?;
         Ok((oid, time))
     }
-}
-
-/// How many times a request is tried.
-const ATTEMPTS: u32 = 3;
-
-/// The pause before attempt `attempt + 1`: 100 ms doubling, with up to as much again of
-/// jitter so that many readers do not retry in step.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100) * (1 << attempt.min(6));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 1000.0)
 }
 
 /// A whole HTTP answer.
@@ -386,40 +346,6 @@ fn error_text(body: &[u8]) -> String {
         Ok(r) => r.err_message,
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
     }
-}
-
-/// A Mega URL fit for logs and status (any password replaced); unparsable text as is.
-pub fn display_url(url: &str) -> String {
-    reqwest::Url::parse(url).map_or_else(|_| url.to_string(), |u| redacted(&u))
-}
-
-/// A URL fit for logs and status: any password replaced.
-fn redacted(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.as_str().trim_end_matches('/').to_string()
-}
-
-/// The innermost cause, e.g. "Connection refused (os error 111)": what a person needs.
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

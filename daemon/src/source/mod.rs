@@ -3,6 +3,7 @@
 //! them against their object id, in one place.
 
 pub mod git;
+pub mod http;
 pub mod local;
 pub mod mega;
 pub mod pktline;

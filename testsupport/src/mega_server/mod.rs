@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 pub use monorepo::{components, tree_id, Monorepo, ServedRepo};
 
+use crate::background::Background;
+
 /// Ways the server can misbehave, set by tests (or `POST /__dev/faults?...`). The blob and
 /// tree faults (all but `corrupt_trees`/`blob_delay_ms`, which always apply) hit a request with
 /// `probability` (default: always), and only the next `count` requests when `count` > 0.
@@ -234,8 +236,7 @@ async fn faulty(fault: Fault, filename: &str, length: u64) -> Option<Response> {
 pub struct DevServer {
     addr: SocketAddr,
     state: Arc<ServerState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Background,
 }
 
 impl DevServer {
@@ -256,41 +257,17 @@ impl DevServer {
             injected: AtomicU64::new(0),
             dice: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = router(state.clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::Builder::new()
-            .name("mega-dev-server".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-                // Connections still open (a stalled client) must not keep the thread alive.
-                runtime.shutdown_timeout(Duration::from_millis(100));
-            })?;
+        let server = Background::serve("mega-dev-server", listener, router(state.clone()))?;
         Ok(DevServer {
             addr,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            server,
         })
     }
 
-    /// Serves until SIGINT/SIGTERM (for the binary).
-    pub fn wait(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// Serves until killed (for the binary).
+    pub fn wait(self) {
+        self.server.wait();
     }
 
     pub fn url(&self) -> String {
@@ -320,17 +297,6 @@ impl DevServer {
     /// How many requests the faults have hit so far.
     pub fn faults_injected(&self) -> u64 {
         self.state.injected.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
