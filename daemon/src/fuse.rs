@@ -20,8 +20,9 @@ use tracing::{debug, warn, Instrument};
 use crate::fs::{Attr, FsError, MountFs};
 use crate::object::EntryKind;
 
-/// How long the kernel may cache entries and attributes. A mount shows one immutable commit.
-const TTL: Duration = Duration::from_secs(60);
+/// How long the kernel may cache entries and attributes. A mount shows one immutable commit,
+/// and a refresh gives whatever changed new inodes and invalidates the root's stale entries.
+const TTL: Duration = Duration::from_secs(3600);
 
 pub struct FuseAdapter {
     fs: Arc<MountFs>,
@@ -98,6 +99,24 @@ fn file_attr(attr: &Attr) -> FileAttr {
 }
 
 impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Content never changes under an inode: let the kernel cache symlink targets and run
+        // lookups in one directory in parallel. Kernels without these simply say no.
+        let wanted = fuser::InitFlags::FUSE_CACHE_SYMLINKS | fuser::InitFlags::FUSE_PARALLEL_DIROPS;
+        if let Err(unsupported) = config.add_capabilities(wanted) {
+            debug!(?unsupported, "kernel lacks some FUSE capabilities");
+        }
+        Ok(())
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A directory's listing is as immutable as its tree: keep it in the page cache.
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let name = name.as_bytes().to_vec();

@@ -140,6 +140,8 @@ struct MountEntry {
     config: Option<MountConfig>,
     fs: Arc<MountFs>,
     session: BackgroundSession,
+    /// Tells the kernel which cached entries a refresh made stale.
+    notifier: fuser::Notifier,
     /// Unix seconds of the last refresh, 0 for none.
     refreshed_at: Arc<std::sync::atomic::AtomicI64>,
     /// When a configured `refresh_interval` next falls due.
@@ -418,6 +420,7 @@ impl Supervisor {
             owner_uid: caller.uid,
             config: None,
             fs,
+            notifier: session.notifier(),
             session,
             refreshed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             next_refresh: None,
@@ -505,17 +508,26 @@ impl Supervisor {
     /// Moves a mount to the newest commit of what it follows; returns the commit before and
     /// the mount as it is now.
     pub async fn refresh(&self, target: &str) -> Result<(String, MountStatus), SupervisorError> {
-        let (fs, refreshed_at) = {
+        let (fs, notifier, refreshed_at) = {
             let table = self.table.lock().await;
             let index = find_target(&table.mounts, target, None)?;
             let entry = &table.mounts[index];
-            (entry.fs.clone(), entry.refreshed_at.clone())
+            (
+                entry.fs.clone(),
+                entry.notifier.clone(),
+                entry.refreshed_at.clone(),
+            )
         };
         let before = fs.snapshot().commit.to_hex();
         let refresh = fs.refresh();
-        tokio::time::timeout(self.timeouts.request, refresh)
+        let stale = tokio::time::timeout(self.timeouts.request, refresh)
             .await
             .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;
+        // Asked for over the socket, not inside a filesystem request: the caller may wait
+        // until the kernel has dropped what is stale, so its next look sees the new commit.
+        if let Some(names) = stale {
+            let _ = tokio::task::spawn_blocking(move || invalidate_now(&notifier, names)).await;
+        }
         refreshed_at.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         let table = self.table.lock().await;
         let index = find_target(&table.mounts, target, None)?;
@@ -827,6 +839,14 @@ fn mount_session(
     fuser::Session::from_fd(adapter, fd, acl, config)?.spawn()
 }
 
+fn invalidate_now(notifier: &fuser::Notifier, names: Vec<Vec<u8>>) {
+    let root = fuser::INodeNo(crate::fs::ROOT_INO);
+    for name in names {
+        let _ = notifier.inval_entry(root, std::ffi::OsStr::from_bytes(&name));
+    }
+    let _ = notifier.inval_inode(root, 0, 0);
+}
+
 /// A periodic refresh of a configured mount, in the background.
 fn spawn_refresh(entry: &MountEntry) {
     let (fs, name, refreshed_at) = (
@@ -849,19 +869,13 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Tells the kernel to drop its cached root entries `names` (and the root's attributes), on a
-/// thread of its own: the kernel may need locks that a request in flight holds.
+/// Tells the kernel to drop its cached root entries `names` (and the root's attributes and
+/// listing), on a thread of its own: the kernel may need locks that a request in flight holds.
 fn invalidate_root_entries(notifier: &fuser::Notifier, names: Vec<Vec<u8>>) {
     let notifier = notifier.clone();
     let spawned = std::thread::Builder::new()
         .name("megafs-inval".into())
-        .spawn(move || {
-            let root = fuser::INodeNo(crate::fs::ROOT_INO);
-            for name in names {
-                let _ = notifier.inval_entry(root, std::ffi::OsStr::from_bytes(&name));
-            }
-            let _ = notifier.inval_inode(root, 0, 0);
-        });
+        .spawn(move || invalidate_now(&notifier, names));
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start a thread to invalidate kernel entries");
     }

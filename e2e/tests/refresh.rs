@@ -14,6 +14,14 @@ fn refresh_shows_the_new_commit_and_keeps_what_did_not_change() {
     let world = World::new();
     let point = world.mount_local("follow", "main");
     let src_ino = std::fs::metadata(point.join("src")).expect("stat").ino();
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // List the root now, so the kernel caches the listing the refresh must invalidate.
+    assert!(names(&point).contains(&"empty.txt".to_string()));
     let leaf_before = std::fs::read(point.join("src/nested/deep/leaf.txt")).expect("read");
     let mut open_readme = std::fs::File::open(point.join("README.md")).expect("open");
 
@@ -41,6 +49,9 @@ fn refresh_shows_the_new_commit_and_keeps_what_did_not_change() {
         b"new\n"
     );
     assert!(!point.join("empty.txt").exists(), "deleted files are gone");
+    let listed = names(&point);
+    assert!(listed.contains(&"added.txt".to_string()), "{listed:?}");
+    assert!(!listed.contains(&"empty.txt".to_string()), "{listed:?}");
     // The file opened before the refresh still reads the commit it was opened at.
     let mut old = String::new();
     open_readme
