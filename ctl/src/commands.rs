@@ -35,9 +35,7 @@ async fn refresh(cli: &Cli, target: &str) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let mount = reply
-        .mount
-        .ok_or_else(|| anyhow!("the daemon sent an empty reply"))?;
+    let mount = mount_of(reply.mount)?;
     if reply.previous_commit == mount.commit {
         println!(
             "{} is up to date at {}",
@@ -116,9 +114,7 @@ async fn connect(
         .await
         .map_err(status_error)?
         .into_inner();
-    let mount = reply
-        .mount
-        .ok_or_else(|| anyhow!("the daemon sent an empty reply"))?;
+    let mount = mount_of(reply.mount)?;
     println!(
         "mounted {} at {} ({} @ {})",
         mount.name,
@@ -166,4 +162,11 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         print!("{}", output::status_table(&reply.mounts));
     }
     Ok(())
+}
+
+/// The mount a reply describes; the daemon always sends one.
+fn mount_of(
+    mount: Option<megafs_proto::v1::MountInfo>,
+) -> anyhow::Result<megafs_proto::v1::MountInfo> {
+    mount.ok_or_else(|| anyhow!("the daemon sent an empty reply"))
 }

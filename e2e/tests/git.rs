@@ -316,23 +316,20 @@ fn a_push_then_refresh_moves_a_git_mount() {
 
 #[test]
 fn credentials_can_come_from_the_configuration() {
-    use megafs_testsupport::harness::Options;
     let s = setup(true);
     let server =
         GitServer::start_with_basic_auth(&s.server_root(), "bob", "cfg-secret").expect("server");
-    let mut daemon = Daemon::start_with(Options {
-        config: Some(String::new()),
-        ..Options::default()
-    });
+    let daemon = Daemon::start_configured(
+        |home| {
+            format!(
+                "[[mount]]\nname = \"configured\"\nrepo = \"{}\"\nmountpoint = \"{}\"\nusername = \"bob\"\npassword = \"cfg-secret\"\n",
+                server.url("fixture.git"),
+                path_str(&home.join("mnt/configured"))
+            )
+        },
+        None,
+    );
     let point = daemon.dir.path().join("mnt/configured");
-    daemon.mountpoint_registered(&point);
-    std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mkdir");
-    daemon.write_config(&format!(
-        "[[mount]]\nname = \"configured\"\nrepo = \"{}\"\nmountpoint = \"{}\"\nusername = \"bob\"\npassword = \"cfg-secret\"\n",
-        server.url("fixture.git"),
-        path_str(&point)
-    ));
-    daemon.restart();
     let readme = point.join("README.md");
     assert_eq!(
         within(LIMIT, move || std::fs::read(readme)).expect("read"),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{errno, path_str, World, MEGA_REPO};
 use megafs_testsupport::compare::differences;
 use megafs_testsupport::fixture::{MANY_FILES, UNICODE_NAME};
-use megafs_testsupport::harness::{is_mounted, within};
+use megafs_testsupport::harness::{is_mounted, list_names, statfs, within};
 use megafs_testsupport::Faults;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -260,13 +260,9 @@ fn writes_are_refused_with_erofs() {
 }
 
 fn nix_statfs(path: &std::path::Path) -> u64 {
-    let c = std::ffi::CString::new(path_str(path)).expect("path");
-    // SAFETY: statvfs fills the struct we own; the path is a valid C string.
-    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut buf) };
-    assert_eq!(rc, 0, "statvfs failed");
-    assert_ne!(buf.f_flag & libc::ST_RDONLY, 0, "mounted read-only");
-    buf.f_namemax
+    let stat = statfs(path).expect("statfs answers");
+    assert_ne!(stat.f_flag & libc::ST_RDONLY, 0, "mounted read-only");
+    stat.f_namemax
 }
 
 #[test]
@@ -411,11 +407,7 @@ fn a_moved_trunk_moves_the_mount_along() {
     assert_eq!(world.daemon.status()["mounts"][0]["commit"], head.as_str());
     // Directories that did not change still work.
     let docs = point.join("docs");
-    assert!(!within(LIMIT, move || list(&docs)).expect("docs").is_empty());
-}
-
-fn list(dir: &std::path::Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-    std::fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.file_name()))
-        .collect()
+    assert!(!within(LIMIT, move || list_names(&docs))
+        .expect("docs")
+        .is_empty());
 }

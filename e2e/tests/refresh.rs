@@ -8,18 +8,14 @@ use std::os::unix::fs::MetadataExt;
 
 use common::{path_str, World};
 use megafs_testsupport::fixture::git;
+use megafs_testsupport::harness::{list_names, Daemon};
 
 #[test]
 fn refresh_shows_the_new_commit_and_keeps_what_did_not_change() {
     let world = World::new();
     let point = world.mount_local("follow", "main");
     let src_ino = std::fs::metadata(point.join("src")).expect("stat").ino();
-    let names = |dir: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .expect("readdir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect()
-    };
+    let names = |dir: &std::path::Path| list_names(dir).expect("readdir");
     // List the root now, so the kernel caches the listing the refresh must invalidate.
     assert!(names(&point).contains(&"empty.txt".to_string()));
     let leaf_before = std::fs::read(point.join("src/nested/deep/leaf.txt")).expect("read");
@@ -74,23 +70,26 @@ fn refresh_shows_the_new_commit_and_keeps_what_did_not_change() {
 
 #[test]
 fn a_refresh_interval_follows_the_branch_by_itself() {
-    use megafs_testsupport::harness::{Daemon, Options};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().expect("temp dir");
     let fixture = megafs_testsupport::fixture::build(&dir.path().join("repo")).expect("fixture");
-    let mut daemon = Daemon::start_with(Options {
-        config: Some(String::new()),
-        ..Options::default()
-    });
+    let daemon = Daemon::start_configured(
+        |home| {
+            format!(
+                "[[mount]]
+name = \"periodic\"
+repo = \"{}\"
+ref = \"main\"
+mountpoint = \"{}\"
+refresh_interval = \"1s\"
+",
+                path_str(&fixture.path),
+                path_str(&home.join("mnt/periodic"))
+            )
+        },
+        None,
+    );
     let point = daemon.dir.path().join("mnt/periodic");
-    daemon.mountpoint_registered(&point);
-    std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mkdir");
-    daemon.write_config(&format!(
-        "[[mount]]\nname = \"periodic\"\nrepo = \"{}\"\nref = \"main\"\nmountpoint = \"{}\"\nrefresh_interval = \"1s\"\n",
-        path_str(&fixture.path),
-        path_str(&point)
-    ));
-    daemon.restart();
     assert_eq!(
         std::fs::read(point.join("README.md")).expect("read"),
         b"fixture v2\n"

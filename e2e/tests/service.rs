@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{path_str, MEGA_REPO};
 use megafs_testsupport::fixture::{self, Fixture};
-use megafs_testsupport::harness::{bin, is_mounted, within, Daemon, Options};
+use megafs_testsupport::harness::{bin, is_mounted, statfs, within, Daemon};
 use megafs_testsupport::{DevServer, ServedRepo};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -82,25 +82,8 @@ fn read(path: std::path::PathBuf) -> Vec<u8> {
     within(LIMIT, move || std::fs::read(&path)).expect("read")
 }
 
-/// The daemon's directory before it starts, so configs can name mountpoints inside it.
 fn daemon_with(config: impl Fn(&std::path::Path) -> String, watchdog: Option<u64>) -> Daemon {
-    // The config must name paths in the daemon's temp dir, which exists only once it is
-    // made; so start with an empty config, then write the real one and restart.
-    let mut daemon = Daemon::start_with(Options {
-        config: Some(String::new()),
-        watchdog_usec: watchdog,
-    });
-    let text = config(daemon.dir.path());
-    std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mnt");
-    daemon.write_config(&text);
-    daemon.restart();
-    for m in text
-        .lines()
-        .filter_map(|l| l.strip_prefix("mountpoint = \""))
-    {
-        daemon.mountpoint_registered(std::path::Path::new(m.trim_end_matches('"')));
-    }
-    daemon
+    Daemon::start_configured(config, watchdog)
 }
 
 #[test]
@@ -343,7 +326,7 @@ fn a_killed_daemons_mounts_are_cleaned_at_the_next_start() {
     daemon.kill();
     // statfs always reaches the (dead) filesystem; a stat may be answered from the cache.
     assert_eq!(
-        statfs_errno(&runtime),
+        statfs(&runtime).err(),
         Some(libc::ENOTCONN),
         "no daemon behind it"
     );
@@ -555,13 +538,3 @@ fn an_unprivileged_user_gets_a_daemon_of_their_own_through_fusermount3() {
 }
 
 const NOBODY: libc::uid_t = 65534;
-
-fn statfs_errno(path: &std::path::Path) -> Option<i32> {
-    let c = std::ffi::CString::new(path_str(path)).expect("path");
-    // SAFETY: statvfs fills the struct we own; c is a valid C string.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
-    (rc != 0)
-        .then(|| std::io::Error::last_os_error().raw_os_error())
-        .flatten()
-}

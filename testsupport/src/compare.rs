@@ -65,10 +65,3 @@ pub fn differences(expected: &Path, actual: &Path) -> std::io::Result<Vec<String
     }
     Ok(diffs)
 }
-
-/// The number of entries (files, directories, symlinks) under `root`.
-pub fn count_entries(root: &Path) -> std::io::Result<usize> {
-    let mut all = BTreeMap::new();
-    walk(root, Path::new(""), &mut all)?;
-    Ok(all.len())
-}

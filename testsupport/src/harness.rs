@@ -45,6 +45,27 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|p| p == wanted)
 }
 
+/// statfs of `path`, or the errno it failed with. A dead FUSE mount answers ENOTCONN here
+/// even where a stat would be answered from the kernel's cache.
+pub fn statfs(path: &Path) -> Result<libc::statvfs, i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
+    // SAFETY: statvfs fills the struct we own; c is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } == 0 {
+        Ok(stat)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// The names in directory `dir`.
+pub fn list_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect()
+}
+
 /// Runs `f` on its own thread and gives up after `limit`: a hung filesystem call fails the
 /// test instead of hanging it. (The thread is left behind if it hangs.)
 pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -167,6 +188,32 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon whose configuration may name paths inside the daemon's own directory
+    /// (`config` is given that directory). The mountpoints it names are registered for
+    /// cleanup before the daemon mounts them; `<dir>/mnt` exists to put them in.
+    pub fn start_configured(
+        config: impl Fn(&Path) -> String,
+        watchdog_usec: Option<u64>,
+    ) -> Daemon {
+        // The directory exists only once the daemon does: start with an empty configuration,
+        // then write the real one and restart.
+        let mut daemon = Daemon::start_with(Options {
+            config: Some(String::new()),
+            watchdog_usec,
+        });
+        let text = config(daemon.dir.path());
+        std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mnt");
+        for point in text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("mountpoint = \""))
+        {
+            daemon.mountpoint_registered(Path::new(point.trim_end_matches('"')));
+        }
+        daemon.write_config(&text);
+        daemon.restart();
+        daemon
+    }
+
     /// Replaces the configuration file (for reload tests).
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config_path, text).expect("writing the config");
@@ -178,10 +225,6 @@ impl Daemon {
             // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
             unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) {

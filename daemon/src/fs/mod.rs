@@ -280,11 +280,6 @@ impl MountFs {
         self.lock_handles().remove(&handle);
     }
 
-    /// How many files are open.
-    pub fn open_files(&self) -> usize {
-        self.lock_handles().len()
-    }
-
     fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pin>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }

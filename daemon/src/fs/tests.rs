@@ -66,6 +66,13 @@ fn setup() -> Setup {
     }
 }
 
+async fn mount(s: &Setup, owner: (u32, u32)) -> Arc<MountFs> {
+    let fetch_timeout = std::time::Duration::from_secs(60);
+    MountFs::open(s.source.clone(), s.store.clone(), owner, fetch_timeout)
+        .await
+        .expect("open")
+}
+
 async fn path_ino(fs: &Arc<MountFs>, path: &str) -> u64 {
     let mut ino = ROOT_INO;
     for part in path.split('/') {
@@ -77,14 +84,7 @@ async fn path_ino(fs: &Arc<MountFs>, path: &str) -> u64 {
 #[tokio::test]
 async fn lists_stats_and_reads_like_git() {
     let s = setup();
-    let fs = MountFs::open(
-        s.source.clone(),
-        s.store.clone(),
-        (1000, 1000),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .expect("open");
+    let fs = mount(&s, (1000, 1000)).await;
     let names: Vec<_> = fs
         .readdir(ROOT_INO)
         .await
@@ -149,14 +149,7 @@ async fn lists_stats_and_reads_like_git() {
 #[tokio::test]
 async fn wrong_bytes_are_refused_and_never_cached() {
     let s = setup();
-    let fs = MountFs::open(
-        s.source.clone(),
-        s.store.clone(),
-        (0, 0),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .expect("open");
+    let fs = mount(&s, (0, 0)).await;
     let readme = fs.lookup(ROOT_INO, b"README.md").await.expect("lookup");
     s.source.corrupt.store(true, Ordering::SeqCst);
     let err = fs.read(readme.ino, 0, 100).await.expect_err("corrupt");
@@ -172,25 +165,11 @@ async fn wrong_bytes_are_refused_and_never_cached() {
 #[tokio::test]
 async fn a_second_mount_reads_from_the_shared_cache() {
     let s = setup();
-    let first = MountFs::open(
-        s.source.clone(),
-        s.store.clone(),
-        (0, 0),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .expect("open");
+    let first = mount(&s, (0, 0)).await;
     let ino = path_ino(&first, "big/five-mb.bin").await;
     assert_eq!(first.read(ino, 0, 16).await.expect("read").len(), 16);
     assert_eq!(s.source.blob_fetches.load(Ordering::SeqCst), 1);
-    let second = MountFs::open(
-        s.source.clone(),
-        s.store.clone(),
-        (0, 0),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .expect("open");
+    let second = mount(&s, (0, 0)).await;
     let ino = path_ino(&second, "big/five-mb.bin").await;
     assert_eq!(second.read(ino, 1024, 16).await.expect("read").len(), 16);
     assert_eq!(

@@ -1,6 +1,6 @@
 //! A git repository on this machine, read through gitoxide. Also the demo's source.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 
@@ -36,10 +36,6 @@ impl LocalSource {
             },
             repo: repo.into_sync(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn local_error(&self, detail: impl std::fmt::Display) -> SourceError {
