@@ -242,6 +242,16 @@ fn object_info_gives_sizes_without_content() {
             .all(|r| r.command.as_deref() == Some("object-info")),
         "{requests:?}"
     );
+
+    // A file read alone comes in one fetch, inflated into the cache as its pack arrives.
+    s.server.clear_requests();
+    let big = point.join("big/five-mb.bin");
+    let read = within(LIMIT, move || std::fs::read(big)).expect("read");
+    assert!(
+        read == fixture::pseudo_random(5 * 1024 * 1024, 42),
+        "wrong bytes"
+    );
+    assert_eq!(commands(&s), ["object-info", "fetch"]);
 }
 
 #[test]

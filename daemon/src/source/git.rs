@@ -1,7 +1,7 @@
 //! Any git server over smart HTTP, protocol v2, with partial-clone filters: capabilities once,
 //! `ls-refs` to resolve the ref, the commit and all its trees in one `fetch` (`filter
-//! blob:none`, `deepen 1`), then blobs one by one by id. Packs are decoded with gitoxide's
-//! pack crate (deltas resolved). See the shared notes' git-protocol-v2 summary and git's
+//! blob:none`, `deepen 1`), then blobs by id: one alone is inflated as it arrives (`blobpack`), several
+//! in a batch come in a pack decoded with gitoxide's pack crate (deltas resolved). See the shared notes' git-protocol-v2 summary and git's
 //! gitprotocol-v2(5).
 
 use std::collections::HashMap;
@@ -10,12 +10,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use tokio::sync::OnceCell;
 
+use super::blobpack::{AnswerError, BlobAnswer};
 use super::http::{self, ATTEMPTS};
 use super::pktline::{self, Pkt};
-use super::{Snapshot, Source, SourceError};
+use super::{ByteStream, Snapshot, Source, SourceError};
 use crate::object::{ObjectId, ObjectKind};
 
 /// Who to say we are to a git server.
@@ -108,10 +110,31 @@ impl GitSource {
 
     /// GET or POST with retries on transport failures and 5xx; the whole body.
     async fn request(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
+        self.with_retries(what, || async {
+            let response = self.attempt(post.clone(), what).await?;
+            let body = response.bytes().await.map_err(|e| self.transport(e))?;
+            Ok(body.to_vec())
+        })
+        .await
+    }
+
+    /// POST with retries until the server answers with success; the body is the caller's to
+    /// read as it arrives.
+    async fn respond(&self, post: Vec<u8>, what: &str) -> Result<reqwest::Response, SourceError> {
+        self.with_retries(what, || self.attempt(Some(post.clone()), what))
+            .await
+    }
+
+    /// Tries `once` until it succeeds, fails for good (4xx, a refusal) or runs out of attempts.
+    async fn with_retries<T, F, Fut>(&self, what: &str, once: F) -> Result<T, SourceError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.attempt(post.clone(), what).await;
+            let result = once().await;
             let retry = match &result {
                 Err(e) => {
                     e.is_unavailable()
@@ -129,7 +152,12 @@ impl GitSource {
         }
     }
 
-    async fn attempt(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
+    /// One request (two where a 401 asks for credentials); a success, or the error it means.
+    async fn attempt(
+        &self,
+        post: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<reqwest::Response, SourceError> {
         loop {
             let scheme = *self.scheme.lock().unwrap_or_else(|p| p.into_inner());
             let response = self.send_once(post.clone(), scheme).await?;
@@ -142,7 +170,7 @@ impl GitSource {
                     }
                 }
             }
-            return self.read_answer(response, what).await;
+            return self.successful(response, what);
         }
     }
 
@@ -175,13 +203,12 @@ impl GitSource {
             .map_err(|e| self.transport(e))
     }
 
-    async fn read_answer(
+    fn successful(
         &self,
         response: reqwest::Response,
         what: &str,
-    ) -> Result<Vec<u8>, SourceError> {
+    ) -> Result<reqwest::Response, SourceError> {
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport(e))?;
         if status == StatusCode::NOT_FOUND {
             return Err(SourceError::RepoNotFound(format!(
                 "{} (HTTP 404)",
@@ -203,7 +230,7 @@ impl GitSource {
         if !status.is_success() {
             return Err(self.error(what, format!("HTTP {status}")));
         }
-        Ok(body.to_vec())
+        Ok(response)
     }
 
     async fn capabilities(&self) -> Result<&Capabilities, SourceError> {
@@ -313,6 +340,17 @@ impl GitSource {
         extra: &[&str],
     ) -> Result<Vec<PackObject>, SourceError> {
         self.capabilities().await?;
+        let body = self
+            .request(Some(Self::fetch_command(wants, extra)), "fetch")
+            .await?;
+        let pack = self.pack_of(&body, wants)?;
+        tokio::task::spawn_blocking(move || decode_pack(&pack))
+            .await
+            .map_err(|e| self.error("fetch", e.to_string()))?
+            .map_err(|e| self.error("fetch", format!("undecodable pack: {e}")))
+    }
+
+    fn fetch_command(wants: &[ObjectId], extra: &[&str]) -> Vec<u8> {
         let mut args: Vec<String> = ["no-progress", "ofs-delta"]
             .iter()
             .map(|s| s.to_string())
@@ -320,14 +358,22 @@ impl GitSource {
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(wants.iter().map(|w| format!("want {w}")));
         args.push("done".into());
-        let body = self
-            .request(Some(Self::command("fetch", &args)), "fetch")
-            .await?;
-        let pack = self.pack_of(&body, wants)?;
-        tokio::task::spawn_blocking(move || decode_pack(&pack))
-            .await
-            .map_err(|e| self.error("fetch", e.to_string()))?
-            .map_err(|e| self.error("fetch", format!("undecodable pack: {e}")))
+        Self::command("fetch", &args)
+    }
+
+    /// What a refused or malformed answer to a fetch of blob `oid` means.
+    fn blob_answer_error(&self, oid: ObjectId, e: AnswerError) -> SourceError {
+        match e {
+            AnswerError::Refused(message) if message.contains("not our ref") => {
+                SourceError::ObjectMissing {
+                    server: self.server.clone(),
+                    oid,
+                    detail: message,
+                }
+            }
+            AnswerError::Refused(message) => self.error("fetch", message),
+            AnswerError::Malformed(detail) => self.error("fetch", detail),
+        }
     }
 
     /// The pack data of a fetch response (side-band channel 1 after `packfile`).
@@ -639,6 +685,68 @@ impl Source for GitSource {
             }
         }
         out
+    }
+
+    /// One blob, inflated as its pack arrives: the length comes from the pack entry's header,
+    /// then the content piece by piece.
+    async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
+        self.capabilities().await?;
+        let command = Self::fetch_command(&[oid], &["filter blob:none"]);
+        let response = self.respond(command, "fetch").await?;
+        let mut body = response.bytes_stream();
+        let mut answer = BlobAnswer::default();
+        let mut first = Vec::new();
+        let len = loop {
+            if let Some(len) = answer.size() {
+                break len;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => answer.feed(&chunk, &mut first),
+                Some(Err(e)) => return Err(self.transport(e)),
+                None if first.is_empty() && answer.finish().is_err() => {
+                    Err(AnswerError::Malformed(
+                        "empty answer (the server gave up on the request)".into(),
+                    ))
+                }
+                None => answer.finish(),
+            }
+            .map_err(|e| self.blob_answer_error(oid, e))?;
+        };
+        let (server, what) = (self.server.clone(), format!("blob {oid}"));
+        let broke = move |detail: String| SourceError::Server {
+            server: server.clone(),
+            what: what.clone(),
+            detail,
+        };
+        let rest = futures::stream::unfold(Some((body, answer)), move |state| {
+            let broke = broke.clone();
+            async move {
+                let (mut body, mut answer) = state?;
+                let mut pieces = Vec::new();
+                let step = match body.next().await {
+                    Some(Ok(chunk)) => answer.feed(&chunk, &mut pieces).map(|_| true),
+                    Some(Err(e)) => Err(AnswerError::Malformed(format!(
+                        "the body broke off: {}",
+                        http::root_cause(&e)
+                    ))),
+                    None => answer.finish().map(|_| false),
+                };
+                let mut items: Vec<Result<bytes::Bytes, SourceError>> =
+                    pieces.into_iter().map(Ok).collect();
+                match step {
+                    Ok(true) => Some((items, Some((body, answer)))),
+                    Ok(false) => Some((items, None)),
+                    Err(e) => {
+                        items.push(Err(broke(e.to_string())));
+                        Some((items, None))
+                    }
+                }
+            }
+        });
+        let pieces = futures::stream::iter(first.into_iter().map(Ok))
+            .chain(rest.flat_map(futures::stream::iter))
+            .boxed();
+        Ok((len, pieces))
     }
 
     fn sizes_need_content(&self) -> bool {

@@ -2,6 +2,7 @@
 //! filesystem never knows which it talks to. Sources return raw bytes; the caller verifies
 //! them against their object id, in one place.
 
+pub mod blobpack;
 pub mod git;
 pub mod http;
 pub mod local;

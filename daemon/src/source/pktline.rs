@@ -43,24 +43,37 @@ pub fn parse(mut input: &[u8]) -> Result<Vec<Pkt<'_>>, PktError> {
     while !input.is_empty() {
         let offset = total - input.len();
         let err = |reason| PktError { offset, reason };
-        let head = input.get(..4).ok_or(err("truncated length"))?;
-        let text = std::str::from_utf8(head).map_err(|_| err("length is not hex"))?;
-        let len = usize::from_str_radix(text, 16).map_err(|_| err("length is not hex"))?;
-        match len {
-            0 => out.push(Pkt::Flush),
-            1 => out.push(Pkt::Delim),
-            2 => out.push(Pkt::ResponseEnd),
-            3 => return Err(err("length 3 is reserved")),
-            n => {
-                let payload = input.get(4..n).ok_or(err("truncated payload"))?;
-                out.push(Pkt::Data(payload));
-                input = &input[n..];
-                continue;
+        match split_first(input).map_err(err)? {
+            Some((pkt, used)) => {
+                out.push(pkt);
+                input = &input[used..];
             }
+            None if input.len() < 4 => return Err(err("truncated length")),
+            None => return Err(err("truncated payload")),
         }
-        input = &input[4..];
     }
     Ok(out)
+}
+
+/// The first pkt-line of `input` and the bytes it takes, or None if `input` holds only part
+/// of it (more must arrive).
+pub fn split_first(input: &[u8]) -> Result<Option<(Pkt<'_>, usize)>, &'static str> {
+    let Some(head) = input.get(..4) else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(head).map_err(|_| "length is not hex")?;
+    let len = usize::from_str_radix(text, 16).map_err(|_| "length is not hex")?;
+    let pkt = match len {
+        0 => Pkt::Flush,
+        1 => Pkt::Delim,
+        2 => Pkt::ResponseEnd,
+        3 => return Err("length 3 is reserved"),
+        n => match input.get(4..n) {
+            Some(payload) => return Ok(Some((Pkt::Data(payload), n))),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some((pkt, 4)))
 }
 
 /// A data line as text without its trailing newline.
