@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub request_timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub fetch_timeout: Option<Duration>,
+    /// Files at least this big are read as they arrive; `Some(None)`: never ("off").
+    pub stream_min_size: Option<Option<u64>>,
 }
 
 /// A password or token: compared and cloned like a string, never printed.
@@ -98,6 +100,7 @@ struct RawDaemon {
     request_timeout: Option<Spanned<toml::Value>>,
     connect_timeout: Option<Spanned<toml::Value>>,
     fetch_timeout: Option<Spanned<toml::Value>>,
+    stream_min_size: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +155,7 @@ impl Config {
                 request_timeout: None,
                 connect_timeout: None,
                 fetch_timeout: None,
+                stream_min_size: None,
             },
             mounts: Vec::new(),
         }
@@ -244,6 +248,13 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
     let request_timeout = duration(&raw.request_timeout, "daemon.request_timeout")?;
     let connect_timeout = duration(&raw.connect_timeout, "daemon.connect_timeout")?;
     let fetch_timeout = duration(&raw.fetch_timeout, "daemon.fetch_timeout")?;
+    let stream_min_size = match raw.stream_min_size {
+        Some(v) => Some(
+            parse_size_or_off(v.get_ref())
+                .map_err(|m| src.error(&v.span(), "daemon.stream_min_size", m))?,
+        ),
+        None => None,
+    };
     Ok(DaemonConfig {
         socket: raw.socket,
         cache_dir: raw.cache_dir,
@@ -253,6 +264,7 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         request_timeout,
         connect_timeout,
         fetch_timeout,
+        stream_min_size,
     })
 }
 
@@ -344,6 +356,14 @@ fn check_url(url: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A size, or `"off"` (None).
+pub fn parse_size_or_off(value: &toml::Value) -> Result<Option<u64>, String> {
+    match value {
+        toml::Value::String(s) if s.trim().eq_ignore_ascii_case("off") => Ok(None),
+        other => parse_size(other).map(Some),
+    }
 }
 
 /// `1073741824`, `"512M"`, `"10G"`, `"1.5GiB"`.
@@ -444,6 +464,10 @@ options = ["allow_other"]
         assert_eq!(config.mounts[1].git_ref, "v1");
         assert!(config.mounts[1].allow_other);
         assert_eq!(parse("").expect("empty").mounts, []);
+        let off = parse("[daemon]\nstream_min_size = \"off\"\n").expect("off");
+        assert_eq!(off.daemon.stream_min_size, Some(None));
+        let big = parse("[daemon]\nstream_min_size = \"64M\"\n").expect("64M");
+        assert_eq!(big.daemon.stream_min_size, Some(Some(64 << 20)));
     }
 
     #[test]
@@ -477,6 +501,8 @@ options = ["allow_other"]
         assert!(error_of("[daemon]\nrequest_timeout = \"3 fortnights\"\n")
             .contains(":2: daemon.request_timeout:"));
         assert!(error_of("[[mount]]\nmountpoint = \"/m\"\n").contains("missing field `repo`"));
+        assert!(error_of("[daemon]\nstream_min_size = \"huge\"\n")
+            .contains(":2: daemon.stream_min_size:"));
         assert!(error_of("this is not toml").contains("megafsd.toml:1"));
     }
 

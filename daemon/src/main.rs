@@ -16,6 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{error, info, warn};
 
 use megafsd::config::{Config, SYSTEM_CONFIG};
+use megafsd::fs::{FsOptions, DEFAULT_STREAM_MIN_SIZE};
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
@@ -54,6 +55,10 @@ struct Args {
     /// Log filter (tracing syntax; the MEGAFS_LOG environment variable overrides it).
     #[arg(long)]
     log_level: Option<String>,
+    /// Files at least this big are read as they arrive, before the whole file is verified
+    /// ("16M", "off") [default: 16M].
+    #[arg(long)]
+    stream_min_size: Option<String>,
     /// Longest a filesystem request or a connect may wait on a server, in seconds.
     #[arg(long)]
     request_timeout: Option<u64>,
@@ -70,6 +75,7 @@ struct Settings {
     request_timeout: Duration,
     connect_timeout: Duration,
     fetch_timeout: Duration,
+    stream_min_size: Option<u64>,
 }
 
 fn is_root() -> bool {
@@ -102,8 +108,14 @@ fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
         ),
         None => d.cache_max_size,
     };
+    let stream_min_size = match &args.stream_min_size {
+        Some(text) => megafsd::config::parse_size_or_off(&toml::Value::String(text.clone()))
+            .map_err(|e| anyhow::anyhow!("--stream-min-size: {e}"))?,
+        None => d.stream_min_size.unwrap_or(Some(DEFAULT_STREAM_MIN_SIZE)),
+    };
     Ok(Settings {
         cache_max_size,
+        stream_min_size,
         socket: args
             .socket
             .clone()
@@ -257,9 +269,12 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     let timeouts = Timeouts {
         connect: settings.connect_timeout,
         request: settings.request_timeout,
-        fetch: settings.fetch_timeout,
     };
-    let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts));
+    let fs_options = FsOptions {
+        fetch_timeout: settings.fetch_timeout,
+        stream_min_size: settings.stream_min_size,
+    };
+    let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts, fs_options));
     let listener = bind_socket(&settings.socket).await?;
     for stale in megafsd::mounts::clean_stale() {
         warn!(

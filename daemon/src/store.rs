@@ -107,6 +107,20 @@ impl PendingObject {
         }
         self.file.write_all(chunk)
     }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The file being written, opened again for reading (it stays readable through the rename
+    /// that keeps it).
+    pub fn reader(&self) -> io::Result<File> {
+        match &self.tmp_path {
+            Some(path) => File::open(path),
+            None => Err(io::Error::other("the object is no longer being written")),
+        }
+    }
 }
 
 impl Drop for PendingObject {

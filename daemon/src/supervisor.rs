@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::MountConfig;
-use crate::fs::{FsError, MountFs};
+use crate::fs::{FsError, FsOptions, KernelCache, MountFs};
 use crate::fuse::FuseAdapter;
 use crate::mounts;
 use crate::source::git::{Credentials, GitSource};
@@ -245,6 +245,7 @@ pub struct Supervisor {
     store: Arc<Store>,
     table: Mutex<Table>,
     timeouts: Timeouts,
+    fs_options: FsOptions,
 }
 
 /// How long the daemon waits on servers.
@@ -254,9 +255,6 @@ pub struct Timeouts {
     pub connect: Duration,
     /// One request (also the longest any filesystem request waits).
     pub request: Duration,
-    /// A whole fetch, retries included; it goes on (filling the cache) after the request
-    /// that started it has given up.
-    pub fetch: Duration,
 }
 
 /// A mount's default name: the last component of its repository, without `.git`.
@@ -270,11 +268,14 @@ pub fn default_name(repo: &str) -> String {
 }
 
 impl Supervisor {
-    pub fn new(store: Arc<Store>, timeouts: Timeouts) -> Self {
+    /// `fs_options` hold for every mount; its fetch timeout is for a whole fetch, retries
+    /// included, which goes on (filling the cache) after the request that started it gave up.
+    pub fn new(store: Arc<Store>, timeouts: Timeouts, fs_options: FsOptions) -> Self {
         Supervisor {
             store,
             table: Mutex::new(Table::default()),
             timeouts,
+            fs_options,
         }
     }
 
@@ -369,7 +370,7 @@ impl Supervisor {
             source,
             self.store.clone(),
             (caller.uid, caller.gid),
-            self.timeouts.fetch,
+            self.fs_options,
         );
         let fs = tokio::time::timeout(self.timeouts.request, open)
             .await
@@ -408,10 +409,7 @@ impl Supervisor {
                     path: mountpoint.to_path_buf(),
                     source,
                 })?;
-        let notifier = session.notifier();
-        fs.on_stale_entries(Box::new(move |names| {
-            invalidate_root_entries(&notifier, names)
-        }));
+        fs.set_kernel_cache(Box::new(KernelNotifier(session.notifier())));
         Ok(MountEntry {
             name: name.to_string(),
             mountpoint: mountpoint.to_path_buf(),
@@ -839,6 +837,33 @@ fn mount_session(
     fuser::Session::from_fd(adapter, fd, acl, config)?.spawn()
 }
 
+/// A mount's kernel caches, told what to forget on threads of their own: the kernel may need
+/// locks that a request in flight holds.
+struct KernelNotifier(fuser::Notifier);
+
+impl KernelCache for KernelNotifier {
+    fn stale_root_entries(&self, names: Vec<Vec<u8>>) {
+        let notifier = self.0.clone();
+        on_a_thread(move || invalidate_now(&notifier, names));
+    }
+
+    fn stale_pages(&self, ino: u64) {
+        let notifier = self.0.clone();
+        on_a_thread(move || {
+            let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+        });
+    }
+}
+
+fn on_a_thread(work: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("megafs-inval".into())
+        .spawn(work);
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread to invalidate kernel caches");
+    }
+}
+
 fn invalidate_now(notifier: &fuser::Notifier, names: Vec<Vec<u8>>) {
     let root = fuser::INodeNo(crate::fs::ROOT_INO);
     for name in names {
@@ -867,18 +892,6 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Tells the kernel to drop its cached root entries `names` (and the root's attributes and
-/// listing), on a thread of its own: the kernel may need locks that a request in flight holds.
-fn invalidate_root_entries(notifier: &fuser::Notifier, names: Vec<Vec<u8>>) {
-    let notifier = notifier.clone();
-    let spawned = std::thread::Builder::new()
-        .name("megafs-inval".into())
-        .spawn(move || invalidate_now(&notifier, names));
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start a thread to invalidate kernel entries");
-    }
 }
 
 /// Lets a session end in its own time, on a plain thread (not the runtime's blocking pool,

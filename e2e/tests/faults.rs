@@ -324,3 +324,84 @@ fn a_daemon_killed_during_heavy_reads_restarts_with_a_consistent_cache() {
     let big = std::fs::read(point.join("big/five-mb.bin")).expect("read");
     assert_eq!(big, fixture::pseudo_random(5 * 1024 * 1024, 42));
 }
+
+/// A daemon that reads files of 1 MiB and more as they arrive, over the fixture's server.
+fn setup_streaming() -> Setup {
+    let s = setup();
+    let config =
+        format!("[daemon]\nrequest_timeout = \"{REQUEST_LIMIT}\"\nstream_min_size = \"1M\"\n");
+    let daemon = Daemon::start_with(Options {
+        config: Some(config),
+        ..Options::default()
+    });
+    Setup { daemon, ..s }
+}
+
+fn read_prefix(path: &std::path::Path, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path)?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn the_first_bytes_of_a_big_file_come_before_the_rest() {
+    let s = setup_streaming();
+    let point = connect(&s, &s.server.url());
+    let path = point.join("big/five-mb.bin");
+    let want = fixture::pseudo_random(5 * 1024 * 1024, 42);
+    // The server sends 2 MiB, then holds the rest back until told otherwise: a read that
+    // waited for the whole file would time out.
+    s.server.set_faults(Faults {
+        hold_blobs_after: Some(2 << 20),
+        ..Faults::default()
+    });
+    let head = {
+        let path = path.clone();
+        within(READ_LIMIT, move || read_prefix(&path, 64 * 1024))
+    };
+    assert_eq!(
+        head.expect("the first bytes, the rest held back"),
+        want[..64 * 1024]
+    );
+    let cache = s.daemon.ctl_ok(&["cache", "--json"]);
+    let cache: serde_json::Value = serde_json::from_str(&cache).expect("cache json");
+    let cached = cache["bytes"].as_u64().expect("cache bytes");
+    assert!(
+        cached < 1 << 20,
+        "the file is not in the cache yet: {cache}"
+    );
+
+    s.server.set_faults(Faults::default());
+    let whole = within(READ_LIMIT, move || std::fs::read(&path));
+    assert!(whole.expect("the whole file") == want, "wrong bytes");
+}
+
+#[test]
+fn a_big_file_that_fails_verification_fails_at_its_end_and_leaves_no_wrong_page() {
+    let s = setup_streaming();
+    let point = connect(&s, &s.server.url());
+    let path = point.join("big/five-mb.bin");
+    let want = fixture::pseudo_random(5 * 1024 * 1024, 42);
+    // One byte in the middle is flipped: the bytes before it are served as they arrive, the
+    // read reaching the end fails.
+    s.server.set_faults(Faults {
+        corrupt_blobs: true,
+        ..Faults::default()
+    });
+    let corrupt = {
+        let path = path.clone();
+        within(READ_LIMIT, move || std::fs::read(&path))
+    };
+    let e = corrupt.expect_err("a corrupt big file must not read whole");
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    assert!(s.daemon.log().contains("do not match their object id"));
+
+    // The kernel dropped what it had cached of it: the next read is right from byte one.
+    s.server.set_faults(Faults::default());
+    let whole = within(READ_LIMIT, move || std::fs::read(&path));
+    assert!(
+        whole.expect("the whole file") == want,
+        "a wrong byte survived"
+    );
+}

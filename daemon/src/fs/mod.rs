@@ -2,6 +2,7 @@
 //! [`Source`] and the shared [`Store`]. Independent of FUSE: `crate::fuse` adapts it to the
 //! kernel, and tests drive it directly.
 
+mod arrival;
 mod error;
 mod flight;
 mod inode;
@@ -16,6 +17,7 @@ use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use tracing::{error, info, warn};
 
+use arrival::{Arrival, Ready};
 pub use error::FsError;
 use flight::Flights;
 pub use inode::ROOT_INO;
@@ -28,8 +30,35 @@ use crate::store::{CommitError, Pin, Store};
 /// How many size queries one directory may have in flight at once.
 const SIZE_QUERY_PARALLELISM: usize = 16;
 
-/// What to do with root entry names a refresh made stale (kernel invalidation).
-pub type StaleEntries = Box<dyn Fn(Vec<Vec<u8>>) + Send + Sync>;
+/// The kernel's caches, as far as the filesystem logic must know them: what to drop when
+/// what it was told no longer holds. Set by whoever mounted the filesystem.
+pub trait KernelCache: Send + Sync {
+    /// Root entries (and the root's listing) a refresh made stale.
+    fn stale_root_entries(&self, names: Vec<Vec<u8>>);
+    /// Pages of file `ino` that were read before its blob failed verification.
+    fn stale_pages(&self, ino: u64);
+}
+
+/// How a mount fetches.
+#[derive(Clone, Copy, Debug)]
+pub struct FsOptions {
+    /// The longest one fetch (retries included) may take.
+    pub fetch_timeout: Duration,
+    /// Files at least this big are read as they arrive (see `arrival`); None: never.
+    pub stream_min_size: Option<u64>,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            fetch_timeout: Duration::from_secs(600),
+            stream_min_size: Some(DEFAULT_STREAM_MIN_SIZE),
+        }
+    }
+}
+
+/// Below this, a file is served only once whole and verified.
+pub const DEFAULT_STREAM_MIN_SIZE: u64 = 16 << 20;
 
 /// Attributes of one inode, independent of the kernel interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,11 +108,12 @@ pub struct MountFs {
     /// Mounted from the last known commit because the source was unreachable; cleared by the
     /// first successful fetch.
     offline: std::sync::atomic::AtomicBool,
-    /// The longest one fetch (retries included) may take.
-    fetch_timeout: Duration,
-    /// Told the root names whose kernel entries a refresh made stale (set by whoever mounted
-    /// this, which knows the kernel; the filesystem logic does not).
-    on_stale: std::sync::OnceLock<StaleEntries>,
+    options: FsOptions,
+    /// Told what the kernel should forget (set by whoever mounted this, which knows the
+    /// kernel; the filesystem logic does not).
+    kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
+    /// Big blobs being read as they arrive, by id.
+    arrivals: Mutex<HashMap<ObjectId, Arc<Arrival>>>,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -95,13 +125,14 @@ impl MountFs {
         source: Arc<dyn Source>,
         store: Arc<Store>,
         owner: (u32, u32),
-        fetch_timeout: Duration,
+        options: FsOptions,
     ) -> Result<Arc<MountFs>, FsError> {
         let (snapshot, offline) = resolve_or_remember(source.as_ref(), &store).await?;
         let fs = Arc::new(MountFs {
             offline: std::sync::atomic::AtomicBool::new(offline),
-            fetch_timeout,
-            on_stale: std::sync::OnceLock::new(),
+            options,
+            kernel: std::sync::OnceLock::new(),
+            arrivals: Mutex::new(HashMap::new()),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             // Without the root's body: the snapshot is cloned on every stat.
             snapshot: RwLock::new(Snapshot {
@@ -138,9 +169,9 @@ impl MountFs {
             .clone()
     }
 
-    /// Registers what to do with the names a refresh makes stale (kernel invalidation).
-    pub fn on_stale_entries(&self, f: StaleEntries) {
-        let _ = self.on_stale.set(f);
+    /// Registers the kernel's caches, to be told what they must forget.
+    pub fn set_kernel_cache(&self, kernel: Box<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
     }
 
     /// Moves the mount to the newest commit of what it follows, if that changed. Unchanged
@@ -195,8 +226,8 @@ impl MountFs {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(tell) = self.on_stale.get() {
-            tell(stale.clone());
+        if let Some(kernel) = self.kernel.get() {
+            kernel.stale_root_entries(stale.clone());
         }
         Ok(Some(stale))
     }
@@ -291,18 +322,73 @@ impl MountFs {
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
         let oid = self.file_oid(ino)?;
-        let file = self.open_blob(ino, oid).await?;
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-            if n == 0 {
-                break;
+        if !self.store.contains(&oid) {
+            if let Some(len) = self.streamed_size(ino) {
+                return self.read_arriving(ino, oid, len, offset, size).await;
             }
-            filled += n;
         }
-        buf.truncate(filled);
-        Ok(buf)
+        let file = self.open_blob(ino, oid).await?;
+        read_into(size, |buf, at| Ok(file.read_at(buf, offset + at)?))
+    }
+
+    /// The size of file `ino` if it is big enough to be read as it arrives.
+    fn streamed_size(&self, ino: u64) -> Option<u64> {
+        let min = self.options.stream_min_size?;
+        let size = self.read_inodes().get(ino)?.size?;
+        (size >= min).then_some(size)
+    }
+
+    /// Reads a big file whose blob is not in the cache yet: bytes that have arrived are served
+    /// at once, the end only once the whole blob is verified (see `arrival`).
+    async fn read_arriving(
+        self: &Arc<Self>,
+        ino: u64,
+        oid: ObjectId,
+        len: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let end = offset.saturating_add(u64::from(size)).min(len);
+        let arrival = self.arrival(ino, oid);
+        match arrival.wait_for(end, len).await? {
+            Ready::Partial => read_into((end - offset) as u32, |buf, at| {
+                arrival.read_at(buf, offset + at)
+            }),
+            Ready::Verified => {
+                let file = self.open_blob(ino, oid).await?;
+                read_into(size, |buf, at| Ok(file.read_at(buf, offset + at)?))
+            }
+        }
+    }
+
+    /// The arrival of blob `oid`, starting its fetch if none is under way. The fetch runs on
+    /// its own, so a reader giving up does not stop it.
+    fn arrival(self: &Arc<Self>, ino: u64, oid: ObjectId) -> Arc<Arrival> {
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(arrival) = arrivals.get(&oid) {
+            return arrival.clone();
+        }
+        let arrival = Arc::new(Arrival::new());
+        arrivals.insert(oid, arrival.clone());
+        let (this, watched) = (Arc::clone(self), arrival.clone());
+        tokio::spawn(async move {
+            let result = this.ensure_blob_as(ino, oid, Some(watched.clone())).await;
+            if result.is_err() {
+                // The kernel may hold pages of it read before the failure.
+                if let Some(kernel) = this.kernel.get() {
+                    kernel.stale_pages(ino);
+                }
+            }
+            watched.finish(result);
+            let mut arrivals = this.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+            if arrivals.get(&oid).is_some_and(|a| Arc::ptr_eq(a, &watched)) {
+                arrivals.remove(&oid);
+            }
+        });
+        arrival
     }
 
     pub async fn readlink(self: &Arc<Self>, ino: u64) -> Result<Vec<u8>, FsError> {
@@ -443,6 +529,16 @@ impl MountFs {
     }
 
     async fn ensure_blob(self: &Arc<Self>, ino: u64, oid: ObjectId) -> Result<(), FsError> {
+        self.ensure_blob_as(ino, oid, None).await
+    }
+
+    /// [`Self::ensure_blob`], telling `arrival` (if any) how the fetch comes along.
+    async fn ensure_blob_as(
+        self: &Arc<Self>,
+        ino: u64,
+        oid: ObjectId,
+        arrival: Option<Arc<Arrival>>,
+    ) -> Result<(), FsError> {
         if self.store.contains(&oid) {
             return Ok(());
         }
@@ -454,10 +550,11 @@ impl MountFs {
                 }
                 let path = this.read_inodes().get(ino).map(|n| n.path.clone());
                 let path = path.unwrap_or_default();
-                let fetch = this.fetch_blob_to_cache(oid, &path);
-                let bytes = tokio::time::timeout(this.fetch_timeout, fetch)
+                let fetch = this.fetch_blob_to_cache(oid, &path, arrival.as_deref());
+                let limit = this.options.fetch_timeout;
+                let bytes = tokio::time::timeout(limit, fetch)
                     .await
-                    .unwrap_or(Err(FsError::Timeout(this.fetch_timeout)))
+                    .unwrap_or(Err(FsError::Timeout(limit)))
                     .map_err(|error| {
                     let server = this.source.describe();
                     warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a file");
@@ -510,11 +607,22 @@ impl MountFs {
 
     /// Streams blob `oid` into the cache as it arrives (memory does not grow with its size),
     /// keeping it only if it is whole and hashes to its id. Returns its length.
-    async fn fetch_blob_to_cache(&self, oid: ObjectId, path: &str) -> Result<u64, FsError> {
+    async fn fetch_blob_to_cache(
+        &self,
+        oid: ObjectId,
+        path: &str,
+        arrival: Option<&Arrival>,
+    ) -> Result<u64, FsError> {
         let (len, mut chunks) = self.source.fetch_blob_stream(oid).await?;
         let mut pending = self.store.begin(&oid, len)?;
+        if let Some(arrival) = arrival {
+            arrival.started(pending.reader()?);
+        }
         while let Some(chunk) = chunks.next().await {
             pending.write(&chunk?)?;
+            if let Some(arrival) = arrival {
+                arrival.advanced(pending.written());
+            }
         }
         self.count_fetch(len as usize);
         self.store.commit(pending).map_err(|e| match e {
@@ -678,3 +786,22 @@ async fn resolve_or_remember(
 
 #[cfg(test)]
 mod tests;
+
+/// Fills a buffer of up to `size` bytes by calling `read(buf, filled)` until it is full or
+/// the file ends.
+fn read_into(
+    size: u32,
+    mut read: impl FnMut(&mut [u8], u64) -> Result<usize, FsError>,
+) -> Result<Vec<u8>, FsError> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = read(&mut buf[filled..], filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}

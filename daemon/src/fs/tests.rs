@@ -67,8 +67,11 @@ fn setup() -> Setup {
 }
 
 async fn mount(s: &Setup, owner: (u32, u32)) -> Arc<MountFs> {
-    let fetch_timeout = std::time::Duration::from_secs(60);
-    MountFs::open(s.source.clone(), s.store.clone(), owner, fetch_timeout)
+    let options = FsOptions {
+        fetch_timeout: std::time::Duration::from_secs(60),
+        ..FsOptions::default()
+    };
+    MountFs::open(s.source.clone(), s.store.clone(), owner, options)
         .await
         .expect("open")
 }

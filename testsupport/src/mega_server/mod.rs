@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub use monorepo::{components, tree_id, Monorepo, ServedRepo};
@@ -35,6 +36,9 @@ pub struct Faults {
     pub corrupt_trees: bool,
     /// Wait this long before answering a blob GET.
     pub blob_delay_ms: u64,
+    /// Send this many bytes of a longer blob, then hold the rest back until the faults are
+    /// set again (always applies, like `blob_delay_ms`).
+    pub hold_blobs_after: Option<u64>,
     /// Send half of a blob body, then drop the connection.
     pub truncate_blobs: bool,
     /// Drop the connection right after the headers of a blob or tree answer.
@@ -57,6 +61,7 @@ impl Default for Faults {
             corrupt_blobs: false,
             corrupt_trees: false,
             blob_delay_ms: 0,
+            hold_blobs_after: None,
             truncate_blobs: false,
             reset: false,
             stall: false,
@@ -154,9 +159,16 @@ struct ServerState {
     /// Faults dealt so far, and the state of the dice.
     injected: AtomicU64,
     dice: AtomicU64,
+    /// Bumped whenever the faults are set: releases held blobs.
+    faults_set: tokio::sync::watch::Sender<u64>,
 }
 
 impl ServerState {
+    fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+        self.faults_set.send_modify(|n| *n += 1);
+    }
+
     fn faults(&self) -> Faults {
         self.faults
             .lock()
@@ -197,6 +209,7 @@ impl ServerState {
             if faults.count == 0 {
                 *faults = Faults {
                     blob_delay_ms: faults.blob_delay_ms,
+                    hold_blobs_after: faults.hold_blobs_after,
                     corrupt_trees: faults.corrupt_trees,
                     ..Faults::default()
                 };
@@ -256,6 +269,7 @@ impl DevServer {
             next_request_id: AtomicU64::new(1),
             injected: AtomicU64::new(0),
             dice: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            faults_set: tokio::sync::watch::Sender::new(0),
         });
         let server = Background::serve("mega-dev-server", listener, router(state.clone()))?;
         Ok(DevServer {
@@ -291,7 +305,7 @@ impl DevServer {
     }
 
     pub fn set_faults(&self, faults: Faults) {
-        *self.state.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+        self.state.set_faults(faults);
     }
 
     /// How many requests the faults have hit so far.
@@ -487,7 +501,23 @@ async fn blob(
         ]);
         return octet_stream(&oid_text, Body::from_stream(stream), length);
     }
+    if let Some(hold) = faults.hold_blobs_after.filter(|&n| n < length) {
+        return octet_stream(&oid_text, held_back(&state, data, hold as usize), length);
+    }
     octet_stream(&oid_text, Body::from(data), length)
+}
+
+/// A body whose first `hold` bytes go at once and the rest once the faults are set again.
+fn held_back(state: &ServerState, mut data: Vec<u8>, hold: usize) -> Body {
+    let rest = bytes::Bytes::from(data.split_off(hold));
+    let mut released = state.faults_set.subscribe();
+    let first =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(data)) });
+    let then = futures::stream::once(async move {
+        let _ = released.changed().await;
+        Ok(rest)
+    });
+    Body::from_stream(first.chain(then))
 }
 
 #[derive(Deserialize)]
@@ -552,7 +582,7 @@ async fn dev_requests(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn dev_faults(State(state): State<Arc<ServerState>>, Query(f): Query<Faults>) -> Response {
-    *state.faults.lock().unwrap_or_else(|p| p.into_inner()) = f.clone();
+    state.set_faults(f.clone());
     json_response(serde_json::to_string(&f))
 }
 
@@ -565,7 +595,7 @@ async fn dev_stats(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn dev_reset(State(state): State<Arc<ServerState>>) -> Response {
-    *state.faults.lock().unwrap_or_else(|p| p.into_inner()) = Faults::default();
+    state.set_faults(Faults::default());
     state.log.lock().unwrap_or_else(|p| p.into_inner()).clear();
     StatusCode::NO_CONTENT.into_response()
 }
