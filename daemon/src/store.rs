@@ -91,7 +91,8 @@ pub struct Store {
 /// An object being written as it arrives: hashed on the way, renamed into place only if it is
 /// whole and hashes to its id. Dropped unfinished, it leaves nothing behind.
 pub struct PendingObject {
-    oid: ObjectId,
+    /// The id it must hash to; None: whatever it hashes to (a pack entry, named by its bytes).
+    oid: Option<ObjectId>,
     expected_len: u64,
     written: u64,
     hasher: Option<ObjectHasher>,
@@ -286,13 +287,21 @@ impl Store {
 
     /// Starts writing blob `oid` of `len` bytes as it arrives (see [`PendingObject`]).
     pub fn begin(&self, oid: &ObjectId, len: u64) -> io::Result<PendingObject> {
+        self.begin_as(Some(*oid), len)
+    }
+
+    /// Starts writing a blob of `len` bytes whose id is whatever its bytes hash to.
+    pub fn begin_unnamed(&self, len: u64) -> io::Result<PendingObject> {
+        self.begin_as(None, len)
+    }
+
+    fn begin_as(&self, oid: Option<ObjectId>, len: u64) -> io::Result<PendingObject> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = self
-            .tmp
-            .join(format!("{}.{}.{n}", oid.to_hex(), std::process::id()));
+        let name = oid.map_or_else(|| "unnamed".to_string(), |oid| oid.to_hex());
+        let tmp_path = self.tmp.join(format!("{name}.{}.{n}", std::process::id()));
         let file = File::create(&tmp_path)?;
         Ok(PendingObject {
-            oid: *oid,
+            oid,
             expected_len: len,
             written: 0,
             hasher: Some(ObjectHasher::new(ObjectKind::Blob, len)),
@@ -301,24 +310,28 @@ impl Store {
         })
     }
 
-    /// Keeps a fully written object if it is whole and hashes to its id.
-    pub fn commit(&self, mut pending: PendingObject) -> Result<(), CommitError> {
+    /// Keeps a fully written object if it is whole and hashes to its id; returns the id.
+    pub fn commit(&self, mut pending: PendingObject) -> Result<ObjectId, CommitError> {
         if pending.written != pending.expected_len {
             return Err(CommitError::Length {
                 expected: pending.expected_len,
                 received: pending.written,
             });
         }
-        let actual = pending.hasher.take().map(ObjectHasher::finish);
-        if actual != Some(pending.oid) {
+        let hasher = pending
+            .hasher
+            .take()
+            .ok_or_else(|| io::Error::other("an object committed twice"))?;
+        let actual = hasher.finish();
+        if let Some(expected) = pending.oid.filter(|&expected| expected != actual) {
             return Err(CommitError::Corrupt(ObjectError::Mismatch {
                 kind: ObjectKind::Blob,
-                expected: pending.oid,
-                actual: actual.unwrap_or(pending.oid),
+                expected,
+                actual,
             }));
         }
         pending.file.sync_data()?;
-        let final_path = self.path_of(&pending.oid);
+        let final_path = self.path_of(&actual);
         if let Some(parent) = final_path.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -328,9 +341,9 @@ impl Store {
                 return Err(e.into());
             }
         }
-        self.record_size(&pending.oid, pending.written);
-        self.admit(&pending.oid, pending.written);
-        Ok(())
+        self.record_size(&actual, pending.written);
+        self.admit(&actual, pending.written);
+        Ok(actual)
     }
 
     /// Enters a newly written object into the index, evicting inline only when far over.

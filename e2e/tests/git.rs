@@ -348,3 +348,56 @@ fn credentials_can_come_from_the_configuration() {
     assert!(!daemon.log().contains("cfg-secret"));
     assert!(!daemon.ctl_ok(&["status", "--json"]).contains("cfg-secret"));
 }
+
+#[test]
+fn blobs_the_server_packs_as_deltas_arrive_whole() {
+    let s = setup(true);
+    // Two similar files in one directory, repacked on the server so that one is stored as a
+    // delta of the other: the batch that learns their sizes carries the delta.
+    let work = &s.fixture.path;
+    let text: String = (0..2000)
+        .map(|i| format!("line {i} of a long file\n"))
+        .collect();
+    let edited = text.replace("line 1000 of", "line 1000, edited, of");
+    std::fs::create_dir_all(work.join("similar")).expect("mkdir");
+    std::fs::write(work.join("similar/a.txt"), &text).expect("write");
+    std::fs::write(work.join("similar/b.txt"), &edited).expect("write");
+    fixture::git(work, &["add", "similar"]).expect("add");
+    fixture::git(work, &["commit", "-q", "-m", "similar"]).expect("commit");
+    let bare = s.server_root().join("fixture.git");
+    fixture::git(work, &["push", "-q", path_str(&bare), "main"]).expect("push");
+    fixture::git(&bare, &["repack", "-q", "-a", "-d", "-f"]).expect("repack");
+    let packs = std::fs::read_dir(bare.join("objects/pack")).expect("packs");
+    let index = packs
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "idx"))
+        .expect("a pack index");
+    let listing = fixture::git(&bare, &["verify-pack", "-v", path_str(&index)]).expect("verify");
+    let b_id = fixture::git(work, &["rev-parse", "HEAD:similar/b.txt"]).expect("rev-parse");
+    let a_id = fixture::git(work, &["rev-parse", "HEAD:similar/a.txt"]).expect("rev-parse");
+    let deltified = listing.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.len() == 7 && (fields[0] == a_id || fields[0] == b_id)
+    });
+    assert!(
+        deltified,
+        "the server stores one of them as a delta:\n{listing}"
+    );
+
+    let point = mount(&s, "deltas");
+    assert_eq!(
+        sizes_of(point.join("similar")),
+        vec![text.len() as u64, edited.len() as u64]
+    );
+    assert_eq!(commands(&s), ["fetch"], "both in one batch");
+    let (a, b) = (point.join("similar/a.txt"), point.join("similar/b.txt"));
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(a)).expect("a"),
+        text.as_bytes()
+    );
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(b)).expect("b"),
+        edited.as_bytes()
+    );
+    assert_eq!(commands(&s), ["fetch"], "read from the cache");
+}

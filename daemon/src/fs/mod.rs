@@ -577,15 +577,13 @@ impl MountFs {
         if oids.is_empty() {
             return;
         }
-        for (oid, result) in self.source.fetch_blobs(&oids).await {
-            let kept = result.map_err(FsError::from).and_then(|bytes| {
-                self.count_fetch(bytes.len());
-                self.verified(ObjectKind::Blob, oid, "(batch)", &bytes)?;
-                self.store.insert(&oid, &bytes)?;
-                Ok(())
-            });
-            if let Err(error) = kept {
-                warn!(server = %self.source.describe(), %oid, %error, "a batched fetch failed");
+        // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
+        for (oid, result) in self.source.fetch_blobs_into(&oids, &self.store).await {
+            match result {
+                Ok(len) => self.count_fetch(len as usize),
+                Err(error) => {
+                    warn!(server = %self.source.describe(), %oid, %error, "a batched fetch failed")
+                }
             }
         }
     }

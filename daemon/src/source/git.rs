@@ -5,7 +5,6 @@
 //! gitprotocol-v2(5).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,11 +13,14 @@ use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use tokio::sync::OnceCell;
 
-use super::blobpack::{AnswerError, BlobAnswer};
+use super::fetch_answer::{AnswerError, FetchAnswer};
 use super::http::{self, ATTEMPTS};
+use super::pack::PackSink;
+use super::pack_sinks::{BlobsToStore, ObjectsInMemory, OneBlob};
 use super::pktline::{self, Pkt};
 use super::{ByteStream, Snapshot, Source, SourceError};
 use crate::object::{ObjectId, ObjectKind};
+use crate::store::Store;
 
 /// Who to say we are to a git server.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,13 +60,6 @@ pub struct GitSource {
 struct Capabilities {
     filter: bool,
     object_info: bool,
-}
-
-/// One decoded object of a pack.
-struct PackObject {
-    oid: ObjectId,
-    kind: gix::object::Kind,
-    data: Vec<u8>,
 }
 
 impl GitSource {
@@ -333,21 +328,67 @@ impl GitSource {
         })
     }
 
-    /// `fetch` with `want`s and a filter; the decoded objects of the pack that comes back.
-    async fn fetch(
+    /// `fetch` with `want`s and a filter: the objects of the (small) pack that comes back,
+    /// deltas resolved, tried again where a transport failure or a 5xx cut it short.
+    async fn fetch_objects(
         &self,
         wants: &[ObjectId],
         extra: &[&str],
-    ) -> Result<Vec<PackObject>, SourceError> {
+    ) -> Result<ObjectsInMemory, SourceError> {
+        self.with_retries("fetch", || async {
+            let mut objects = ObjectsInMemory::default();
+            self.fetch_into(wants, extra, &mut objects).await?;
+            Ok(objects)
+        })
+        .await
+    }
+
+    /// One `fetch`, its pack decoded into `sink` as it arrives.
+    async fn fetch_into(
+        &self,
+        wants: &[ObjectId],
+        extra: &[&str],
+        sink: &mut (dyn PackSink + Send),
+    ) -> Result<(), SourceError> {
         self.capabilities().await?;
-        let body = self
-            .request(Some(Self::fetch_command(wants, extra)), "fetch")
-            .await?;
-        let pack = self.pack_of(&body, wants)?;
-        tokio::task::spawn_blocking(move || decode_pack(&pack))
-            .await
-            .map_err(|e| self.error("fetch", e.to_string()))?
-            .map_err(|e| self.error("fetch", format!("undecodable pack: {e}")))
+        let command = Self::fetch_command(wants, extra);
+        let mut body = self.attempt(Some(command), "fetch").await?.bytes_stream();
+        let mut answer = FetchAnswer::default();
+        let mut empty = true;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            empty &= chunk.is_empty();
+            answer
+                .feed(&chunk, sink)
+                .map_err(|e| self.answer_error(wants, e))?;
+        }
+        if empty {
+            return Err(self.error("fetch", "empty answer (the server gave up on the request)"));
+        }
+        answer.finish().map_err(|e| self.answer_error(wants, e))
+    }
+
+    /// Blobs `wants` into `store` in one fetch; the ones kept, with their lengths.
+    async fn fetch_blobs_once(
+        &self,
+        wants: &[ObjectId],
+        store: &Store,
+    ) -> Result<HashMap<ObjectId, u64>, SourceError> {
+        self.with_retries("fetch", || async {
+            let mut blobs = BlobsToStore::new(store);
+            self.fetch_into(wants, &["filter blob:none"], &mut blobs)
+                .await?;
+            Ok(blobs.kept)
+        })
+        .await
+    }
+
+    fn missing(&self, oid: ObjectId) -> SourceError {
+        SourceError::ObjectMissing {
+            server: self.server.clone(),
+            oid,
+            detail: "not in the pack the server sent".into(),
+        }
     }
 
     fn fetch_command(wants: &[ObjectId], extra: &[&str]) -> Vec<u8> {
@@ -361,57 +402,19 @@ impl GitSource {
         Self::command("fetch", &args)
     }
 
-    /// What a refused or malformed answer to a fetch of blob `oid` means.
-    fn blob_answer_error(&self, oid: ObjectId, e: AnswerError) -> SourceError {
-        match e {
-            AnswerError::Refused(message) if message.contains("not our ref") => {
+    /// What a refused or malformed answer to a fetch of `wants` means.
+    fn answer_error(&self, wants: &[ObjectId], e: AnswerError) -> SourceError {
+        match (e, wants) {
+            (AnswerError::Refused(detail), &[oid]) if detail.contains("not our ref") => {
                 SourceError::ObjectMissing {
                     server: self.server.clone(),
                     oid,
-                    detail: message,
+                    detail,
                 }
             }
-            AnswerError::Refused(message) => self.error("fetch", message),
-            AnswerError::Malformed(detail) => self.error("fetch", detail),
+            (AnswerError::Refused(message), _) => self.error("fetch", message),
+            (AnswerError::Malformed(detail), _) => self.error("fetch", detail),
         }
-    }
-
-    /// The pack data of a fetch response (side-band channel 1 after `packfile`).
-    fn pack_of(&self, body: &[u8], wants: &[ObjectId]) -> Result<Vec<u8>, SourceError> {
-        if body.is_empty() {
-            return Err(self.error("fetch", "empty answer (the server gave up on the request)"));
-        }
-        let pkts = pktline::parse(body).map_err(|e| self.error("fetch", e.to_string()))?;
-        let mut in_pack = false;
-        let mut pack = Vec::new();
-        for pkt in pkts {
-            let Pkt::Data(d) = pkt else { continue };
-            if !in_pack {
-                let line = pktline::text(d);
-                if let Some(message) = line.strip_prefix("ERR ") {
-                    if message.contains("not our ref") && wants.len() == 1 {
-                        return Err(SourceError::ObjectMissing {
-                            server: self.server.clone(),
-                            oid: wants[0],
-                            detail: message.to_string(),
-                        });
-                    }
-                    return Err(self.error("fetch", message));
-                }
-                in_pack = line == "packfile";
-                continue;
-            }
-            match d.first() {
-                Some(1) => pack.extend_from_slice(&d[1..]),
-                Some(2) => {}
-                Some(3) => return Err(self.error("fetch", pktline::text(&d[1..]))),
-                _ => return Err(self.error("fetch", "unknown side-band channel")),
-            }
-        }
-        if !in_pack {
-            return Err(self.error("fetch", "the answer has no pack"));
-        }
-        Ok(pack)
     }
 }
 
@@ -512,48 +515,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Decodes a pack (deltas resolved) by indexing it in a scratch directory.
-fn decode_pack(pack: &[u8]) -> Result<Vec<PackObject>, String> {
-    use gix_pack::bundle::write::Options;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut reader = std::io::BufReader::new(pack);
-    let outcome = gix_pack::Bundle::write_to_directory(
-        &mut reader,
-        Some(dir.path()),
-        &mut gix::progress::Discard,
-        &AtomicBool::new(false),
-        None::<gix::objs::find::Never>,
-        gix::hash::Kind::Sha1,
-        Options {
-            thread_limit: Some(1),
-            ..Options::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let Some(index_path) = outcome.index_path else {
-        return Ok(Vec::new());
-    };
-    let bundle =
-        gix_pack::Bundle::at(&index_path, gix::hash::Kind::Sha1).map_err(|e| e.to_string())?;
-    let mut objects = Vec::new();
-    let mut buf = Vec::new();
-    let mut inflate = gix::zlib::Inflate::default();
-    let mut cache = gix_pack::cache::Never;
-    for (index, entry) in bundle.index.iter().enumerate() {
-        let (data, _) = bundle
-            .get_object_by_index(index as u32, &mut buf, &mut inflate, &mut cache)
-            .map_err(|e| e.to_string())?;
-        let mut oid = [0u8; 20];
-        oid.copy_from_slice(entry.oid.as_bytes());
-        objects.push(PackObject {
-            oid: ObjectId::from_bytes(oid),
-            kind: data.kind,
-            data: data.data.to_vec(),
-        });
-    }
-    Ok(objects)
-}
-
 /// The tree and committer time of a raw commit.
 fn parse_commit(body: &[u8]) -> Option<(ObjectId, i64)> {
     let text = String::from_utf8_lossy(body);
@@ -586,18 +547,16 @@ impl Source for GitSource {
     async fn resolve(&self) -> Result<Snapshot, SourceError> {
         self.capabilities().await?;
         let commit = self.resolve_ref().await?;
-        let objects = self
-            .fetch(&[commit], &["filter blob:none", "deepen 1"])
+        let pack = self
+            .fetch_objects(&[commit], &["filter blob:none", "deepen 1"])
             .await?;
         let mut commit_body = None;
         let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
-        for object in objects {
-            match object.kind {
-                gix::object::Kind::Commit if object.oid == commit => {
-                    commit_body = Some(object.data)
-                }
-                gix::object::Kind::Tree => {
-                    trees.insert(object.oid, object.data);
+        for (oid, (kind, data)) in pack.objects {
+            match kind {
+                ObjectKind::Commit if oid == commit => commit_body = Some(data),
+                ObjectKind::Tree => {
+                    trees.insert(oid, data);
                 }
                 _ => {}
             }
@@ -626,48 +585,34 @@ impl Source for GitSource {
         {
             return Ok(body.clone());
         }
-        let objects = self.fetch(&[oid], &["filter tree:0"]).await?;
-        object_of(objects, oid).ok_or_else(|| SourceError::ObjectMissing {
-            server: self.server.clone(),
-            oid,
-            detail: "not in the pack the server sent".into(),
-        })
+        let mut pack = self.fetch_objects(&[oid], &["filter tree:0"]).await?;
+        pack.take(&oid).ok_or_else(|| self.missing(oid))
     }
 
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
-        let objects = self.fetch(&[oid], &["filter blob:none"]).await?;
-        object_of(objects, oid).ok_or_else(|| SourceError::ObjectMissing {
-            server: self.server.clone(),
-            oid,
-            detail: "not in the pack the server sent".into(),
-        })
+        let mut pack = self.fetch_objects(&[oid], &["filter blob:none"]).await?;
+        pack.take(&oid).ok_or_else(|| self.missing(oid))
     }
 
-    async fn fetch_blobs(
+    async fn fetch_blobs_into(
         &self,
         oids: &[ObjectId],
-    ) -> Vec<(ObjectId, Result<Vec<u8>, SourceError>)> {
+        store: &Store,
+    ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
         let mut out = Vec::with_capacity(oids.len());
         // Halves of a batch that failed as a whole (one missing object fails a fetch) are
-        // tried apart, down to single objects, so the rest still arrive.
+        // tried apart, down to single objects, so the rest still arrive. A server that cannot
+        // be reached is not asked again.
         let mut pending: Vec<Vec<ObjectId>> = vec![oids.to_vec()];
         while let Some(batch) = pending.pop() {
-            match self.fetch(&batch, &["filter blob:none"]).await {
-                Ok(objects) => {
-                    let mut by_id: HashMap<ObjectId, Vec<u8>> =
-                        objects.into_iter().map(|o| (o.oid, o.data)).collect();
+            match self.fetch_blobs_once(&batch, store).await {
+                Ok(kept) => {
                     for oid in batch {
-                        let result = by_id
-                            .remove(&oid)
-                            .ok_or_else(|| SourceError::ObjectMissing {
-                                server: self.server.clone(),
-                                oid,
-                                detail: "not in the pack the server sent".into(),
-                            });
+                        let result = kept.get(&oid).copied().ok_or_else(|| self.missing(oid));
                         out.push((oid, result));
                     }
                 }
-                Err(e) if batch.len() > 1 && !e.is_unavailable() => {
+                Err(e) if batch.len() > 1 && !is_unreachable(&e) => {
                     let (left, right) = batch.split_at(batch.len() / 2);
                     pending.push(left.to_vec());
                     pending.push(right.to_vec());
@@ -692,25 +637,26 @@ impl Source for GitSource {
     async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
         self.capabilities().await?;
         let command = Self::fetch_command(&[oid], &["filter blob:none"]);
-        let response = self.respond(command, "fetch").await?;
-        let mut body = response.bytes_stream();
-        let mut answer = BlobAnswer::default();
-        let mut first = Vec::new();
+        let mut body = self.respond(command, "fetch").await?.bytes_stream();
+        let (mut answer, mut blob) = (FetchAnswer::default(), OneBlob::default());
+        let mut empty = true;
+        // Read until the entry header tells the length; what came with it goes first.
         let len = loop {
-            if let Some(len) = answer.size() {
+            if let Some(len) = blob.size {
                 break len;
             }
             match body.next().await {
-                Some(Ok(chunk)) => answer.feed(&chunk, &mut first),
-                Some(Err(e)) => return Err(self.transport(e)),
-                None if first.is_empty() && answer.finish().is_err() => {
-                    Err(AnswerError::Malformed(
-                        "empty answer (the server gave up on the request)".into(),
-                    ))
+                Some(Ok(chunk)) => {
+                    empty &= chunk.is_empty();
+                    answer.feed(&chunk, &mut blob)
                 }
+                Some(Err(e)) => return Err(self.transport(e)),
+                None if empty => Err(AnswerError::Malformed(
+                    "empty answer (the server gave up on the request)".into(),
+                )),
                 None => answer.finish(),
             }
-            .map_err(|e| self.blob_answer_error(oid, e))?;
+            .map_err(|e| self.answer_error(&[oid], e))?;
         };
         let (server, what) = (self.server.clone(), format!("blob {oid}"));
         let broke = move |detail: String| SourceError::Server {
@@ -718,13 +664,13 @@ impl Source for GitSource {
             what: what.clone(),
             detail,
         };
-        let rest = futures::stream::unfold(Some((body, answer)), move |state| {
+        let first: Vec<_> = blob.pieces.drain(..).map(Ok).collect();
+        let rest = futures::stream::unfold(Some((body, answer, blob)), move |state| {
             let broke = broke.clone();
             async move {
-                let (mut body, mut answer) = state?;
-                let mut pieces = Vec::new();
+                let (mut body, mut answer, mut blob) = state?;
                 let step = match body.next().await {
-                    Some(Ok(chunk)) => answer.feed(&chunk, &mut pieces).map(|_| true),
+                    Some(Ok(chunk)) => answer.feed(&chunk, &mut blob).map(|_| true),
                     Some(Err(e)) => Err(AnswerError::Malformed(format!(
                         "the body broke off: {}",
                         http::root_cause(&e)
@@ -732,9 +678,9 @@ impl Source for GitSource {
                     None => answer.finish().map(|_| false),
                 };
                 let mut items: Vec<Result<bytes::Bytes, SourceError>> =
-                    pieces.into_iter().map(Ok).collect();
+                    blob.pieces.drain(..).map(Ok).collect();
                 match step {
-                    Ok(true) => Some((items, Some((body, answer)))),
+                    Ok(true) => Some((items, Some((body, answer, blob)))),
                     Ok(false) => Some((items, None)),
                     Err(e) => {
                         items.push(Err(broke(e.to_string())));
@@ -743,7 +689,7 @@ impl Source for GitSource {
                 }
             }
         });
-        let pieces = futures::stream::iter(first.into_iter().map(Ok))
+        let pieces = futures::stream::iter(first)
             .chain(rest.flat_map(futures::stream::iter))
             .boxed();
         Ok((len, pieces))
@@ -777,8 +723,12 @@ impl Source for GitSource {
     }
 }
 
-fn object_of(objects: Vec<PackObject>, oid: ObjectId) -> Option<Vec<u8>> {
-    objects.into_iter().find(|o| o.oid == oid).map(|o| o.data)
+/// Whether a failure means the server could not be reached at all (as opposed to an answer).
+fn is_unreachable(e: &SourceError) -> bool {
+    matches!(
+        e,
+        SourceError::Unreachable { .. } | SourceError::Timeout { .. }
+    )
 }
 
 #[cfg(test)]
@@ -790,50 +740,25 @@ mod tests {
         GitSource::new("http://me:pw@127.0.0.1:1/repo.git", "", t, t, None).expect("source")
     }
 
-    fn answer(lines: &[&[u8]]) -> Vec<u8> {
-        let mut body = Vec::new();
-        for line in lines {
-            pktline::data(&mut body, line);
-        }
-        pktline::flush(&mut body);
-        body
-    }
-
     #[test]
-    fn fetch_answers_become_packs_or_clear_errors() {
+    fn refused_and_malformed_answers_become_clear_errors() {
         let s = source();
         let oid = ObjectId::EMPTY_TREE;
-        let ok = answer(&[
-            b"packfile\n",
-            b"\x01PACK",
-            b"\x02counting objects",
-            b"\x01DATA",
-        ]);
-        assert_eq!(s.pack_of(&ok, &[oid]).expect("pack"), b"PACKDATA");
-
-        let err = s.pack_of(&answer(&[b"ERR upload-pack: not our ref 4b82"]), &[oid]);
+        let refused = |text: &str| AnswerError::Refused(text.into());
+        let missing = s.answer_error(&[oid], refused("upload-pack: not our ref 4b82"));
         assert!(
-            matches!(err, Err(SourceError::ObjectMissing { .. })),
-            "{err:?}"
+            matches!(missing, SourceError::ObjectMissing { .. }),
+            "{missing:?}"
         );
-        let err = s
-            .pack_of(&answer(&[b"ERR something broke"]), &[oid, oid])
-            .unwrap_err();
-        assert!(err.to_string().contains("something broke"), "{err}");
-        let err = s.pack_of(b"", &[oid]).unwrap_err();
-        assert!(err.to_string().contains("empty answer"), "{err}");
-        let err = s
-            .pack_of(&answer(&[b"shallow-info\n"]), &[oid])
-            .unwrap_err();
-        assert!(err.to_string().contains("no pack"), "{err}");
-        let err = s
-            .pack_of(
-                &answer(&[b"packfile\n", b"\x03fatal: out of memory"]),
-                &[oid],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("out of memory"), "{err}");
-        assert!(s.pack_of(b"zzzz", &[oid]).is_err());
+        // Among several wants, which one is missing is unknown: the batch is split instead.
+        let batch = s.answer_error(&[oid, oid], refused("upload-pack: not our ref 4b82"));
+        assert!(matches!(batch, SourceError::Server { .. }), "{batch:?}");
+        assert!(!is_unreachable(&batch));
+        let broken = s.answer_error(&[oid], AnswerError::Malformed("the pack broke off".into()));
+        assert!(
+            broken.to_string().contains("the pack broke off"),
+            "{broken}"
+        );
         // The password never shows.
         assert_eq!(s.describe(), "git http://me:***@127.0.0.1:1/repo.git");
     }

@@ -2,17 +2,21 @@
 //! filesystem never knows which it talks to. Sources return raw bytes; the caller verifies
 //! them against their object id, in one place.
 
-pub mod blobpack;
+pub mod delta;
+pub mod fetch_answer;
 pub mod git;
 pub mod http;
 pub mod local;
 pub mod mega;
+pub mod pack;
+pub mod pack_sinks;
 pub mod pktline;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::object::ObjectId;
+use crate::store::Store;
 
 /// A blob's content as it arrives.
 pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, SourceError>>;
@@ -96,17 +100,38 @@ pub trait Source: Send + Sync {
     /// The size of blob `oid`, without its content where the source allows.
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError>;
 
-    /// Several blobs at once, where the source can batch them (default: one by one). Blobs the
-    /// source does not have come back as errors of their own; the others still arrive.
-    async fn fetch_blobs(
+    /// Several blobs at once, where the source can batch them (default: one by one), each
+    /// written into `store` as it arrives and kept only under the id it hashes to. Returns each
+    /// blob's length, or why it did not come: one failing does not stop the others.
+    async fn fetch_blobs_into(
         &self,
         oids: &[ObjectId],
-    ) -> Vec<(ObjectId, Result<Vec<u8>, SourceError>)> {
+        store: &Store,
+    ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
         let mut out = Vec::with_capacity(oids.len());
-        for oid in oids {
-            out.push((*oid, self.fetch_blob(*oid).await));
+        for &oid in oids {
+            out.push((oid, self.fetch_blob_into(oid, store).await));
         }
         out
+    }
+
+    /// One blob into `store`, as it arrives.
+    async fn fetch_blob_into(&self, oid: ObjectId, store: &Store) -> Result<u64, SourceError> {
+        let (len, mut pieces) = self.fetch_blob_stream(oid).await?;
+        let cache = |e: &dyn std::fmt::Display| SourceError::Local {
+            repo: "the cache".into(),
+            detail: e.to_string(),
+        };
+        let mut pending = store.begin(&oid, len).map_err(|e| cache(&e))?;
+        while let Some(piece) = pieces.next().await {
+            pending.write(&piece?).map_err(|e| cache(&e))?;
+        }
+        store.commit(pending).map_err(|e| SourceError::Server {
+            server: self.describe(),
+            what: format!("blob {oid}"),
+            detail: e.to_string(),
+        })?;
+        Ok(len)
     }
 
     /// Whether learning a blob's size costs fetching its content anyway (then the content is
