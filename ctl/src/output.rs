@@ -27,8 +27,16 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
     if mounts.is_empty() {
         return "no mounts\n".to_string();
     }
-    let header = ["NAME", "MOUNTPOINT", "SOURCE", "COMMIT", "STATE", "FETCHED"];
-    let rows: Vec<[String; 6]> = mounts
+    let header = [
+        "NAME",
+        "MOUNTPOINT",
+        "SOURCE",
+        "COMMIT",
+        "STATE",
+        "READS",
+        "FETCHED",
+    ];
+    let rows: Vec<[String; 7]> = mounts
         .iter()
         .map(|m| {
             [
@@ -46,6 +54,7 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
                 } else {
                     format!("{} ({})", m.state, m.error)
                 },
+                m.read_path.clone(),
                 format!(
                     "{} objects, {}",
                     m.fetched_objects,
@@ -99,6 +108,7 @@ pub fn status_json(reply: &StatusReply) -> String {
                 "owner_uid": m.owner_uid,
                 "from_config": m.from_config,
                 "refreshed_at": m.refreshed_at,
+                "read_path": m.read_path,
                 "error": m.error,
             })
         })

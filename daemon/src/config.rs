@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     pub fetch_timeout: Option<Duration>,
     /// Files at least this big are read as they arrive; `Some(None)`: never ("off").
     pub stream_min_size: Option<Option<u64>>,
+    /// Open cached files in FUSE passthrough mode where the kernel allows (default true).
+    pub passthrough: Option<bool>,
 }
 
 /// A password or token: compared and cloned like a string, never printed.
@@ -101,6 +103,7 @@ struct RawDaemon {
     connect_timeout: Option<Spanned<toml::Value>>,
     fetch_timeout: Option<Spanned<toml::Value>>,
     stream_min_size: Option<Spanned<toml::Value>>,
+    passthrough: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +159,7 @@ impl Config {
                 connect_timeout: None,
                 fetch_timeout: None,
                 stream_min_size: None,
+                passthrough: None,
             },
             mounts: Vec::new(),
         }
@@ -265,6 +269,7 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         connect_timeout,
         fetch_timeout,
         stream_min_size,
+        passthrough: raw.passthrough,
     })
 }
 

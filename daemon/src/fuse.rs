@@ -1,18 +1,22 @@
 //! The thin adapter between the kernel (fuser) and [`MountFs`]. Each request becomes a tokio
 //! task, so the FUSE loop never waits on the network; the task answers the kernel when the
-//! filesystem does, or with EIO once the request timeout passes.
+//! filesystem does, or with EIO once the request timeout passes. A file whose blob is cached
+//! is opened in passthrough mode where the kernel allows: its cache file backs it, and its
+//! reads never reach the daemon.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, warn, Instrument};
@@ -24,20 +28,137 @@ use crate::object::EntryKind;
 /// and a refresh gives whatever changed new inodes and invalidates the root's stale entries.
 const TTL: Duration = Duration::from_secs(3600);
 
+/// How a mount's cached files are read, for `status`: by the kernel from the cache file
+/// (passthrough), or through the daemon.
+#[derive(Default)]
+pub struct ReadPath(AtomicU8);
+
+const READ_PATH_PASSTHROUGH: u8 = 1;
+const READ_PATH_DAEMON: u8 = 2;
+
+impl ReadPath {
+    pub fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            READ_PATH_PASSTHROUGH => "passthrough",
+            READ_PATH_DAEMON => "daemon",
+            _ => "", // not mounted yet
+        }
+    }
+
+    fn set(&self, path: u8) {
+        self.0.store(path, Ordering::Relaxed);
+    }
+
+    fn is_passthrough(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == READ_PATH_PASSTHROUGH
+    }
+}
+
+/// How an inode's open files read. The kernel wants every open file of an inode in one mode,
+/// and one backing file per inode while any is open.
+enum OpenMode {
+    /// Through the daemon (and the kernel's page cache).
+    Cached,
+    /// From the backing cache file.
+    Passthrough(Arc<BackingId>),
+}
+
+struct OpenInode {
+    mode: OpenMode,
+    handles: usize,
+}
+
 pub struct FuseAdapter {
     fs: Arc<MountFs>,
     runtime: Handle,
     timeout: Duration,
     name: String,
+    /// Whether to ask for passthrough at all (configuration).
+    want_passthrough: bool,
+    read_path: Arc<ReadPath>,
+    open_inodes: Mutex<HashMap<u64, OpenInode>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<MountFs>, runtime: Handle, timeout: Duration, name: String) -> Self {
+    pub fn new(
+        fs: Arc<MountFs>,
+        runtime: Handle,
+        timeout: Duration,
+        name: String,
+        want_passthrough: bool,
+    ) -> Self {
         FuseAdapter {
             fs,
             runtime,
             timeout,
             name,
+            want_passthrough,
+            read_path: Arc::new(ReadPath::default()),
+            open_inodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Shared with whoever reports the mount's status.
+    pub fn read_path(&self) -> Arc<ReadPath> {
+        self.read_path.clone()
+    }
+
+    fn lock_open_inodes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenInode>> {
+        self.open_inodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens `ino` (handle `fh`) in the mode its other open files use; a first open goes
+    /// passthrough if the blob is cached and the kernel allows it.
+    fn open_in_mode(&self, ino: u64, fh: u64, reply: ReplyOpen) {
+        let mut open = self.lock_open_inodes();
+        if let Some(inode) = open.get_mut(&ino) {
+            inode.handles += 1;
+            return match &inode.mode {
+                OpenMode::Passthrough(backing) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing)
+                }
+                OpenMode::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            };
+        }
+        let backing = self.backing_for(ino, &reply);
+        let mode = match backing {
+            Some(backing) => {
+                let backing = Arc::new(backing);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                OpenMode::Passthrough(backing)
+            }
+            None => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                OpenMode::Cached
+            }
+        };
+        open.insert(ino, OpenInode { mode, handles: 1 });
+    }
+
+    /// A backing file for `ino`, if passthrough is on and its blob is cached. The first refusal
+    /// (a daemon without CAP_SYS_ADMIN) turns passthrough off for the mount.
+    fn backing_for(&self, ino: u64, reply: &ReplyOpen) -> Option<BackingId> {
+        if !self.read_path.is_passthrough() {
+            return None;
+        }
+        let file = self.fs.cached_file(ino)?;
+        match reply.open_backing(&file) {
+            Ok(backing) => Some(backing),
+            Err(e) => {
+                warn!(mount = %self.name, error = %e, "the kernel refused a backing file: reading through the daemon");
+                self.read_path.set(READ_PATH_DAEMON);
+                None
+            }
+        }
+    }
+
+    fn release_open(&self, ino: u64) {
+        let mut open = self.lock_open_inodes();
+        if let Some(inode) = open.get_mut(&ino) {
+            inode.handles -= 1;
+            if inode.handles == 0 {
+                open.remove(&ino);
+            }
         }
     }
 
@@ -70,6 +191,20 @@ impl FuseAdapter {
     }
 }
 
+/// Attributes for a readdirplus entry whose real ones are not known yet: given with no time
+/// to live, so the kernel looks the entry up before any use.
+fn placeholder_attr(ino: u64, kind: EntryKind) -> FileAttr {
+    file_attr(&Attr {
+        ino,
+        kind,
+        size: 0,
+        perm: 0o444,
+        mtime: std::time::UNIX_EPOCH,
+        uid: 0,
+        gid: 0,
+    })
+}
+
 fn file_type(kind: EntryKind) -> FileType {
     match kind {
         EntryKind::Directory | EntryKind::Submodule => FileType::Directory,
@@ -100,12 +235,25 @@ fn file_attr(attr: &Attr) -> FileAttr {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
-        // Content never changes under an inode: let the kernel cache symlink targets and run
-        // lookups in one directory in parallel. Kernels without these simply say no.
-        let wanted = fuser::InitFlags::FUSE_CACHE_SYMLINKS | fuser::InitFlags::FUSE_PARALLEL_DIROPS;
+        // Content never changes under an inode: let the kernel cache symlink targets, run
+        // lookups in one directory in parallel, and take attributes with listings (adaptively:
+        // only where the program goes on to look at them). Kernels without these say no.
+        use fuser::InitFlags as F;
+        let wanted = F::FUSE_CACHE_SYMLINKS
+            | F::FUSE_PARALLEL_DIROPS
+            | F::FUSE_DO_READDIRPLUS
+            | F::FUSE_READDIRPLUS_AUTO;
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!(?unsupported, "kernel lacks some FUSE capabilities");
         }
+        let passthrough = self.want_passthrough
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.read_path.set(if passthrough {
+            READ_PATH_PASSTHROUGH
+        } else {
+            READ_PATH_DAEMON
+        });
         Ok(())
     }
 
@@ -162,7 +310,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::EROFS);
         }
         match self.fs.open_file(ino.0) {
-            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(handle) => self.open_in_mode(ino.0, handle, reply),
             Err(e) => reply.error(Errno::from_i32(e.errno())),
         }
     }
@@ -182,13 +330,14 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.release_open(ino.0);
         self.fs.release_file(fh.0);
         reply.ok();
     }
@@ -247,6 +396,49 @@ impl Filesystem for FuseAdapter {
                     for (index, (child, kind, name)) in all.enumerate().skip(offset as usize) {
                         let next = index as u64 + 1;
                         if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name)) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(
+            "readdirplus",
+            ino.0,
+            async move {
+                let entries = fs.readdir(ino.0).await?;
+                let parent = fs.parent_of(ino.0)?;
+                let dots = [(ino.0, b".".to_vec()), (parent, b"..".to_vec())]
+                    .into_iter()
+                    .map(|(dir, name)| (dir, EntryKind::Directory, name));
+                let all = dots.chain(entries.into_iter().map(|e| (e.ino, e.kind, e.name)));
+                // An entry whose attributes are not known yet (a size not learnt) goes with
+                // nothing the kernel may keep: it looks the entry up before any use.
+                let plus = all.map(|(child, kind, name)| match fs.known_attr(child) {
+                    Some(attr) => (file_attr(&attr), TTL, name),
+                    None => (placeholder_attr(child, kind), Duration::ZERO, name),
+                });
+                Ok(plus.collect::<Vec<_>>())
+            },
+            move |r| match r {
+                Ok(all) => {
+                    for (index, (attr, ttl, name)) in all.iter().enumerate().skip(offset as usize) {
+                        let next = index as u64 + 1;
+                        let name = OsStr::from_bytes(name);
+                        if reply.add(attr.ino, next, name, ttl, attr, Generation(0)) {
                             break;
                         }
                     }

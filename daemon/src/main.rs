@@ -20,7 +20,7 @@ use megafsd::fs::{FsOptions, DEFAULT_STREAM_MIN_SIZE};
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
-use megafsd::supervisor::{Supervisor, Timeouts};
+use megafsd::supervisor::{KernelOptions, Supervisor, Timeouts};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +76,7 @@ struct Settings {
     connect_timeout: Duration,
     fetch_timeout: Duration,
     stream_min_size: Option<u64>,
+    passthrough: bool,
 }
 
 fn is_root() -> bool {
@@ -116,6 +117,7 @@ fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
     Ok(Settings {
         cache_max_size,
         stream_min_size,
+        passthrough: d.passthrough.unwrap_or(true),
         socket: args
             .socket
             .clone()
@@ -274,7 +276,11 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
         fetch_timeout: settings.fetch_timeout,
         stream_min_size: settings.stream_min_size,
     };
-    let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts, fs_options));
+    let kernel = KernelOptions {
+        passthrough: settings.passthrough,
+        ..KernelOptions::default()
+    };
+    let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts, fs_options, kernel));
     let listener = bind_socket(&settings.socket).await?;
     for stale in megafsd::mounts::clean_stale() {
         warn!(

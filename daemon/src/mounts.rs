@@ -142,6 +142,16 @@ pub fn clean_stale() -> Vec<MegafsMount> {
 /// Mounts a FUSE filesystem at `mountpoint` through the setuid `fusermount3`, as libfuse does
 /// for users who may not mount (or open /dev/fuse) themselves, and returns the /dev/fuse
 /// descriptor it hands back. `options` are fusermount's `-o` options.
+/// Sets the read-ahead of the mount at `point` (its backing device's `read_ahead_kb`), so that
+/// sequential reads arrive in requests that large. Needs root.
+pub fn set_read_ahead(point: &Path, kb: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(point)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    std::fs::write(knob, kb.to_string())
+}
+
 pub fn fusermount(mountpoint: &Path, options: &str) -> io::Result<OwnedFd> {
     let (ours, theirs) = UnixStream::pair()?;
     let their_fd = theirs.as_raw_fd();

@@ -95,6 +95,7 @@ fn to_info(s: MountStatus) -> MountInfo {
         error: s.error,
         from_config: s.from_config,
         refreshed_at: s.refreshed_at,
+        read_path: s.read_path.to_string(),
     }
 }
 

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, MountOption, SessionACL};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::MountConfig;
 use crate::fs::{FsError, FsOptions, KernelCache, MountFs};
-use crate::fuse::FuseAdapter;
+use crate::fuse::{FuseAdapter, ReadPath};
 use crate::mounts;
 use crate::source::git::{Credentials, GitSource};
 use crate::source::http::display_url;
@@ -128,6 +128,8 @@ pub struct MountStatus {
     /// Why a mount is retrying or lost.
     pub error: String,
     pub refreshed_at: i64,
+    /// How cached files are read: "passthrough", "daemon", or "" if not mounted.
+    pub read_path: &'static str,
 }
 
 struct MountEntry {
@@ -142,6 +144,8 @@ struct MountEntry {
     session: BackgroundSession,
     /// Tells the kernel which cached entries a refresh made stale.
     notifier: fuser::Notifier,
+    /// How the kernel reads its cached files (told by the FUSE adapter).
+    read_path: Arc<ReadPath>,
     /// Unix seconds of the last refresh, 0 for none.
     refreshed_at: Arc<std::sync::atomic::AtomicI64>,
     /// When a configured `refresh_interval` next falls due.
@@ -176,6 +180,7 @@ impl Retrying {
             from_config: true,
             error: self.reason.clone(),
             refreshed_at: 0,
+            read_path: "",
         }
     }
 }
@@ -226,6 +231,7 @@ impl MountEntry {
             from_config: self.config.is_some(),
             error: String::new(),
             refreshed_at: self.refreshed_at.load(std::sync::atomic::Ordering::Relaxed),
+            read_path: self.read_path.describe(),
         }
     }
 }
@@ -246,6 +252,28 @@ pub struct Supervisor {
     table: Mutex<Table>,
     timeouts: Timeouts,
     fs_options: FsOptions,
+    kernel: KernelOptions,
+}
+
+/// How mounts use the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOptions {
+    /// Open cached files in passthrough mode where the kernel allows.
+    pub passthrough: bool,
+    /// Threads reading requests from /dev/fuse, per mount.
+    pub fuse_threads: usize,
+    /// The mount's read-ahead, raised after mounting (needs root).
+    pub read_ahead_kb: u32,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        KernelOptions {
+            passthrough: true,
+            fuse_threads: 4,
+            read_ahead_kb: 1024,
+        }
+    }
 }
 
 /// How long the daemon waits on servers.
@@ -270,12 +298,18 @@ pub fn default_name(repo: &str) -> String {
 impl Supervisor {
     /// `fs_options` hold for every mount; its fetch timeout is for a whole fetch, retries
     /// included, which goes on (filling the cache) after the request that started it gave up.
-    pub fn new(store: Arc<Store>, timeouts: Timeouts, fs_options: FsOptions) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        timeouts: Timeouts,
+        fs_options: FsOptions,
+        kernel: KernelOptions,
+    ) -> Self {
         Supervisor {
             store,
             table: Mutex::new(Table::default()),
             timeouts,
             fs_options,
+            kernel,
         }
     }
 
@@ -380,8 +414,15 @@ impl Supervisor {
             tokio::runtime::Handle::current(),
             self.timeouts.request,
             name.to_string(),
+            // Backing files need CAP_SYS_ADMIN: a per-user daemon reads through itself.
+            self.kernel.passthrough && is_root(),
         );
+        let read_path = adapter.read_path();
         let mut config = fuser::Config::default();
+        // Several threads take requests, so cached answers never queue behind others; each
+        // gets its own /dev/fuse descriptor where the daemon may open one (as root).
+        config.n_threads = Some(self.kernel.fuse_threads.max(1));
+        config.clone_fd = is_root();
         config.mount_options = vec![
             MountOption::FSName(format!("megafs:{name}")),
             MountOption::Subtype("megafs".into()),
@@ -398,17 +439,25 @@ impl Supervisor {
         }
         let point = mountpoint.to_path_buf();
         let fsname = format!("megafs:{name}");
-        let session =
-            tokio::task::spawn_blocking(move || mount_session(adapter, &point, config, &fsname))
-                .await
-                .map_err(|e| SupervisorError::Mount {
-                    path: mountpoint.to_path_buf(),
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(|source| SupervisorError::Mount {
-                    path: mountpoint.to_path_buf(),
-                    source,
-                })?;
+        let read_ahead_kb = self.kernel.read_ahead_kb;
+        let session = tokio::task::spawn_blocking(move || {
+            let session = mount_session(adapter, &point, config, &fsname)?;
+            if is_root() {
+                if let Err(e) = mounts::set_read_ahead(&point, read_ahead_kb) {
+                    debug!(error = %e, "cannot raise the mount's read-ahead");
+                }
+            }
+            Ok::<_, std::io::Error>(session)
+        })
+        .await
+        .map_err(|e| SupervisorError::Mount {
+            path: mountpoint.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| SupervisorError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
         fs.set_kernel_cache(Box::new(KernelNotifier(session.notifier())));
         Ok(MountEntry {
             name: name.to_string(),
@@ -420,6 +469,7 @@ impl Supervisor {
             fs,
             notifier: session.notifier(),
             session,
+            read_path,
             refreshed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             next_refresh: None,
         })
@@ -814,6 +864,11 @@ fn unmount_checked(mountpoint: &Path, force: bool) -> Result<(), SupervisorError
             }
         }
     })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Mounts and starts the FUSE session: directly as root, else through fusermount3 (which

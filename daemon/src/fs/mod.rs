@@ -298,6 +298,31 @@ impl MountFs {
         Ok(node.oid)
     }
 
+    /// The attributes of `ino` if they are known without asking the source (a file's size may
+    /// not be yet).
+    pub fn known_attr(&self, ino: u64) -> Option<Attr> {
+        let size_known = {
+            let inodes = self.read_inodes();
+            let node = inodes.get(ino)?;
+            node.kind.is_dir() || node.size.is_some() || self.store.known_size(&node.oid).is_some()
+        };
+        if size_known {
+            self.attr_of(ino).ok()
+        } else {
+            None
+        }
+    }
+
+    /// The cache file of file `ino`'s blob, if it is in the cache (for passthrough reads,
+    /// which the kernel then serves from it without asking the daemon).
+    pub fn cached_file(&self, ino: u64) -> Option<std::fs::File> {
+        let oid = self.file_oid(ino).ok()?;
+        if !self.store.contains(&oid) {
+            return None;
+        }
+        self.store.open_object(&oid).ok().flatten()
+    }
+
     /// Opens a file: its blob stays in the cache (once there) until the handle is released.
     pub fn open_file(&self, ino: u64) -> Result<u64, FsError> {
         let oid = self.file_oid(ino)?;

@@ -21,6 +21,21 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        Self::with_daemon(Daemon::start)
+    }
+
+    /// A world whose daemon's configuration has `lines` in its `[daemon]` section.
+    pub fn with_daemon_config(lines: &str) -> World {
+        let config = format!("[daemon]\n{lines}\n");
+        Self::with_daemon(move || {
+            Daemon::start_with(megafs_testsupport::harness::Options {
+                config: Some(config),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn with_daemon(start: impl FnOnce() -> Daemon) -> World {
         let dir = tempfile::Builder::new()
             .prefix("megafs-fixture")
             .tempdir()
@@ -30,7 +45,7 @@ impl World {
             ServedRepo::open(MEGA_REPO, &fixture.path, "main").expect("opening the fixture");
         let server = DevServer::start(vec![served]).expect("starting the dev Mega server");
         World {
-            daemon: Daemon::start(),
+            daemon: start(),
             fixture,
             server,
             _fixture_dir: dir,
