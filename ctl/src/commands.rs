@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    CacheRequest, ConnectRequest, DisconnectRequest, RefreshRequest, StatusRequest,
+    CacheRequest, ConnectRequest, DisconnectRequest, PrefetchRequest, RefreshRequest, StatusRequest,
 };
 
 use crate::client::{self, status_error};
 use crate::output;
+use crate::progress;
 use crate::{CacheAction, Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -21,9 +22,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => connect(&cli, repo, git_ref.as_deref(), name.as_deref()).await,
         Command::Disconnect { target, force } => disconnect(&cli, target, *force).await,
         Command::Refresh { target } => refresh(&cli, target).await,
+        Command::Prefetch {
+            target,
+            patterns,
+            depth,
+        } => prefetch(&cli, target, patterns, depth.unwrap_or(0)).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
     }
+}
+
+async fn prefetch(cli: &Cli, target: &str, patterns: &[String], depth: u32) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let mut client = client::connect(cli).await?;
+    let started = std::time::Instant::now();
+    let mut updates = client
+        .prefetch(PrefetchRequest {
+            target: target.to_string(),
+            patterns: patterns.to_vec(),
+            depth,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let bar = std::io::stderr().is_terminal();
+    let mut last = None;
+    while let Some(update) = updates.message().await.map_err(status_error)? {
+        if bar {
+            let line = progress::line(&update, started.elapsed());
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+        }
+        let finished = update.finished;
+        last = Some(update);
+        if finished {
+            break;
+        }
+    }
+    if bar {
+        eprintln!();
+    }
+    let last = last
+        .filter(|p| p.finished)
+        .ok_or_else(|| anyhow!("the daemon ended the prefetch without a word"))?;
+    println!("{}", progress::summary(&last, started.elapsed()));
+    if !last.walk_done {
+        return Err(anyhow!("the prefetch of {target} stopped: {}", last.error));
+    }
+    if last.files_failed > 0 {
+        return Err(anyhow!(
+            "{} of {} files could not be fetched; the last failure: {}",
+            last.files_failed,
+            last.files_total,
+            last.error
+        ));
+    }
+    Ok(())
 }
 
 async fn refresh(cli: &Cli, target: &str) -> anyhow::Result<()> {

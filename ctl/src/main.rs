@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,16 @@ enum Command {
     Refresh {
         /// A mount's name, mountpoint or repository.
         target: String,
+    },
+    /// Fetch listings and files ahead of reads, with a progress bar (Ctrl-C stops it).
+    Prefetch {
+        /// A mount's name, mountpoint or repository.
+        target: String,
+        /// Paths or globs inside the mount ("src", "src/**/*.rs") [default: all of it].
+        patterns: Vec<String>,
+        /// Walk at most this many directory levels below each pattern's fixed part.
+        #[arg(long)]
+        depth: Option<u32>,
     },
     /// Show every mount.
     Status {

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     CacheReply, CacheRequest, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest,
-    MountInfo, RefreshReply, RefreshRequest, StatusReply, StatusRequest,
+    MountInfo, PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest,
+    StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::fs::{MountFs, Pattern, PrefetchProgress};
 use crate::source::SourceError;
 use crate::store::Store;
 use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
@@ -160,6 +162,33 @@ impl Control for ControlService {
         }))
     }
 
+    type PrefetchStream = tokio_stream::wrappers::ReceiverStream<Result<ProgressMessage, Status>>;
+
+    async fn prefetch(
+        &self,
+        request: Request<PrefetchRequest>,
+    ) -> Result<Response<Self::PrefetchStream>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let patterns = r
+            .patterns
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let fs = self
+            .supervisor
+            .mount_fs(&r.target)
+            .await
+            .map_err(to_status)?;
+        info!(target = %r.target, patterns = ?r.patterns, depth = r.depth, uid = caller.uid, "prefetch requested");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(report_prefetch(fs, patterns, r.depth, tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn cache(&self, request: Request<CacheRequest>) -> Result<Response<CacheReply>, Status> {
         let caller = caller(&request)?;
         let action = request.into_inner().action();
@@ -208,5 +237,69 @@ impl Control for ControlService {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
         }))
+    }
+}
+
+/// How often a prefetch reports its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs a prefetch and sends its progress to `tx` until it ends; stops it if the client goes.
+async fn report_prefetch(
+    fs: Arc<MountFs>,
+    patterns: Vec<Pattern>,
+    depth: u32,
+    tx: tokio::sync::mpsc::Sender<Result<ProgressMessage, Status>>,
+) {
+    let progress = Arc::new(PrefetchProgress::default());
+    let mut work = {
+        let progress = progress.clone();
+        tokio::spawn(async move { fs.prefetch(&patterns, depth, &progress).await })
+    };
+    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = tx.closed() => {
+                work.abort();
+                info!("prefetch stopped: the client went away");
+                return;
+            }
+            _ = ticks.tick() => {
+                // A client too slow to take reports only misses some: progress is cumulative.
+                let _ = tx.try_send(Ok(progress_message(&progress, false, String::new())));
+            }
+        }
+    };
+    let error = match outcome {
+        Ok(Ok(())) => progress.last_error(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("prefetch task: {e}"),
+    };
+    info!(
+        files = progress
+            .files_done
+            .load(std::sync::atomic::Ordering::Relaxed),
+        failed = progress
+            .files_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "prefetch finished"
+    );
+    let _ = tx.send(Ok(progress_message(&progress, true, error))).await;
+}
+
+fn progress_message(p: &PrefetchProgress, finished: bool, error: String) -> ProgressMessage {
+    use std::sync::atomic::Ordering::Relaxed;
+    ProgressMessage {
+        files_total: p.files_total.load(Relaxed),
+        files_done: p.files_done.load(Relaxed),
+        files_failed: p.files_failed.load(Relaxed),
+        bytes_done: p.bytes_done.load(Relaxed),
+        walk_done: p.walk_done.load(Relaxed),
+        finished,
+        error: if error.is_empty() && !finished {
+            p.last_error()
+        } else {
+            error
+        },
     }
 }

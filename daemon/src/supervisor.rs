@@ -553,6 +553,13 @@ impl Supervisor {
         })
     }
 
+    /// The filesystem of a mount, for work on it that is not the supervisor's (prefetch).
+    pub async fn mount_fs(&self, target: &str) -> Result<Arc<MountFs>, SupervisorError> {
+        let table = self.table.lock().await;
+        let index = find_target(&table.mounts, target, None)?;
+        Ok(table.mounts[index].fs.clone())
+    }
+
     /// Moves a mount to the newest commit of what it follows; returns the commit before and
     /// the mount as it is now.
     pub async fn refresh(&self, target: &str) -> Result<(String, MountStatus), SupervisorError> {

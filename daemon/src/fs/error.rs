@@ -9,6 +9,8 @@ use crate::source::SourceError;
 pub enum FsError {
     #[error("no such entry")]
     NotFound,
+    #[error("no such path in the mount: /{0}")]
+    NoSuchPath(String),
     #[error("unknown inode {0}")]
     StaleInode(u64),
     #[error("not a directory")]
@@ -37,7 +39,7 @@ impl FsError {
     /// The errno the kernel (and so the reading program) sees.
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::NotFound => libc::ENOENT,
+            FsError::NotFound | FsError::NoSuchPath(_) => libc::ENOENT,
             FsError::StaleInode(_) => libc::ESTALE,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,

@@ -6,6 +6,8 @@ mod arrival;
 mod error;
 mod flight;
 mod inode;
+mod pattern;
+mod prefetch;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -22,6 +24,8 @@ pub use error::FsError;
 use flight::Flights;
 pub use inode::ROOT_INO;
 use inode::{InodeTable, Listing};
+pub use pattern::Pattern;
+pub use prefetch::PrefetchProgress;
 
 use crate::object::{parse_tree, EntryKind, ObjectId, ObjectKind};
 use crate::source::{Snapshot, Source, SourceError};
@@ -592,25 +596,30 @@ impl MountFs {
     }
 
     /// Fetches several blobs in one go (where the source batches) and keeps the verified ones.
-    /// Failures are only logged: each file's own read or size query reports its error.
-    async fn fetch_batch_to_cache(&self, wanted: &[(u64, ObjectId)]) {
-        let oids: Vec<ObjectId> = wanted
+    /// Failures are logged and returned; a file's own read or size query reports its error.
+    async fn fetch_batch_to_cache(
+        &self,
+        oids: &[ObjectId],
+    ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
+        let oids: Vec<ObjectId> = oids
             .iter()
-            .map(|(_, oid)| *oid)
+            .copied()
             .filter(|oid| !self.store.contains(oid))
             .collect();
         if oids.is_empty() {
-            return;
+            return Vec::new();
         }
         // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
-        for (oid, result) in self.source.fetch_blobs_into(&oids, &self.store).await {
+        let results = self.source.fetch_blobs_into(&oids, &self.store).await;
+        for (oid, result) in &results {
             match result {
-                Ok(len) => self.count_fetch(len as usize),
+                Ok(len) => self.count_fetch(*len as usize),
                 Err(error) => {
                     warn!(server = %self.source.describe(), %oid, %error, "a batched fetch failed")
                 }
             }
         }
+        results
     }
 
     /// Makes sure `ino` (in directory `dir`) has a size. Sizes are learnt per directory, but a
@@ -683,7 +692,8 @@ impl MountFs {
                 let missing = this.files_without_size(dir)?;
                 if this.source.sizes_need_content() {
                     // The sizes cost the contents: fetch them all in one batch, into the cache.
-                    this.fetch_batch_to_cache(&missing).await;
+                    let oids: Vec<ObjectId> = missing.iter().map(|(_, oid)| *oid).collect();
+                    this.fetch_batch_to_cache(&oids).await;
                 }
                 let missing = this.files_without_size(dir)?;
                 let sizes: Vec<_> = stream::iter(missing)

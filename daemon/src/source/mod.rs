@@ -18,6 +18,9 @@ use futures::stream::{BoxStream, StreamExt};
 use crate::object::ObjectId;
 use crate::store::Store;
 
+/// How many blobs a source without batches fetches at once for a batch.
+const BLOB_PARALLELISM: usize = 8;
+
 /// A blob's content as it arrives.
 pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, SourceError>>;
 
@@ -108,11 +111,14 @@ pub trait Source: Send + Sync {
         oids: &[ObjectId],
         store: &Store,
     ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
-        let mut out = Vec::with_capacity(oids.len());
-        for &oid in oids {
-            out.push((oid, self.fetch_blob_into(oid, store).await));
-        }
-        out
+        let fetches = oids.iter().map(|&oid| async move {
+            let result = self.fetch_blob_into(oid, store).await;
+            (oid, result)
+        });
+        futures::stream::iter(fetches.collect::<Vec<_>>())
+            .buffer_unordered(BLOB_PARALLELISM)
+            .collect()
+            .await
     }
 
     /// One blob into `store`, as it arrives.

@@ -1,0 +1,204 @@
+//! Prefetch: walking a mount's directories and fetching the files a set of patterns wants,
+//! ahead of any read. Directories are listed a few at a time; each directory's files are
+//! fetched in one batch where the source batches (git), in parallel otherwise. Progress is
+//! counted in [`PrefetchProgress`], which the caller reports while the walk goes on.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, StreamExt};
+use tracing::warn;
+
+use super::pattern::Pattern;
+use super::{FsError, MountFs, ROOT_INO};
+use crate::object::{EntryKind, ObjectId};
+
+/// How many directories are listed and fetched at once.
+const DIRECTORY_PARALLELISM: usize = 4;
+
+/// How far a prefetch has come. Totals grow while the walk finds more.
+#[derive(Default)]
+pub struct PrefetchProgress {
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub files_failed: AtomicU64,
+    pub bytes_done: AtomicU64,
+    /// The walk is over: the totals are final.
+    pub walk_done: AtomicBool,
+    pub last_error: Mutex<String>,
+}
+
+impl PrefetchProgress {
+    fn failed(&self, what: String) {
+        self.files_failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A directory to walk, and how deep below its pattern's base it is.
+struct Dir {
+    ino: u64,
+    level: u32,
+}
+
+/// What one prefetch has already taken on: patterns overlap (`src` and `src/*.rs`), and each
+/// directory is walked and each file counted once.
+#[derive(Default)]
+struct Seen(Mutex<HashSet<u64>>);
+
+impl Seen {
+    /// True the first time for `ino`.
+    fn first(&self, ino: u64) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(ino)
+    }
+}
+
+impl MountFs {
+    /// Fetches the listings and files `patterns` want (all of the mount if none), down to
+    /// `depth` levels below each pattern's base (0: no limit). Failures of single files are
+    /// counted and logged, not fatal; a base that does not exist is.
+    pub async fn prefetch(
+        self: &Arc<Self>,
+        patterns: &[Pattern],
+        depth: u32,
+        progress: &PrefetchProgress,
+    ) -> Result<(), FsError> {
+        let all = [Pattern::parse("").map_err(FsError::Internal)?];
+        let patterns = if patterns.is_empty() {
+            &all[..]
+        } else {
+            patterns
+        };
+        let seen = Seen::default();
+        let mut level = Vec::new();
+        for pattern in patterns {
+            let base = self.resolve(&pattern.base()).await?;
+            if self.attr_of(base)?.kind.is_dir() {
+                level.push(Dir {
+                    ino: base,
+                    level: 0,
+                });
+            } else if seen.first(base) {
+                self.fetch_wanted(vec![(base, self.file_oid(base)?)], progress)
+                    .await;
+            }
+        }
+        while !level.is_empty() {
+            level.retain(|dir| seen.first(dir.ino));
+            let walked: Vec<Vec<Dir>> = stream::iter(level)
+                .map(|dir| self.prefetch_directory(dir, patterns, depth, progress, &seen))
+                .buffer_unordered(DIRECTORY_PARALLELISM)
+                .collect()
+                .await;
+            level = walked.into_iter().flatten().collect();
+        }
+        progress.walk_done.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The inode at `path` (components) from the root.
+    async fn resolve(self: &Arc<Self>, path: &[Vec<u8>]) -> Result<u64, FsError> {
+        let mut ino = ROOT_INO;
+        for name in path {
+            ino = match self.lookup(ino, name).await {
+                Ok(attr) => attr.ino,
+                Err(FsError::NotFound | FsError::NotDir) => {
+                    let shown: Vec<String> = path
+                        .iter()
+                        .map(|n| String::from_utf8_lossy(n).into_owned())
+                        .collect();
+                    return Err(FsError::NoSuchPath(shown.join("/")));
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(ino)
+    }
+
+    /// Lists `dir`, fetches its wanted files, and returns its subdirectories to walk next.
+    async fn prefetch_directory(
+        self: &Arc<Self>,
+        dir: Dir,
+        patterns: &[Pattern],
+        depth: u32,
+        progress: &PrefetchProgress,
+        seen: &Seen,
+    ) -> Vec<Dir> {
+        let entries = match self.readdir(dir.ino).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                let path = self.path_of(dir.ino);
+                warn!(path = %format!("/{path}"), error = %e, "prefetch cannot list a directory");
+                progress.failed(format!("/{path}: {e}"));
+                return Vec::new();
+            }
+        };
+        let mut wanted = Vec::new();
+        let mut below = Vec::new();
+        for entry in entries {
+            match entry.kind {
+                EntryKind::Directory if depth == 0 || dir.level + 1 < depth => below.push(Dir {
+                    ino: entry.ino,
+                    level: dir.level + 1,
+                }),
+                EntryKind::File | EntryKind::Executable | EntryKind::Symlink => {
+                    let path = self.path_of(entry.ino);
+                    let parts: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
+                    if patterns.iter().any(|p| p.matches(&parts)) && seen.first(entry.ino) {
+                        if let Ok(oid) = self.file_oid(entry.ino) {
+                            wanted.push((entry.ino, oid));
+                        }
+                    }
+                }
+                // Submodules have nothing to fetch; deeper directories are past `depth`.
+                _ => {}
+            }
+        }
+        self.fetch_wanted(wanted, progress).await;
+        below
+    }
+
+    /// Fetches the files not cached yet, in one batch; counts every one.
+    async fn fetch_wanted(&self, files: Vec<(u64, ObjectId)>, progress: &PrefetchProgress) {
+        progress
+            .files_total
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        let mut missing = Vec::new();
+        for (ino, oid) in files {
+            if self.store.contains(&oid) {
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+            } else {
+                missing.push((ino, oid));
+            }
+        }
+        let oids: Vec<ObjectId> = missing.iter().map(|(_, oid)| *oid).collect();
+        for (oid, result) in self.fetch_batch_to_cache(&oids).await {
+            match result {
+                Ok(len) => {
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let ino = missing.iter().find(|(_, o)| *o == oid).map(|(i, _)| *i);
+                    let path = ino.map(|i| self.path_of(i)).unwrap_or_default();
+                    progress.failed(format!("/{path}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn path_of(&self, ino: u64) -> String {
+        self.read_inodes()
+            .get(ino)
+            .map(|n| n.path.clone())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,160 @@
+//! `mega-fuse prefetch`: listings and files fetched ahead of reads, chosen by paths and globs,
+//! with progress streamed back, and stopped when the client goes away.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{path_str, World};
+use megafs_testsupport::harness::{bin, within};
+use megafs_testsupport::Faults;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn blob_gets(world: &World) -> usize {
+    world
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.is_blob_get())
+        .count()
+}
+
+/// Waits (polling, up to LIMIT) until `ready` holds.
+fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_prefetched_directory_reads_without_the_network() {
+    let world = World::new();
+    let point = world.mount_mega("pre");
+    let out = world.daemon.ctl_ok(&["prefetch", "pre", "src"]);
+    assert!(out.contains("prefetched 3 of 3 files"), "{out}");
+
+    world.server.clear_requests();
+    for file in [
+        "src/main.rs",
+        "src/nested/mid.txt",
+        "src/nested/deep/leaf.txt",
+    ] {
+        let path = point.join(file);
+        let want = std::fs::read(world.fixture.path.join(file)).expect("fixture");
+        assert_eq!(
+            within(LIMIT, move || std::fs::read(path)).expect(file),
+            want
+        );
+    }
+    assert_eq!(
+        world.server.requests(),
+        [],
+        "everything under src was cached"
+    );
+    // Nothing else was: a file outside costs a fetch.
+    let readme = point.join("README.md");
+    within(LIMIT, move || std::fs::read(readme)).expect("README");
+    assert_eq!(blob_gets(&world), 1);
+}
+
+#[test]
+fn globs_and_depth_choose_what_is_fetched() {
+    let world = World::new();
+    world.mount_mega("globs");
+    let out = world
+        .daemon
+        .ctl_ok(&["prefetch", "globs", "many/f?.txt", "**/leaf.txt"]);
+    assert!(out.contains("prefetched 9 of 9 files"), "{out}");
+    assert_eq!(blob_gets(&world), 9);
+
+    // One level below src: src/main.rs only, not what lies in src/nested.
+    let out = world
+        .daemon
+        .ctl_ok(&["prefetch", "globs", "src", "--depth", "1"]);
+    assert!(out.contains("prefetched 1 of 1 files"), "{out}");
+
+    let err = world.daemon.ctl_err(&["prefetch", "globs", "no/such/dir"]);
+    assert!(
+        err.contains("no such path in the mount: /no/such/dir"),
+        "{err}"
+    );
+    let err = world.daemon.ctl_err(&["prefetch", "globs", "../etc"]);
+    assert!(err.contains("no .."), "{err}");
+}
+
+#[test]
+fn a_git_mount_prefetches_a_directory_in_one_request() {
+    use megafs_testsupport::git_server::GitServer;
+    let world = World::new();
+    let root = world.fixture.path.parent().expect("parent").join("served");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let status = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&world.fixture.path)
+        .arg(root.join("fixture.git"))
+        .status()
+        .expect("git clone");
+    assert!(status.success());
+    let server = GitServer::start(&root, true).expect("git server");
+    let point = world.daemon.mountpoint("gitpre");
+    world.daemon.ctl_ok(&[
+        "connect",
+        &server.url("fixture.git"),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "gitpre",
+    ]);
+    server.clear_requests();
+    let out = world.daemon.ctl_ok(&["prefetch", "gitpre", "many"]);
+    assert!(out.contains("prefetched 8 of 8 files"), "{out}");
+    let fetches = server.requests().len();
+    assert_eq!(fetches, 1, "the directory's 8 files in one fetch");
+}
+
+#[test]
+fn the_prefetch_stops_when_its_client_goes_away() {
+    let world = World::new();
+    let point = world.mount_mega("stop");
+    // Every blob answer sends one byte, then waits: the prefetch cannot finish by itself.
+    world.server.set_faults(Faults {
+        hold_blobs_after: Some(1),
+        ..Faults::default()
+    });
+    world.server.clear_requests();
+    let mut client = Command::new(bin("mega-fuse"))
+        .arg("--socket")
+        .arg(&world.daemon.socket)
+        .args(["prefetch", "stop", "many"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mega-fuse prefetch");
+    wait_until("the prefetch to ask for blobs", || blob_gets(&world) > 0);
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    client.wait().expect("wait");
+    wait_until("the daemon to stop the prefetch", || {
+        world
+            .daemon
+            .log()
+            .contains("prefetch stopped: the client went away")
+    });
+
+    // Released now, the held answers find nobody waiting: nothing was cached.
+    world.server.set_faults(Faults::default());
+    world.server.clear_requests();
+    for i in 0..8 {
+        let path = point.join(format!("many/f{i}.txt"));
+        let want = format!("file number {i}\n").into_bytes();
+        assert_eq!(
+            within(LIMIT, move || std::fs::read(path)).expect("read"),
+            want
+        );
+    }
+    assert_eq!(blob_gets(&world), 8, "every file was fetched only now");
+}
