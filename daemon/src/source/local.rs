@@ -4,8 +4,18 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use super::{Snapshot, Source, SourceError};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::{ByteStream, Snapshot, Source, SourceError};
 use crate::object::ObjectId;
+
+/// Blobs at least this big are streamed out of the repository by `git cat-file` (gitoxide
+/// reads an object whole into memory); smaller ones are read directly.
+const STREAM_FROM: u64 = 4 << 20;
+
+/// The piece size of a streamed blob.
+const PIECE: usize = 256 * 1024;
 
 pub struct LocalSource {
     path: PathBuf,
@@ -78,6 +88,50 @@ impl LocalSource {
     }
 }
 
+impl LocalSource {
+    /// Blob `oid` as `git cat-file` writes it, piece by piece. The fetch above verifies what
+    /// comes (length and hash), so a git that fails shows as a short or wrong blob.
+    fn cat_file(&self, oid: ObjectId) -> std::io::Result<ByteStream> {
+        let mut child = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.path)
+            .args(["cat-file", "blob", &oid.to_hex()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("git cat-file has no stdout"))?;
+        let repo = self.path.display().to_string();
+        // The child lives in the stream's state: dropping the stream kills it.
+        let pieces = futures::stream::unfold(Some((child, stdout)), move |state| {
+            let repo = repo.clone();
+            async move {
+                let (child, mut stdout) = state?;
+                let mut piece = vec![0u8; PIECE];
+                match stdout.read(&mut piece).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        piece.truncate(n);
+                        Some((Ok(bytes::Bytes::from(piece)), Some((child, stdout))))
+                    }
+                    Err(e) => {
+                        let error = SourceError::Local {
+                            repo,
+                            detail: format!("git cat-file: {e}"),
+                        };
+                        Some((Err(error), None))
+                    }
+                }
+            }
+        });
+        Ok(pieces.boxed())
+    }
+}
+
 fn to_gix(oid: ObjectId) -> gix::ObjectId {
     gix::ObjectId::from_bytes_or_panic(oid.as_bytes())
 }
@@ -131,6 +185,19 @@ impl Source for LocalSource {
 
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         self.read_object(oid, gix::object::Kind::Blob).await
+    }
+
+    async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
+        let len = self.blob_size(oid).await?;
+        if len >= STREAM_FROM {
+            match self.cat_file(oid) {
+                Ok(pieces) => return Ok((len, pieces)),
+                // No git on this machine: read it whole after all.
+                Err(e) => tracing::debug!(error = %e, "cannot run git cat-file"),
+            }
+        }
+        let bytes = bytes::Bytes::from(self.fetch_blob(oid).await?);
+        Ok((len, futures::stream::once(async move { Ok(bytes) }).boxed()))
     }
 
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
