@@ -174,7 +174,21 @@ fn default_cache_limit(dir: &Path) -> u64 {
     (stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64) / 10
 }
 
+/// Large buffers straight from the kernel, and back to it when freed. Each FUSE thread of
+/// each mount allocates a zeroed 16 MiB request buffer of which it touches a few pages; once
+/// glibc has raised its mmap threshold (it does after the first large free), such a buffer
+/// comes from a heap arena instead and is zeroed by hand, which makes all 16 MiB resident,
+/// and stays so after the mount is gone.
+fn keep_large_allocations_mapped() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_allocations_mapped();
     let args = Args::parse();
     let (config_path, required) = match &args.config {
         Some(path) => (path.clone(), true),
