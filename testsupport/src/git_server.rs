@@ -68,13 +68,29 @@ impl GitServer {
         Self::start_full(root, true, false, Some(format!("Basic {token}")))
     }
 
+    /// Serves on `addr` (for the `git-http-server` binary: demos and benchmarks).
+    pub fn start_on(addr: SocketAddr, root: &Path, object_info: bool) -> anyhow::Result<GitServer> {
+        Self::start_full_on(addr, root, true, object_info, None)
+    }
+
     fn start_full(
         root: &Path,
         allow_filter: bool,
         object_info: bool,
         required_auth: Option<String>,
     ) -> anyhow::Result<GitServer> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_full_on(loopback, root, allow_filter, object_info, required_auth)
+    }
+
+    fn start_full_on(
+        addr: SocketAddr,
+        root: &Path,
+        allow_filter: bool,
+        object_info: bool,
+        required_auth: Option<String>,
+    ) -> anyhow::Result<GitServer> {
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(GitState {
@@ -91,6 +107,11 @@ impl GitServer {
             state,
             _server: server,
         })
+    }
+
+    /// Serves until the process ends.
+    pub fn wait(self) {
+        self._server.wait();
     }
 
     /// The URL of repository `name` under the root.
