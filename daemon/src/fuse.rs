@@ -391,7 +391,7 @@ impl Filesystem for FuseAdapter {
                     let all = dots.into_iter().chain(
                         entries
                             .iter()
-                            .map(|e| (e.ino, file_type(e.kind), e.name.as_slice())),
+                            .map(|e| (e.ino, file_type(e.kind), e.name.as_ref())),
                     );
                     for (index, (child, kind, name)) in all.enumerate().skip(offset as usize) {
                         let next = index as u64 + 1;
@@ -421,9 +421,12 @@ impl Filesystem for FuseAdapter {
             async move {
                 let entries = fs.readdir(ino.0).await?;
                 let parent = fs.parent_of(ino.0)?;
-                let dots = [(ino.0, b".".to_vec()), (parent, b"..".to_vec())]
-                    .into_iter()
-                    .map(|(dir, name)| (dir, EntryKind::Directory, name));
+                let dots = [
+                    (ino.0, Arc::from(&b"."[..])),
+                    (parent, Arc::from(&b".."[..])),
+                ]
+                .into_iter()
+                .map(|(dir, name)| (dir, EntryKind::Directory, name));
                 let all = dots.chain(entries.into_iter().map(|e| (e.ino, e.kind, e.name)));
                 // An entry whose attributes are not known yet (a size not learnt) goes with
                 // nothing the kernel may keep: it looks the entry up before any use.

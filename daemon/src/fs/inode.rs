@@ -1,7 +1,8 @@
 //! The table of inodes a mount has handed to the kernel. Numbers are assigned when a directory
-//! is first listed and never change or get reused for the mount's life.
+//! is first listed and never change or get reused for the mount's life. A node is kept small
+//! (a tree of a million entries holds a million of them): it holds its name, shared with its
+//! parent's listing, not its path, which is rebuilt from the parents when needed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::object::{EntryKind, ObjectId, TreeEntry};
@@ -10,8 +11,8 @@ pub const ROOT_INO: u64 = 1;
 
 pub struct Node {
     pub parent: u64,
-    /// Repository-relative path, `/`-separated, empty for the root.
-    pub path: String,
+    /// The entry's name in its parent (empty for the root).
+    pub name: Arc<[u8]>,
     pub kind: EntryKind,
     pub oid: ObjectId,
     /// Known size of a file's or symlink's blob.
@@ -23,15 +24,26 @@ pub struct Node {
     pub previous: Option<u64>,
 }
 
-/// A listed directory: entries in tree order, and an index by name.
+/// A listed directory: entries in tree order, and their positions sorted by name (to look
+/// names up without a second copy of them).
 pub struct Listing {
-    pub entries: Vec<(Vec<u8>, u64)>,
-    by_name: HashMap<Vec<u8>, u64>,
+    pub entries: Vec<(Arc<[u8]>, u64)>,
+    by_name: Vec<u32>,
 }
 
 impl Listing {
+    fn new(entries: Vec<(Arc<[u8]>, u64)>) -> Self {
+        let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
+        Listing { entries, by_name }
+    }
+
     pub fn get(&self, name: &[u8]) -> Option<u64> {
-        self.by_name.get(name).copied()
+        let at = self
+            .by_name
+            .binary_search_by(|&i| self.entries[i as usize].0.as_ref().cmp(name))
+            .ok()?;
+        Some(self.entries[self.by_name[at] as usize].1)
     }
 }
 
@@ -45,7 +57,7 @@ impl InodeTable {
         InodeTable {
             nodes: vec![Node {
                 parent: ROOT_INO,
-                path: String::new(),
+                name: Arc::from(&b""[..]),
                 kind: EntryKind::Directory,
                 oid: root_tree,
                 size: None,
@@ -62,7 +74,7 @@ impl InodeTable {
         let root = self.get_mut(ROOT_INO)?;
         let old = Node {
             parent: ROOT_INO,
-            path: String::new(),
+            name: Arc::from(&b""[..]),
             kind: root.kind,
             oid: root.oid,
             size: None,
@@ -90,6 +102,23 @@ impl InodeTable {
         self.nodes.len()
     }
 
+    /// The repository-relative path of `ino`, `/`-separated, empty for the root.
+    pub fn path_of(&self, ino: u64) -> String {
+        let mut names = Vec::new();
+        let mut at = ino;
+        // Bounded: a parent chain never loops, but a bug should not hang a request.
+        for _ in 0..4096 {
+            if at == ROOT_INO {
+                break;
+            }
+            let Some(node) = self.get(at) else { break };
+            names.push(String::from_utf8_lossy(&node.name).into_owned());
+            at = node.parent;
+        }
+        names.reverse();
+        names.join("/")
+    }
+
     /// Records the entries of directory `dir`, giving each a new inode. Does nothing if the
     /// directory is already listed (two fetches raced), so numbers stay stable.
     pub fn add_listing(&mut self, dir: u64, entries: Vec<TreeEntry>) {
@@ -97,20 +126,17 @@ impl InodeTable {
         if parent.listing.is_some() {
             return;
         }
-        let parent_path = parent.path.clone();
         let previous = parent
             .previous
             .and_then(|p| self.get(p))
             .and_then(|p| p.listing.clone());
-        let mut listing = Listing {
-            entries: Vec::with_capacity(entries.len()),
-            by_name: HashMap::with_capacity(entries.len()),
-        };
+        let mut listed = Vec::with_capacity(entries.len());
         for entry in entries {
+            let name: Arc<[u8]> = Arc::from(entry.name);
             // Unchanged since the commit before: the same inode, with all it has loaded.
             let reused = previous
                 .as_ref()
-                .and_then(|old| old.get(&entry.name))
+                .and_then(|old| old.get(&name))
                 .filter(|&old| {
                     self.get(old)
                         .is_some_and(|n| n.oid == entry.oid && n.kind == entry.kind)
@@ -119,28 +145,21 @@ impl InodeTable {
                 if let Some(node) = self.get_mut(ino) {
                     node.parent = dir;
                 }
-                listing.by_name.insert(entry.name.clone(), ino);
-                listing.entries.push((entry.name, ino));
+                listed.push((name, ino));
                 continue;
             }
             // A changed directory remembers its old self, to reuse from it in turn.
             let replaced = previous
                 .as_ref()
-                .and_then(|old| old.get(&entry.name))
+                .and_then(|old| old.get(&name))
                 .filter(|&old| {
                     self.get(old)
                         .is_some_and(|n| n.kind.is_dir() && entry.kind.is_dir())
                 });
             let ino = self.nodes.len() as u64 + 1;
-            let name_text = String::from_utf8_lossy(&entry.name);
-            let path = if parent_path.is_empty() {
-                name_text.into_owned()
-            } else {
-                format!("{parent_path}/{name_text}")
-            };
             self.nodes.push(Node {
                 parent: dir,
-                path,
+                name: name.clone(),
                 kind: entry.kind,
                 oid: entry.oid,
                 size: None,
@@ -148,21 +167,17 @@ impl InodeTable {
                 listing: (entry.kind == EntryKind::Submodule).then(|| Arc::new(Listing::empty())),
                 previous: replaced,
             });
-            listing.by_name.insert(entry.name.clone(), ino);
-            listing.entries.push((entry.name, ino));
+            listed.push((name, ino));
         }
         if let Some(parent) = self.get_mut(dir) {
-            parent.listing = Some(Arc::new(listing));
+            parent.listing = Some(Arc::new(Listing::new(listed)));
         }
     }
 }
 
 impl Listing {
     fn empty() -> Self {
-        Listing {
-            entries: Vec::new(),
-            by_name: HashMap::new(),
-        }
+        Listing::new(Vec::new())
     }
 }
 
@@ -201,7 +216,8 @@ mod tests {
             .unwrap()
             .get(b"main.rs")
             .unwrap();
-        assert_eq!(table.get(main).unwrap().path, "src/main.rs");
+        assert_eq!(table.path_of(main), "src/main.rs");
+        assert_eq!(table.path_of(ROOT_INO), "");
         assert_eq!(table.get(main).unwrap().parent, src);
         // Listing again changes nothing.
         table.add_listing(ROOT_INO, vec![entry("other", EntryKind::File, 9)]);

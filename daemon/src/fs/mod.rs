@@ -82,7 +82,7 @@ pub struct Attr {
 pub struct DirEntry {
     pub ino: u64,
     pub kind: EntryKind,
-    pub name: Vec<u8>,
+    pub name: Arc<[u8]>,
 }
 
 /// What this mount has cost and saved.
@@ -226,7 +226,7 @@ impl MountFs {
                 old.entries
                     .iter()
                     .filter(|(name, ino)| new.get(name) != Some(*ino))
-                    .map(|(name, _)| name.clone())
+                    .map(|(name, _)| name.to_vec())
                     .collect()
             })
             .unwrap_or_default();
@@ -476,7 +476,7 @@ impl MountFs {
         let (path, oid) = {
             let inodes = self.read_inodes();
             let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
-            (node.path.clone(), node.oid)
+            (inodes.path_of(ino), node.oid)
         };
         let this = Arc::clone(self);
         self.flights
@@ -577,8 +577,7 @@ impl MountFs {
                 if this.store.contains(&oid) {
                     return Ok(());
                 }
-                let path = this.read_inodes().get(ino).map(|n| n.path.clone());
-                let path = path.unwrap_or_default();
+                let path = this.read_inodes().path_of(ino);
                 let fetch = this.fetch_blob_to_cache(oid, &path, arrival.as_deref());
                 let limit = this.options.fetch_timeout;
                 let bytes = tokio::time::timeout(limit, fetch)

@@ -196,9 +196,6 @@ impl MountFs {
     }
 
     fn path_of(&self, ino: u64) -> String {
-        self.read_inodes()
-            .get(ino)
-            .map(|n| n.path.clone())
-            .unwrap_or_default()
+        self.read_inodes().path_of(ino)
     }
 }

@@ -93,7 +93,7 @@ async fn lists_stats_and_reads_like_git() {
         .await
         .expect("readdir")
         .into_iter()
-        .map(|e| String::from_utf8(e.name).expect("utf-8"))
+        .map(|e| String::from_utf8(e.name.to_vec()).expect("utf-8"))
         .collect();
     assert!(names.contains(&"README.md".to_string()) && names.contains(&"vendor".to_string()));
 
