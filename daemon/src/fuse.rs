@@ -271,7 +271,12 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "lookup",
             parent.0,
-            async move { fs.lookup(parent.0, &name).await },
+            async move {
+                let attr = fs.lookup(parent.0, &name).await?;
+                // Counted before the kernel hears of it, so its forget never comes first.
+                fs.remember(attr.ino);
+                Ok(attr)
+            },
             move |r| match r {
                 Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(e),
@@ -415,34 +420,49 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let fs = self.fs.clone();
+        let counter = self.fs.clone();
         self.spawn(
             "readdirplus",
             ino.0,
             async move {
-                let entries = fs.readdir(ino.0).await?;
+                let entries = fs.readdir_plus(ino.0).await?;
                 let parent = fs.parent_of(ino.0)?;
-                let dots = [
-                    (ino.0, Arc::from(&b"."[..])),
-                    (parent, Arc::from(&b".."[..])),
-                ]
-                .into_iter()
-                .map(|(dir, name)| (dir, EntryKind::Directory, name));
-                let all = dots.chain(entries.into_iter().map(|e| (e.ino, e.kind, e.name)));
+                let dots = [(ino.0, &b"."[..]), (parent, &b".."[..])].map(|(dir, name)| {
+                    let attr = fs.known_attr(dir);
+                    (dir, EntryKind::Directory, Arc::from(name), attr)
+                });
+                let listed = entries
+                    .into_iter()
+                    .map(|(e, attr)| (e.ino, e.kind, e.name, attr));
                 // An entry whose attributes are not known yet (a size not learnt) goes with
                 // nothing the kernel may keep: it looks the entry up before any use.
-                let plus = all.map(|(child, kind, name)| match fs.known_attr(child) {
-                    Some(attr) => (file_attr(&attr), TTL, name),
-                    None => (placeholder_attr(child, kind), Duration::ZERO, name),
-                });
+                let plus =
+                    dots.into_iter()
+                        .chain(listed)
+                        .map(|(child, kind, name, attr)| match attr {
+                            Some(attr) => (file_attr(&attr), TTL, name),
+                            None => (placeholder_attr(child, kind), Duration::ZERO, name),
+                        });
                 Ok(plus.collect::<Vec<_>>())
             },
             move |r| match r {
                 Ok(all) => {
                     for (index, (attr, ttl, name)) in all.iter().enumerate().skip(offset as usize) {
                         let next = index as u64 + 1;
-                        let name = OsStr::from_bytes(name);
-                        if reply.add(attr.ino, next, name, ttl, attr, Generation(0)) {
+                        if reply.add(
+                            attr.ino,
+                            next,
+                            OsStr::from_bytes(name),
+                            ttl,
+                            attr,
+                            Generation(0),
+                        ) {
                             break;
+                        }
+                        // The kernel takes a lookup of every entry but the dots; counted
+                        // before the reply goes.
+                        if index >= 2 {
+                            counter.remember(attr.ino.0);
                         }
                     }
                     reply.ok();
@@ -450,6 +470,11 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(e),
             },
         );
+    }
+
+    // batch_forget's default hands each node here.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

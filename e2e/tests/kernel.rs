@@ -145,3 +145,43 @@ fn listings_with_attributes_show_exact_sizes() {
     let diffs = megafs_testsupport::compare::differences(archive.path(), &point).expect("compare");
     assert!(diffs.is_empty(), "{diffs:?}");
 }
+
+fn files_in_use(point: &Path) -> u64 {
+    megafs_testsupport::harness::statfs(point)
+        .expect("statfs")
+        .f_files
+}
+
+#[test]
+fn inodes_the_kernel_forgets_are_dropped_and_held_ones_stay() {
+    use std::io::Seek;
+    let world = World::new();
+    let point = world.mount_local("forget", "");
+    let archive = world.archive("HEAD");
+    let walk = |point: &Path| {
+        let diffs = megafs_testsupport::compare::differences(archive.path(), point);
+        assert!(diffs.expect("compare").is_empty());
+    };
+    walk(&point);
+    let held = files_in_use(&point);
+    assert!(held > 20, "{held} inodes after a walk");
+    // An open file keeps its inode (and its parents) through what follows.
+    let mut open = std::fs::File::open(point.join("src/nested/deep/leaf.txt")).expect("open");
+
+    // Dropping the kernel's dentries and inodes makes it forget them.
+    std::fs::write("/proc/sys/vm/drop_caches", "2\n").expect("drop caches");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while files_in_use(&point) > held / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was forgotten"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut text = String::new();
+    open.read_to_string(&mut text).expect("read the held file");
+    assert_eq!(text, "a leaf, deep down\n");
+    open.rewind().expect("rewind");
+    // Everything forgotten comes back on the next look.
+    walk(&point);
+}

@@ -225,8 +225,8 @@ impl MountFs {
             .map(|old| {
                 old.entries
                     .iter()
-                    .filter(|(name, ino)| new.get(name) != Some(*ino))
-                    .map(|(name, _)| name.to_vec())
+                    .filter(|e| new.get(&e.name) != Some(e.ino))
+                    .map(|e| e.name.to_vec())
                     .collect()
             })
             .unwrap_or_default();
@@ -254,6 +254,17 @@ impl MountFs {
         self.read_inodes().len()
     }
 
+    /// The kernel was handed inode `ino` (a lookup, or an entry of a listing with
+    /// attributes). Called before the kernel hears of it, so a forget never comes first.
+    pub fn remember(&self, ino: u64) {
+        self.write_inodes().remember(ino);
+    }
+
+    /// The kernel forgot `count` lookups of `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.write_inodes().forget(ino, count);
+    }
+
     pub async fn getattr(self: &Arc<Self>, ino: u64) -> Result<Attr, FsError> {
         let (kind, parent) = {
             let inodes = self.read_inodes();
@@ -267,8 +278,11 @@ impl MountFs {
     }
 
     pub async fn lookup(self: &Arc<Self>, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
-        let listing = self.listing(parent).await?;
-        let ino = listing.get(name).ok_or(FsError::NotFound)?;
+        self.listing(parent).await?;
+        let ino = self
+            .write_inodes()
+            .node_for(parent, name)
+            .ok_or(FsError::NotFound)?;
         let kind = self.read_inodes().get(ino).map(|n| n.kind);
         if kind.is_some_and(|k| !k.is_dir()) {
             self.ensure_size(parent, ino).await?;
@@ -278,16 +292,35 @@ impl MountFs {
 
     pub async fn readdir(self: &Arc<Self>, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let listing = self.listing(ino).await?;
-        let inodes = self.read_inodes();
         Ok(listing
             .entries
             .iter()
-            .filter_map(|(name, child)| {
-                Some(DirEntry {
-                    ino: *child,
-                    kind: inodes.get(*child)?.kind,
-                    name: name.clone(),
-                })
+            .map(|e| DirEntry {
+                ino: e.ino,
+                kind: e.kind,
+                name: e.name.clone(),
+            })
+            .collect())
+    }
+
+    /// The listing of `ino` with what is known of each entry's attributes, for a listing the
+    /// kernel keeps entries from (readdirplus): every entry gets a node.
+    pub async fn readdir_plus(
+        self: &Arc<Self>,
+        ino: u64,
+    ) -> Result<Vec<(DirEntry, Option<Attr>)>, FsError> {
+        let entries = self.readdir(ino).await?;
+        {
+            let mut inodes = self.write_inodes();
+            for entry in &entries {
+                inodes.node_for(ino, &entry.name);
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let attr = self.known_attr(entry.ino);
+                (entry, attr)
             })
             .collect())
     }
@@ -308,7 +341,7 @@ impl MountFs {
         let size_known = {
             let inodes = self.read_inodes();
             let node = inodes.get(ino)?;
-            node.kind.is_dir() || node.size.is_some() || self.store.known_size(&node.oid).is_some()
+            node.kind.is_dir() || self.store.known_size(&node.oid).is_some()
         };
         if size_known {
             self.attr_of(ino).ok()
@@ -363,7 +396,8 @@ impl MountFs {
     /// The size of file `ino` if it is big enough to be read as it arrives.
     fn streamed_size(&self, ino: u64) -> Option<u64> {
         let min = self.options.stream_min_size?;
-        let size = self.read_inodes().get(ino)?.size?;
+        let oid = self.read_inodes().get(ino)?.oid;
+        let size = self.store.known_size(&oid)?;
         (size >= min).then_some(size)
     }
 
@@ -457,9 +491,7 @@ impl MountFs {
             size: if node.kind.is_dir() {
                 0
             } else {
-                node.size
-                    .or_else(|| self.store.known_size(&node.oid))
-                    .unwrap_or(0)
+                self.store.known_size(&node.oid).unwrap_or(0)
             },
             perm,
             mtime: UNIX_EPOCH + Duration::from_secs(self.snapshot().commit_time.max(0) as u64),
@@ -625,11 +657,8 @@ impl MountFs {
     /// sibling whose size could not be learnt must not fail this one.
     async fn ensure_size(self: &Arc<Self>, dir: u64, ino: u64) -> Result<(), FsError> {
         let result = self.ensure_sizes(dir).await;
-        let known = self
-            .read_inodes()
-            .get(ino)
-            .is_some_and(|n| n.size.is_some());
-        if known {
+        let oid = self.read_inodes().get(ino).map(|n| n.oid);
+        if oid.is_some_and(|oid| self.store.known_size(&oid).is_some()) {
             Ok(())
         } else {
             result
@@ -696,7 +725,7 @@ impl MountFs {
                 }
                 let missing = this.files_without_size(dir)?;
                 let sizes: Vec<_> = stream::iter(missing)
-                    .map(|(ino, oid)| {
+                    .map(|(_, oid)| {
                         let this = this.clone();
                         async move {
                             let size = match this.store.known_size(&oid) {
@@ -704,27 +733,13 @@ impl MountFs {
                                 None => this.source.blob_size(oid).await?,
                             };
                             this.store.record_size(&oid, size);
-                            Ok::<_, FsError>((ino, size))
+                            Ok::<_, FsError>(())
                         }
                     })
                     .buffer_unordered(SIZE_QUERY_PARALLELISM)
                     .collect()
                     .await;
-                let mut inodes = this.write_inodes();
-                let mut first_error = None;
-                for result in sizes {
-                    match result {
-                        Ok((ino, size)) => {
-                            if let Some(node) = inodes.get_mut(ino) {
-                                node.size = Some(size);
-                            }
-                        }
-                        Err(e) => {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                first_error.map_or(Ok(()), Err)
+                sizes.into_iter().collect::<Result<(), FsError>>()
             })
             .await
     }
@@ -733,21 +748,12 @@ impl MountFs {
         let Some(listing) = self.loaded_listing(dir)? else {
             return Ok(Vec::new());
         };
-        let mut inodes = self.write_inodes();
-        let mut missing = Vec::new();
-        for (_, ino) in &listing.entries {
-            let Some(node) = inodes.get_mut(*ino) else {
-                continue;
-            };
-            if node.kind.is_dir() || node.size.is_some() {
-                continue;
-            }
-            match self.store.known_size(&node.oid) {
-                Some(size) => node.size = Some(size),
-                None => missing.push((*ino, node.oid)),
-            }
-        }
-        Ok(missing)
+        Ok(listing
+            .entries
+            .iter()
+            .filter(|e| !e.kind.is_dir() && self.store.known_size(&e.oid).is_none())
+            .map(|e| (e.ino, e.oid))
+            .collect())
     }
 
     fn verified(

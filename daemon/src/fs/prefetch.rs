@@ -87,7 +87,8 @@ impl MountFs {
                     level: 0,
                 });
             } else if seen.first(base) {
-                self.fetch_wanted(vec![(base, self.file_oid(base)?)], progress)
+                let path = self.path_of(base);
+                self.fetch_wanted(vec![(path, self.file_oid(base)?)], progress)
                     .await;
             }
         }
@@ -132,30 +133,37 @@ impl MountFs {
         progress: &PrefetchProgress,
         seen: &Seen,
     ) -> Vec<Dir> {
-        let entries = match self.readdir(dir.ino).await {
-            Ok(entries) => entries,
+        let dir_path = self.path_of(dir.ino);
+        let listing = match self.listing(dir.ino).await {
+            Ok(listing) => listing,
             Err(e) => {
-                let path = self.path_of(dir.ino);
-                warn!(path = %format!("/{path}"), error = %e, "prefetch cannot list a directory");
-                progress.failed(format!("/{path}: {e}"));
+                warn!(path = %format!("/{dir_path}"), error = %e, "prefetch cannot list a directory");
+                progress.failed(format!("/{dir_path}: {e}"));
                 return Vec::new();
             }
         };
         let mut wanted = Vec::new();
         let mut below = Vec::new();
-        for entry in entries {
+        for entry in &listing.entries {
             match entry.kind {
-                EntryKind::Directory if depth == 0 || dir.level + 1 < depth => below.push(Dir {
-                    ino: entry.ino,
-                    level: dir.level + 1,
-                }),
+                EntryKind::Directory if depth == 0 || dir.level + 1 < depth => {
+                    if let Some(ino) = self.write_inodes().node_for(dir.ino, &entry.name) {
+                        below.push(Dir {
+                            ino,
+                            level: dir.level + 1,
+                        });
+                    }
+                }
                 EntryKind::File | EntryKind::Executable | EntryKind::Symlink => {
-                    let path = self.path_of(entry.ino);
+                    let name = String::from_utf8_lossy(&entry.name);
+                    let path = if dir_path.is_empty() {
+                        name.into_owned()
+                    } else {
+                        format!("{dir_path}/{name}")
+                    };
                     let parts: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
                     if patterns.iter().any(|p| p.matches(&parts)) && seen.first(entry.ino) {
-                        if let Ok(oid) = self.file_oid(entry.ino) {
-                            wanted.push((entry.ino, oid));
-                        }
+                        wanted.push((path, entry.oid));
                     }
                 }
                 // Submodules have nothing to fetch; deeper directories are past `depth`.
@@ -167,16 +175,16 @@ impl MountFs {
     }
 
     /// Fetches the files not cached yet, in one batch; counts every one.
-    async fn fetch_wanted(&self, files: Vec<(u64, ObjectId)>, progress: &PrefetchProgress) {
+    async fn fetch_wanted(&self, files: Vec<(String, ObjectId)>, progress: &PrefetchProgress) {
         progress
             .files_total
             .fetch_add(files.len() as u64, Ordering::Relaxed);
         let mut missing = Vec::new();
-        for (ino, oid) in files {
+        for (path, oid) in files {
             if self.store.contains(&oid) {
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
             } else {
-                missing.push((ino, oid));
+                missing.push((path, oid));
             }
         }
         let oids: Vec<ObjectId> = missing.iter().map(|(_, oid)| *oid).collect();
@@ -187,8 +195,11 @@ impl MountFs {
                     progress.bytes_done.fetch_add(len, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    let ino = missing.iter().find(|(_, o)| *o == oid).map(|(i, _)| *i);
-                    let path = ino.map(|i| self.path_of(i)).unwrap_or_default();
+                    let path = missing
+                        .iter()
+                        .find(|(_, o)| *o == oid)
+                        .map(|(p, _)| p.as_str())
+                        .unwrap_or_default();
                     progress.failed(format!("/{path}: {e}"));
                 }
             }
