@@ -205,6 +205,84 @@ fn placeholder_attr(ino: u64, kind: EntryKind) -> FileAttr {
     })
 }
 
+/// Fills a plain listing reply from `offset` on: the dots, then the entries.
+fn fill_listing(
+    mut reply: ReplyDirectory,
+    ino: u64,
+    parent: u64,
+    entries: &[crate::fs::DirEntry],
+    offset: u64,
+) {
+    let dots = [
+        (ino, FileType::Directory, &b"."[..]),
+        (parent, FileType::Directory, &b".."[..]),
+    ];
+    let listed = entries
+        .iter()
+        .map(|e| (e.ino, file_type(e.kind), e.name.as_ref()));
+    for (index, (child, kind, name)) in dots
+        .into_iter()
+        .chain(listed)
+        .enumerate()
+        .skip(offset as usize)
+    {
+        if reply.add(
+            INodeNo(child),
+            index as u64 + 1,
+            kind,
+            OsStr::from_bytes(name),
+        ) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
+/// A listing with attributes: the dots, then the entries. An entry whose attributes are not
+/// known yet (a size not learnt) goes with nothing the kernel may keep: it looks the entry up
+/// before any use.
+fn plus_entries(
+    fs: &MountFs,
+    ino: u64,
+    parent: u64,
+    entries: Vec<(crate::fs::DirEntry, Option<Attr>)>,
+) -> Vec<(FileAttr, Duration, Arc<[u8]>)> {
+    let dots = [(ino, &b"."[..]), (parent, &b".."[..])].map(|(dir, name)| {
+        let attr = fs.known_attr(dir);
+        (dir, EntryKind::Directory, Arc::from(name), attr)
+    });
+    let listed = entries
+        .into_iter()
+        .map(|(e, attr)| (e.ino, e.kind, e.name, attr));
+    dots.into_iter()
+        .chain(listed)
+        .map(|(child, kind, name, attr)| match attr {
+            Some(attr) => (file_attr(&attr), TTL, name),
+            None => (placeholder_attr(child, kind), Duration::ZERO, name),
+        })
+        .collect()
+}
+
+/// Fills a listing-with-attributes reply from `offset` on. The kernel takes a lookup of every
+/// entry but the dots: counted before the reply goes, so a forget never comes first.
+fn fill_plus(
+    mut reply: ReplyDirectoryPlus,
+    all: &[(FileAttr, Duration, Arc<[u8]>)],
+    offset: u64,
+    fs: &MountFs,
+) {
+    for (index, (attr, ttl, name)) in all.iter().enumerate().skip(offset as usize) {
+        let name = OsStr::from_bytes(name);
+        if reply.add(attr.ino, index as u64 + 1, name, ttl, attr, Generation(0)) {
+            break;
+        }
+        if index >= 2 {
+            fs.remember(attr.ino.0);
+        }
+    }
+    reply.ok();
+}
+
 fn file_type(kind: EntryKind) -> FileType {
     match kind {
         EntryKind::Directory | EntryKind::Submodule => FileType::Directory,
@@ -266,6 +344,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // Answered on this thread when everything is loaded: no task, no wait.
+        match self.fs.lookup_loaded(parent.0, name.as_bytes()) {
+            Some(Ok(attr)) => {
+                self.fs.remember(attr.ino);
+                return reply.entry(&TTL, &file_attr(&attr), Generation(0));
+            }
+            Some(Err(e)) => return reply.error(Errno::from_i32(e.errno())),
+            None => {}
+        }
         let fs = self.fs.clone();
         let name = name.as_bytes().to_vec();
         self.spawn(
@@ -285,6 +372,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(attr) = self.fs.known_attr(ino.0) {
+            return reply.attr(&TTL, &file_attr(&attr));
+        }
         let fs = self.fs.clone();
         self.spawn(
             "getattr",
@@ -376,8 +466,13 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
+        if let (Some(entries), Ok(parent)) =
+            (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0))
+        {
+            return fill_listing(reply, ino.0, parent, &entries, offset);
+        }
         let fs = self.fs.clone();
         self.spawn(
             "readdir",
@@ -388,24 +483,7 @@ impl Filesystem for FuseAdapter {
                 Ok((entries, parent))
             },
             move |r| match r {
-                Ok((entries, parent)) => {
-                    let dots = [
-                        (ino.0, FileType::Directory, &b"."[..]),
-                        (parent, FileType::Directory, &b".."[..]),
-                    ];
-                    let all = dots.into_iter().chain(
-                        entries
-                            .iter()
-                            .map(|e| (e.ino, file_type(e.kind), e.name.as_ref())),
-                    );
-                    for (index, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-                        let next = index as u64 + 1;
-                        if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name)) {
-                            break;
-                        }
-                    }
-                    reply.ok();
-                }
+                Ok((entries, parent)) => fill_listing(reply, ino.0, parent, &entries, offset),
                 Err(e) => reply.error(e),
             },
         );
@@ -417,8 +495,14 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
+        if let (Some(entries), Ok(parent)) =
+            (self.fs.readdir_plus_loaded(ino.0), self.fs.parent_of(ino.0))
+        {
+            let all = plus_entries(&self.fs, ino.0, parent, entries);
+            return fill_plus(reply, &all, offset, &self.fs);
+        }
         let fs = self.fs.clone();
         let counter = self.fs.clone();
         self.spawn(
@@ -427,46 +511,10 @@ impl Filesystem for FuseAdapter {
             async move {
                 let entries = fs.readdir_plus(ino.0).await?;
                 let parent = fs.parent_of(ino.0)?;
-                let dots = [(ino.0, &b"."[..]), (parent, &b".."[..])].map(|(dir, name)| {
-                    let attr = fs.known_attr(dir);
-                    (dir, EntryKind::Directory, Arc::from(name), attr)
-                });
-                let listed = entries
-                    .into_iter()
-                    .map(|(e, attr)| (e.ino, e.kind, e.name, attr));
-                // An entry whose attributes are not known yet (a size not learnt) goes with
-                // nothing the kernel may keep: it looks the entry up before any use.
-                let plus =
-                    dots.into_iter()
-                        .chain(listed)
-                        .map(|(child, kind, name, attr)| match attr {
-                            Some(attr) => (file_attr(&attr), TTL, name),
-                            None => (placeholder_attr(child, kind), Duration::ZERO, name),
-                        });
-                Ok(plus.collect::<Vec<_>>())
+                Ok(plus_entries(&fs, ino.0, parent, entries))
             },
             move |r| match r {
-                Ok(all) => {
-                    for (index, (attr, ttl, name)) in all.iter().enumerate().skip(offset as usize) {
-                        let next = index as u64 + 1;
-                        if reply.add(
-                            attr.ino,
-                            next,
-                            OsStr::from_bytes(name),
-                            ttl,
-                            attr,
-                            Generation(0),
-                        ) {
-                            break;
-                        }
-                        // The kernel takes a lookup of every entry but the dots; counted
-                        // before the reply goes.
-                        if index >= 2 {
-                            counter.remember(attr.ino.0);
-                        }
-                    }
-                    reply.ok();
-                }
+                Ok(all) => fill_plus(reply, &all, offset, &counter),
                 Err(e) => reply.error(e),
             },
         );

@@ -292,15 +292,32 @@ impl MountFs {
 
     pub async fn readdir(self: &Arc<Self>, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let listing = self.listing(ino).await?;
-        Ok(listing
-            .entries
-            .iter()
-            .map(|e| DirEntry {
-                ino: e.ino,
-                kind: e.kind,
-                name: e.name.clone(),
-            })
-            .collect())
+        Ok(entries_of(&listing))
+    }
+
+    // Answers from what is loaded, without waiting: None where a fetch (or an error worth
+    // the full path) is needed. Most requests of a walk over a known tree end here.
+
+    pub fn lookup_loaded(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
+        let listing = self.loaded_listing(parent).ok()??;
+        let Some(entry) = listing.entry(name) else {
+            return Some(Err(FsError::NotFound));
+        };
+        if !entry.kind.is_dir() && self.store.known_size(&entry.oid).is_none() {
+            return None;
+        }
+        let ino = self.write_inodes().node_for(parent, name)?;
+        Some(self.attr_of(ino))
+    }
+
+    pub fn readdir_loaded(&self, ino: u64) -> Option<Vec<DirEntry>> {
+        let listing = self.loaded_listing(ino).ok()??;
+        Some(entries_of(&listing))
+    }
+
+    pub fn readdir_plus_loaded(&self, ino: u64) -> Option<Vec<(DirEntry, Option<Attr>)>> {
+        let entries = self.readdir_loaded(ino)?;
+        Some(self.with_attrs(ino, entries))
     }
 
     /// The listing of `ino` with what is known of each entry's attributes, for a listing the
@@ -310,19 +327,24 @@ impl MountFs {
         ino: u64,
     ) -> Result<Vec<(DirEntry, Option<Attr>)>, FsError> {
         let entries = self.readdir(ino).await?;
+        Ok(self.with_attrs(ino, entries))
+    }
+
+    /// Entries of directory `dir` with nodes made for them and their known attributes.
+    fn with_attrs(&self, dir: u64, entries: Vec<DirEntry>) -> Vec<(DirEntry, Option<Attr>)> {
         {
             let mut inodes = self.write_inodes();
             for entry in &entries {
-                inodes.node_for(ino, &entry.name);
+                inodes.node_for(dir, &entry.name);
             }
         }
-        Ok(entries
+        entries
             .into_iter()
             .map(|entry| {
                 let attr = self.known_attr(entry.ino);
                 (entry, attr)
             })
-            .collect())
+            .collect()
     }
 
     /// The blob id of file (or symlink) `ino`.
@@ -824,6 +846,18 @@ async fn resolve_or_remember(
 
 #[cfg(test)]
 mod tests;
+
+fn entries_of(listing: &Listing) -> Vec<DirEntry> {
+    listing
+        .entries
+        .iter()
+        .map(|e| DirEntry {
+            ino: e.ino,
+            kind: e.kind,
+            name: e.name.clone(),
+        })
+        .collect()
+}
 
 /// Fills a buffer of up to `size` bytes by calling `read(buf, filled)` until it is full or
 /// the file ends.
