@@ -227,6 +227,35 @@ impl Config {
             mounts,
         })
     }
+
+    /// What is unsafe about the file as it stands: a password or token in a file that users
+    /// other than its owner may read.
+    pub fn warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(file) = &self.file else {
+            return Vec::new();
+        };
+        let has_secret = self.mounts.iter().any(|m| {
+            m.password.is_some() || url_has_password(&m.repo) || url_has_password(&m.mega_url)
+        });
+        let mode = match std::fs::metadata(file) {
+            Ok(meta) => meta.permissions().mode() & 0o777,
+            Err(_) => return Vec::new(),
+        };
+        if has_secret && mode & 0o044 != 0 {
+            vec![format!(
+                "{} holds a password or token but other users can read it (mode {mode:o}): \
+                 chmod 600 it",
+                file.display()
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+fn url_has_password(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| url.password().is_some())
 }
 
 /// toml reports unknown fields as "unknown field `x`, expected ...".
@@ -509,6 +538,31 @@ options = ["allow_other"]
         assert!(error_of("[daemon]\nstream_min_size = \"huge\"\n")
             .contains(":2: daemon.stream_min_size:"));
         assert!(error_of("this is not toml").contains("megafsd.toml:1"));
+    }
+
+    #[test]
+    fn a_secret_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Config::load(&path, true).expect("valid")
+        };
+        let secret = "[[mount]]\nrepo = \"https://git.example/r.git\"\nmountpoint = \"/m\"\nusername = \"u\"\npassword = \"s3cret\"\n";
+        let warnings = write("open.toml", secret, 0o644).warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("other users can read it (mode 644)"),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("s3cret"));
+        assert!(write("closed.toml", secret, 0o600).warnings().is_empty());
+        let in_url = "[[mount]]\nrepo = \"https://u:tok@git.example/r.git\"\nmountpoint = \"/m\"\n";
+        assert_eq!(write("url.toml", in_url, 0o640).warnings().len(), 1);
+        let plain = "[[mount]]\nrepo = \"https://git.example/r.git\"\nmountpoint = \"/m\"\n";
+        assert!(write("plain.toml", plain, 0o644).warnings().is_empty());
     }
 
     #[test]

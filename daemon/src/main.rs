@@ -218,6 +218,9 @@ fn main() -> ExitCode {
         eprintln!("megafsd: {e:#}");
         return ExitCode::FAILURE;
     }
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("megafsd")
@@ -243,6 +246,9 @@ fn print_check(path: &Path, config: &Config) {
     match &config.file {
         Some(file) => println!("{}: valid", file.display()),
         None => println!("{}: absent, using defaults", path.display()),
+    }
+    for warning in config.warnings() {
+        println!("warning: {warning}");
     }
     if config.mounts.is_empty() {
         println!("no mounts configured");
@@ -388,6 +394,9 @@ async fn wait_for_signals(
                 info!(config = %config_path.display(), "SIGHUP: reloading the configuration");
                 match Config::load(config_path, config_existed) {
                     Ok(config) => {
+                        for warning in config.warnings() {
+                            warn!("{warning}");
+                        }
                         supervisor.apply_config(&config.mounts).await;
                         info!("configuration reloaded (daemon settings take effect at restart)");
                     }
