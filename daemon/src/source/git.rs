@@ -1,8 +1,9 @@
 //! Any git server over smart HTTP, protocol v2, with partial-clone filters: capabilities once,
 //! `ls-refs` to resolve the ref, the commit and all its trees in one `fetch` (`filter
-//! blob:none`, `deepen 1`), then blobs by id: one alone is inflated as it arrives (`blobpack`), several
-//! in a batch come in a pack decoded with gitoxide's pack crate (deltas resolved). See the shared notes' git-protocol-v2 summary and git's
-//! gitprotocol-v2(5).
+//! blob:none`, `deepen 1`), then blobs by id. Every answer is decoded as it arrives
+//! (`fetch_answer`, `pack`, `pack_sinks`): one blob streams to the reader, a batch goes
+//! straight into the cache, a commit and its trees are kept in memory. See the shared notes'
+//! git-protocol-v2 summary and git's gitprotocol-v2(5).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

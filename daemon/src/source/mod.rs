@@ -1,6 +1,7 @@
 //! Where a mount's objects come from. One trait, one implementation per kind of server; the
-//! filesystem never knows which it talks to. Sources return raw bytes; the caller verifies
-//! them against their object id, in one place.
+//! filesystem never knows which it talks to. Sources return raw bytes, which the caller
+//! verifies against their object id; a batch of blobs goes straight into the cache, where the
+//! store keeps each only under the id its bytes hash to.
 
 pub mod delta;
 pub mod fetch_answer;
