@@ -44,6 +44,8 @@ pub struct DaemonConfig {
     pub stream_min_size: Option<Option<u64>>,
     /// Open cached files in FUSE passthrough mode where the kernel allows (default true).
     pub passthrough: Option<bool>,
+    /// Subdirectories of a directory being read whose listings load in the background.
+    pub look_ahead: Option<usize>,
 }
 
 /// A password or token: compared and cloned like a string, never printed.
@@ -104,6 +106,7 @@ struct RawDaemon {
     fetch_timeout: Option<Spanned<toml::Value>>,
     stream_min_size: Option<Spanned<toml::Value>>,
     passthrough: Option<bool>,
+    look_ahead: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +163,7 @@ impl Config {
                 fetch_timeout: None,
                 stream_min_size: None,
                 passthrough: None,
+                look_ahead: None,
             },
             mounts: Vec::new(),
         }
@@ -299,6 +303,7 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         fetch_timeout,
         stream_min_size,
         passthrough: raw.passthrough,
+        look_ahead: raw.look_ahead,
     })
 }
 
@@ -502,6 +507,9 @@ options = ["allow_other"]
         assert_eq!(off.daemon.stream_min_size, Some(None));
         let big = parse("[daemon]\nstream_min_size = \"64M\"\n").expect("64M");
         assert_eq!(big.daemon.stream_min_size, Some(Some(64 << 20)));
+        let ahead = parse("[daemon]\nlook_ahead = 0\n").expect("look_ahead");
+        assert_eq!(ahead.daemon.look_ahead, Some(0));
+        assert!(parse("[daemon]\nlook_ahead = -1\n").is_err());
     }
 
     #[test]

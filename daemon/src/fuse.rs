@@ -238,46 +238,43 @@ fn fill_listing(
     reply.ok();
 }
 
-/// A listing with attributes: the dots, then the entries. An entry whose attributes are not
-/// known yet (a size not learnt) goes with nothing the kernel may keep: it looks the entry up
-/// before any use.
-fn plus_entries(
-    fs: &MountFs,
-    ino: u64,
-    parent: u64,
-    entries: Vec<(crate::fs::DirEntry, Option<Attr>)>,
-) -> Vec<(FileAttr, Duration, Arc<[u8]>)> {
-    let dots = [(ino, &b"."[..]), (parent, &b".."[..])].map(|(dir, name)| {
-        let attr = fs.known_attr(dir);
-        (dir, EntryKind::Directory, Arc::from(name), attr)
-    });
-    let listed = entries
-        .into_iter()
-        .map(|(e, attr)| (e.ino, e.kind, e.name, attr));
-    dots.into_iter()
-        .chain(listed)
-        .map(|(child, kind, name, attr)| match attr {
-            Some(attr) => (file_attr(&attr), TTL, name),
-            None => (placeholder_attr(child, kind), Duration::ZERO, name),
-        })
-        .collect()
-}
-
-/// Fills a listing-with-attributes reply from `offset` on. The kernel takes a lookup of every
-/// entry but the dots: counted before the reply goes, so a forget never comes first.
+/// Fills a listing-with-attributes reply from `offset` on: the dots, then the entries. An
+/// entry whose attributes are not known yet (a size not learnt) goes with nothing the kernel
+/// may keep: it looks the entry up before any use. The kernel takes a lookup of every entry
+/// but the dots: counted before the reply goes, so a forget never comes first.
 fn fill_plus(
     mut reply: ReplyDirectoryPlus,
-    all: &[(FileAttr, Duration, Arc<[u8]>)],
-    offset: u64,
     fs: &MountFs,
+    dir: u64,
+    parent: u64,
+    entries: &[crate::fs::DirEntry],
+    offset: u64,
 ) {
-    for (index, (attr, ttl, name)) in all.iter().enumerate().skip(offset as usize) {
+    let dots = [(dir, &b"."[..]), (parent, &b".."[..])]
+        .map(|(ino, name)| (ino, EntryKind::Directory, name, None));
+    let listed = entries
+        .iter()
+        .map(|e| (e.ino, e.kind, e.name.as_ref(), Some(e)));
+    for (index, (ino, kind, name, entry)) in dots
+        .into_iter()
+        .chain(listed)
+        .enumerate()
+        .skip(offset as usize)
+    {
+        let attr = match entry {
+            Some(entry) => fs.plus_attr(dir, entry),
+            None => fs.known_attr(ino),
+        };
+        let (attr, ttl) = match attr {
+            Some(attr) => (file_attr(&attr), TTL),
+            None => (placeholder_attr(ino, kind), Duration::ZERO),
+        };
         let name = OsStr::from_bytes(name);
-        if reply.add(attr.ino, index as u64 + 1, name, ttl, attr, Generation(0)) {
+        if reply.add(attr.ino, index as u64 + 1, name, &ttl, &attr, Generation(0)) {
             break;
         }
-        if index >= 2 {
-            fs.remember(attr.ino.0);
+        if entry.is_some() {
+            fs.remember(ino);
         }
     }
     reply.ok();
@@ -317,10 +314,7 @@ impl Filesystem for FuseAdapter {
         // lookups in one directory in parallel, and take attributes with listings (adaptively:
         // only where the program goes on to look at them). Kernels without these say no.
         use fuser::InitFlags as F;
-        let wanted = F::FUSE_CACHE_SYMLINKS
-            | F::FUSE_PARALLEL_DIROPS
-            | F::FUSE_DO_READDIRPLUS
-            | F::FUSE_READDIRPLUS_AUTO;
+        let wanted = F::FUSE_CACHE_SYMLINKS | F::FUSE_PARALLEL_DIROPS | F::FUSE_DO_READDIRPLUS;
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!(?unsupported, "kernel lacks some FUSE capabilities");
         }
@@ -336,11 +330,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // A directory's listing is as immutable as its tree: keep it in the page cache.
-        reply.opened(
-            FileHandle(0),
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        // Nothing to open: saying so makes the kernel stop sending opendir and releasedir (two
+        // round trips per directory of a walk) and keep every listing in its page cache, as
+        // FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE would (a listing is as immutable as its tree).
+        reply.error(Errno::ENOSYS);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -498,23 +491,22 @@ impl Filesystem for FuseAdapter {
         reply: ReplyDirectoryPlus,
     ) {
         if let (Some(entries), Ok(parent)) =
-            (self.fs.readdir_plus_loaded(ino.0), self.fs.parent_of(ino.0))
+            (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0))
         {
-            let all = plus_entries(&self.fs, ino.0, parent, entries);
-            return fill_plus(reply, &all, offset, &self.fs);
+            return fill_plus(reply, &self.fs, ino.0, parent, &entries, offset);
         }
         let fs = self.fs.clone();
-        let counter = self.fs.clone();
+        let filler = self.fs.clone();
         self.spawn(
             "readdirplus",
             ino.0,
             async move {
-                let entries = fs.readdir_plus(ino.0).await?;
+                let entries = fs.readdir(ino.0).await?;
                 let parent = fs.parent_of(ino.0)?;
-                Ok(plus_entries(&fs, ino.0, parent, entries))
+                Ok((entries, parent))
             },
             move |r| match r {
-                Ok(all) => fill_plus(reply, &all, offset, &counter),
+                Ok((entries, parent)) => fill_plus(reply, &filler, ino.0, parent, &entries, offset),
                 Err(e) => reply.error(e),
             },
         );

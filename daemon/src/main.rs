@@ -16,7 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{error, info, warn};
 
 use megafsd::config::{Config, SYSTEM_CONFIG};
-use megafsd::fs::{FsOptions, DEFAULT_STREAM_MIN_SIZE};
+use megafsd::fs::{FsOptions, DEFAULT_LOOK_AHEAD, DEFAULT_STREAM_MIN_SIZE};
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
@@ -77,6 +77,7 @@ struct Settings {
     fetch_timeout: Duration,
     stream_min_size: Option<u64>,
     passthrough: bool,
+    look_ahead: usize,
 }
 
 fn is_root() -> bool {
@@ -118,6 +119,7 @@ fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
         cache_max_size,
         stream_min_size,
         passthrough: d.passthrough.unwrap_or(true),
+        look_ahead: d.look_ahead.unwrap_or(DEFAULT_LOOK_AHEAD),
         socket: args
             .socket
             .clone()
@@ -295,6 +297,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     let fs_options = FsOptions {
         fetch_timeout: settings.fetch_timeout,
         stream_min_size: settings.stream_min_size,
+        look_ahead: settings.look_ahead,
     };
     let kernel = KernelOptions {
         passthrough: settings.passthrough,

@@ -8,6 +8,7 @@
 //! rebuilt from the parents when needed.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::object::{EntryKind, ObjectId, TreeEntry};
@@ -43,13 +44,19 @@ pub struct Entry {
 pub struct Listing {
     pub entries: Vec<Entry>,
     by_name: Vec<u32>,
+    /// Its subdirectories' listings were sent for (see `ahead`).
+    pub looked_ahead: AtomicBool,
 }
 
 impl Listing {
     fn new(entries: Vec<Entry>) -> Self {
         let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
         by_name.sort_unstable_by(|&a, &b| entries[a as usize].name.cmp(&entries[b as usize].name));
-        Listing { entries, by_name }
+        Listing {
+            entries,
+            by_name,
+            looked_ahead: AtomicBool::new(false),
+        }
     }
 
     pub fn entry(&self, name: &[u8]) -> Option<&Entry> {

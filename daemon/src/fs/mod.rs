@@ -2,6 +2,7 @@
 //! [`Source`] and the shared [`Store`]. Independent of FUSE: `crate::fuse` adapts it to the
 //! kernel, and tests drive it directly.
 
+mod ahead;
 mod arrival;
 mod error;
 mod flight;
@@ -19,6 +20,8 @@ use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use tracing::{error, info, warn};
 
+use ahead::LookAhead;
+pub use ahead::DEFAULT_LOOK_AHEAD;
 use arrival::{Arrival, Ready};
 pub use error::FsError;
 use flight::Flights;
@@ -50,6 +53,9 @@ pub struct FsOptions {
     pub fetch_timeout: Duration,
     /// Files at least this big are read as they arrive (see `arrival`); None: never.
     pub stream_min_size: Option<u64>,
+    /// Subdirectories of a directory the kernel reads whose listings load in the background
+    /// (see `ahead`); 0: none.
+    pub look_ahead: usize,
 }
 
 impl Default for FsOptions {
@@ -57,6 +63,7 @@ impl Default for FsOptions {
         FsOptions {
             fetch_timeout: Duration::from_secs(600),
             stream_min_size: Some(DEFAULT_STREAM_MIN_SIZE),
+            look_ahead: DEFAULT_LOOK_AHEAD,
         }
     }
 }
@@ -121,6 +128,9 @@ pub struct MountFs {
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
+    ahead: LookAhead,
+    /// Where background work runs: requests may come from threads outside the runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 impl MountFs {
@@ -150,6 +160,8 @@ impl MountFs {
             flights: Flights::new(),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            ahead: LookAhead::new(),
+            runtime: tokio::runtime::Handle::current(),
         });
         if let Some(body) = snapshot.root_body.clone() {
             // Already fetched to resolve; it hashes to root_tree by construction.
@@ -292,6 +304,7 @@ impl MountFs {
 
     pub async fn readdir(self: &Arc<Self>, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let listing = self.listing(ino).await?;
+        self.look_ahead(ino, &listing);
         Ok(entries_of(&listing))
     }
 
@@ -299,7 +312,7 @@ impl MountFs {
     // the full path) is needed. Most requests of a walk over a known tree end here.
 
     pub fn lookup_loaded(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
-        let listing = self.loaded_listing(parent).ok()??;
+        let listing = self.listing_at_hand(parent)?;
         let Some(entry) = listing.entry(name) else {
             return Some(Err(FsError::NotFound));
         };
@@ -310,41 +323,18 @@ impl MountFs {
         Some(self.attr_of(ino))
     }
 
-    pub fn readdir_loaded(&self, ino: u64) -> Option<Vec<DirEntry>> {
-        let listing = self.loaded_listing(ino).ok()??;
+    pub fn readdir_loaded(self: &Arc<Self>, ino: u64) -> Option<Vec<DirEntry>> {
+        let listing = self.listing_at_hand(ino)?;
+        self.look_ahead(ino, &listing);
         Some(entries_of(&listing))
     }
 
-    pub fn readdir_plus_loaded(&self, ino: u64) -> Option<Vec<(DirEntry, Option<Attr>)>> {
-        let entries = self.readdir_loaded(ino)?;
-        Some(self.with_attrs(ino, entries))
-    }
-
-    /// The listing of `ino` with what is known of each entry's attributes, for a listing the
-    /// kernel keeps entries from (readdirplus): every entry gets a node.
-    pub async fn readdir_plus(
-        self: &Arc<Self>,
-        ino: u64,
-    ) -> Result<Vec<(DirEntry, Option<Attr>)>, FsError> {
-        let entries = self.readdir(ino).await?;
-        Ok(self.with_attrs(ino, entries))
-    }
-
-    /// Entries of directory `dir` with nodes made for them and their known attributes.
-    fn with_attrs(&self, dir: u64, entries: Vec<DirEntry>) -> Vec<(DirEntry, Option<Attr>)> {
-        {
-            let mut inodes = self.write_inodes();
-            for entry in &entries {
-                inodes.node_for(dir, &entry.name);
-            }
-        }
-        entries
-            .into_iter()
-            .map(|entry| {
-                let attr = self.known_attr(entry.ino);
-                (entry, attr)
-            })
-            .collect()
+    /// What a listing with attributes (readdirplus) gives for `entry` of directory `dir`: a
+    /// node, as the kernel keeps the entry, and the attributes if known without the source.
+    /// Asked only for the entries a reply takes, not for a whole large directory each time.
+    pub fn plus_attr(&self, dir: u64, entry: &DirEntry) -> Option<Attr> {
+        let ino = self.write_inodes().node_for(dir, &entry.name)?;
+        self.known_attr(ino)
     }
 
     /// The blob id of file (or symlink) `ino`.
@@ -566,6 +556,22 @@ impl MountFs {
             .await?;
         self.loaded_listing(ino)?
             .ok_or_else(|| FsError::Internal(format!("listing of inode {ino} missing")))
+    }
+
+    /// The listing of `ino` if it is loaded or its tree is in the cache: a local read, as a
+    /// native directory would cost, done on the asking thread rather than handed to a task
+    /// (the hand-off cost more than the read on a walk over a cached tree). None where the
+    /// source is needed, or the cached tree does not parse (the full path reports that).
+    fn listing_at_hand(&self, ino: u64) -> Option<Arc<Listing>> {
+        if let Some(listing) = self.loaded_listing(ino).ok()? {
+            return Some(listing);
+        }
+        let oid = self.read_inodes().get(ino)?.oid;
+        let body = self.store.read(&oid).ok()??;
+        let entries = parse_tree(&body).ok()?;
+        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.write_inodes().add_listing(ino, entries);
+        self.loaded_listing(ino).ok()?
     }
 
     fn loaded_listing(&self, ino: u64) -> Result<Option<Arc<Listing>>, FsError> {

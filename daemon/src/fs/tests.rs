@@ -15,7 +15,15 @@ use crate::source::SourceError;
 struct Recording {
     inner: LocalSource,
     blob_fetches: AtomicUsize,
+    /// Paths of the trees fetched, in order.
+    tree_fetches: std::sync::Mutex<Vec<String>>,
     corrupt: AtomicBool,
+}
+
+impl Recording {
+    fn trees_fetched(&self) -> Vec<String> {
+        self.tree_fetches.lock().expect("lock").clone()
+    }
 }
 
 #[async_trait]
@@ -27,6 +35,10 @@ impl Source for Recording {
         self.inner.resolve().await
     }
     async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        self.tree_fetches
+            .lock()
+            .expect("lock")
+            .push(path.to_string());
         self.inner.fetch_tree(path, oid).await
     }
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
@@ -60,6 +72,7 @@ fn setup() -> Setup {
         source: Arc::new(Recording {
             inner,
             blob_fetches: AtomicUsize::new(0),
+            tree_fetches: Default::default(),
             corrupt: AtomicBool::new(false),
         }),
         store,
@@ -67,8 +80,13 @@ fn setup() -> Setup {
 }
 
 async fn mount(s: &Setup, owner: (u32, u32)) -> Arc<MountFs> {
+    mount_with(s, owner, FsOptions::default().look_ahead).await
+}
+
+async fn mount_with(s: &Setup, owner: (u32, u32), look_ahead: usize) -> Arc<MountFs> {
     let options = FsOptions {
         fetch_timeout: std::time::Duration::from_secs(60),
+        look_ahead,
         ..FsOptions::default()
     };
     MountFs::open(s.source.clone(), s.store.clone(), owner, options)
@@ -181,4 +199,60 @@ async fn a_second_mount_reads_from_the_shared_cache() {
         "no second fetch"
     );
     assert_eq!(second.stats().fetched_objects.load(Ordering::Relaxed), 0);
+}
+
+/// Waits until the source has fetched the tree at `path` (background work has no other sign).
+async fn until_tree_fetched(source: &Recording, path: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !source.trees_fetched().iter().any(|p| p == path) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never fetched: {:?}",
+            source.trees_fetched()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn reading_a_directory_loads_its_subdirectories_ahead() {
+    let s = setup();
+    let fs = mount(&s, (0, 0)).await;
+    assert_eq!(
+        s.source.trees_fetched(),
+        [""],
+        "opening lists the root only"
+    );
+    fs.readdir(ROOT_INO).await.expect("readdir");
+    for subdir in ["big", "docs", "many", "src", "vendor"] {
+        until_tree_fetched(&s.source, subdir).await;
+    }
+    // One level only: what the kernel reads next goes one further.
+    assert!(!s.source.trees_fetched().contains(&"src/nested".to_string()));
+    let src = path_ino(&fs, "src").await;
+    fs.readdir(src).await.expect("readdir src");
+    until_tree_fetched(&s.source, "src/nested").await;
+    let fetched = s.source.trees_fetched();
+    assert_eq!(
+        fetched.iter().filter(|p| *p == "src").count(),
+        1,
+        "src was listed from its look-ahead: {fetched:?}"
+    );
+}
+
+#[tokio::test]
+async fn look_ahead_is_bounded_and_can_be_off() {
+    let s = setup();
+    let fs = mount_with(&s, (0, 0), 1).await;
+    fs.readdir(ROOT_INO).await.expect("readdir");
+    until_tree_fetched(&s.source, "big").await;
+    // The bound is applied before anything starts: nothing else can come later.
+    assert_eq!(s.source.trees_fetched(), ["", "big"]);
+
+    let s = setup();
+    let fs = mount_with(&s, (0, 0), 0).await;
+    fs.readdir(ROOT_INO).await.expect("readdir");
+    let src = path_ino(&fs, "src").await;
+    fs.readdir(src).await.expect("readdir src");
+    assert_eq!(s.source.trees_fetched(), ["", "src"]);
 }
