@@ -101,7 +101,18 @@ pub struct PendingObject {
 }
 
 impl PendingObject {
+    /// Refuses bytes beyond the announced length at once: a server sending more than it
+    /// said must not fill the disk before the length is checked at the end.
     pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if self.written + chunk.len() as u64 > self.expected_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "more bytes than the {} announced for this object",
+                    self.expected_len
+                ),
+            ));
+        }
         self.written += chunk.len() as u64;
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(chunk);
@@ -296,6 +307,14 @@ impl Store {
     }
 
     fn begin_as(&self, oid: Option<ObjectId>, len: u64) -> io::Result<PendingObject> {
+        let limit = self.limit();
+        if limit > 0 && len > limit {
+            // It could never stay, and a server's word on a size must not fill the disk.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("an object of {len} bytes is larger than the whole cache ({limit} bytes)"),
+            ));
+        }
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let name = oid.map_or_else(|| "unnamed".to_string(), |oid| oid.to_hex());
         let tmp_path = self.tmp.join(format!("{name}.{}.{n}", std::process::id()));
@@ -640,13 +659,33 @@ mod tests {
             .expect("begin");
         wrong.write(b"another 0ne").expect("write");
         assert!(matches!(store.commit(wrong), Err(CommitError::Corrupt(_))));
-        drop(store.begin(&other, 3).expect("begin"));
+        let mut long = store.begin(&other, 3).expect("begin");
+        long.write(b"abc").expect("as announced");
+        let err = long.write(b"d").expect_err("more than announced");
+        assert!(
+            err.to_string().contains("more bytes than the 3 announced"),
+            "{err}"
+        );
+        drop(long);
         assert!(!store.contains(&other));
         assert_eq!(
             fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
             0,
             "no leftovers"
         );
+    }
+
+    #[test]
+    fn an_object_bigger_than_the_cache_is_refused_before_a_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1000).expect("open");
+        let (oid, _) = blob("x");
+        let err = store.begin(&oid, 1001).err().expect("too big");
+        assert!(
+            err.to_string().contains("larger than the whole cache"),
+            "{err}"
+        );
+        assert!(store.begin(&oid, 1000).is_ok());
     }
 
     #[test]

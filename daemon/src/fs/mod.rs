@@ -30,7 +30,7 @@ use inode::{InodeTable, Listing};
 pub use pattern::Pattern;
 pub use prefetch::PrefetchProgress;
 
-use crate::object::{parse_tree, EntryKind, ObjectId, ObjectKind};
+use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::source::{Snapshot, Source, SourceError};
 use crate::store::{CommitError, Pin, Store};
 
@@ -541,15 +541,17 @@ impl MountFs {
                     }
                     other => other?,
                 };
-                let entries = parse_tree(&body).map_err(|error| {
-                    let server = this.source.describe();
-                    error!(%server, %oid, path = %path, %error, "refusing a malformed tree");
-                    FsError::Corrupt {
-                        what: format!("tree {oid} at /{path}"),
-                        server,
-                        error,
-                    }
-                })?;
+                let entries = parse_tree(&body)
+                    .and_then(|entries| this.no_loop(ino, oid, entries))
+                    .map_err(|error| {
+                        let server = this.source.describe();
+                        error!(%server, %oid, path = %path, %error, "refusing a malformed tree");
+                        FsError::Corrupt {
+                            what: format!("tree {oid} at /{path}"),
+                            server,
+                            error,
+                        }
+                    })?;
                 this.write_inodes().add_listing(ino, entries);
                 Ok(())
             })
@@ -568,10 +570,46 @@ impl MountFs {
         }
         let oid = self.read_inodes().get(ino)?.oid;
         let body = self.store.read(&oid).ok()??;
-        let entries = parse_tree(&body).ok()?;
+        let entries = parse_tree(&body)
+            .and_then(|entries| self.no_loop(ino, oid, entries))
+            .ok()?;
         self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.write_inodes().add_listing(ino, entries);
         self.loaded_listing(ino).ok()?
+    }
+
+    /// Refuses a tree of directory `ino` (tree `oid`) with a subdirectory that is the tree
+    /// itself or one above it: a walk down it would never end. Verified ids make such a tree
+    /// infeasible to forge, so this is a second line, kept because it is cheap.
+    fn no_loop(
+        &self,
+        ino: u64,
+        oid: ObjectId,
+        entries: Vec<TreeEntry>,
+    ) -> Result<Vec<TreeEntry>, ObjectError> {
+        let mut above = vec![oid];
+        {
+            let inodes = self.read_inodes();
+            let mut at = ino;
+            // Bounded like path_of: a parent chain never loops, but a bug must not hang.
+            for _ in 0..4096 {
+                let Some(node) = inodes.get(at).filter(|_| at != ROOT_INO) else {
+                    break;
+                };
+                at = node.parent;
+                above.extend(inodes.get(at).map(|parent| parent.oid));
+            }
+        }
+        match entries
+            .iter()
+            .find(|e| e.kind == EntryKind::Directory && above.contains(&e.oid))
+        {
+            Some(looping) => Err(ObjectError::BadTree(format!(
+                "entry {:?} is this tree or one above it",
+                String::from_utf8_lossy(&looping.name)
+            ))),
+            None => Ok(entries),
+        }
     }
 
     fn loaded_listing(&self, ino: u64) -> Result<Option<Arc<Listing>>, FsError> {

@@ -256,3 +256,31 @@ async fn look_ahead_is_bounded_and_can_be_off() {
     fs.readdir(src).await.expect("readdir src");
     assert_eq!(s.source.trees_fetched(), ["", "src"]);
 }
+
+#[tokio::test]
+async fn a_tree_that_contains_itself_or_a_parent_is_refused() {
+    let s = setup();
+    let fs = mount(&s, (0, 0)).await;
+    let nested = path_ino(&fs, "src/nested").await;
+    let (root_oid, nested_oid) = {
+        let inodes = fs.read_inodes();
+        let oid = |ino| inodes.get(ino).expect("node").oid;
+        (oid(ROOT_INO), oid(nested))
+    };
+    let entry = |oid| TreeEntry {
+        name: b"loop".to_vec(),
+        kind: EntryKind::Directory,
+        oid,
+    };
+    for looping in [nested_oid, root_oid] {
+        let error = fs
+            .no_loop(nested, nested_oid, vec![entry(looping)])
+            .expect_err("loops");
+        assert!(error.to_string().contains("\"loop\""), "{error}");
+    }
+    let deep = path_ino(&fs, "src/nested/deep").await;
+    let deep_oid = fs.read_inodes().get(deep).expect("node").oid;
+    assert!(fs
+        .no_loop(nested, nested_oid, vec![entry(deep_oid)])
+        .is_ok());
+}

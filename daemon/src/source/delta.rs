@@ -11,6 +11,11 @@ pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
         ));
     }
     let (result_len, mut rest) = varint(rest)?;
+    if result_len > super::MAX_IN_MEMORY {
+        return Err(format!(
+            "a delta announces a result of {result_len} bytes, more than is built in memory"
+        ));
+    }
     // The announced size is the server's word: reserve only what is sure to be needed soon.
     let mut out = Vec::with_capacity(result_len.min(1 << 20) as usize);
     while let Some((&op, after)) = rest.split_first() {
@@ -80,6 +85,14 @@ fn copy_field(mut data: &[u8], op: u8, first: u32, count: u32) -> Result<(u64, &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delta_announcing_a_huge_result_is_refused() {
+        // Base of 1 byte; result of 2^40 bytes (varint), then copy instructions would follow.
+        let delta = [1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+        let err = apply(b"x", &delta).expect_err("too big");
+        assert!(err.contains("more than is built in memory"), "{err}");
+    }
 
     #[test]
     fn copies_and_inserts() {

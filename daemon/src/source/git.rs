@@ -19,7 +19,7 @@ use super::http::{self, ATTEMPTS};
 use super::pack::PackSink;
 use super::pack_sinks::{BlobsToStore, ObjectsInMemory, OneBlob};
 use super::pktline::{self, Pkt};
-use super::{ByteStream, Snapshot, Source, SourceError};
+use super::{ByteStream, Snapshot, Source, SourceError, MAX_IN_MEMORY};
 use crate::object::{ObjectId, ObjectKind};
 use crate::store::Store;
 
@@ -108,8 +108,7 @@ impl GitSource {
     async fn request(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
         self.with_retries(what, || async {
             let response = self.attempt(post.clone(), what).await?;
-            let body = response.bytes().await.map_err(|e| self.transport(e))?;
-            Ok(body.to_vec())
+            http::body_within(response, MAX_IN_MEMORY, &self.server, what).await
         })
         .await
     }
@@ -517,7 +516,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The tree and committer time of a raw commit.
-fn parse_commit(body: &[u8]) -> Option<(ObjectId, i64)> {
+pub fn parse_commit(body: &[u8]) -> Option<(ObjectId, i64)> {
     let text = String::from_utf8_lossy(body);
     let mut tree = None;
     let mut time = 0;

@@ -20,6 +20,41 @@ pub fn client(timeout: Duration, connect_timeout: Duration) -> Result<Client, So
         .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))
 }
 
+/// The whole body of `response`, refusing one of more than `limit` bytes, whether announced
+/// (Content-Length) or as it arrives: a server must not make the daemon hold what it likes.
+pub async fn body_within(
+    response: reqwest::Response,
+    limit: u64,
+    server: &str,
+    what: &str,
+) -> Result<Vec<u8>, SourceError> {
+    let too_big = |size: String| SourceError::Server {
+        server: server.to_string(),
+        what: what.to_string(),
+        detail: format!("the answer is {size}, more than the {limit} bytes allowed"),
+    };
+    let announced = response
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(announced) = announced.filter(|&n| n > limit) {
+        return Err(too_big(format!("{announced} bytes")));
+    }
+    let mut body = Vec::new();
+    let mut response = response;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(server, &e))?
+    {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_big("longer".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Parses an http(s) URL of a `what` ("Mega", "git") server.
 pub fn parse_url(url: &str, what: &str) -> Result<Url, SourceError> {
     let parsed = Url::parse(url)
@@ -89,6 +124,28 @@ pub fn redacted(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn response(body: &'static str, announced: Option<u64>) -> reqwest::Response {
+        let mut builder = ::http::Response::builder();
+        if let Some(len) = announced {
+            builder = builder.header("content-length", len);
+        }
+        reqwest::Response::from(builder.body(body).expect("response"))
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_announced_or_not() {
+        let ok = body_within(response("twelve bytes", None), 12, "srv", "x").await;
+        assert_eq!(ok.expect("within"), b"twelve bytes");
+        let long = body_within(response("thirteen byte", None), 12, "srv", "x").await;
+        let err = long.expect_err("longer").to_string();
+        assert!(err.contains("more than the 12 bytes allowed"), "{err}");
+        let announced = body_within(response("", Some(1 << 40)), 12, "srv", "x").await;
+        assert!(announced
+            .expect_err("announced")
+            .to_string()
+            .contains("1099511627776 bytes"));
+    }
 
     #[test]
     fn urls_show_without_passwords() {

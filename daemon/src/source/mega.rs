@@ -11,7 +11,7 @@ use reqwest::{Client, Method, Response, StatusCode};
 use tracing::debug;
 
 use super::http::{self, backoff, redacted, root_cause, ATTEMPTS};
-use super::{ByteStream, Snapshot, Source, SourceError};
+use super::{ByteStream, Snapshot, Source, SourceError, MAX_IN_MEMORY};
 use crate::object::ObjectId;
 
 pub struct MegaSource {
@@ -118,11 +118,13 @@ impl MegaSource {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?
-            .to_vec();
+        let body = http::body_within(
+            response,
+            MAX_IN_MEMORY,
+            &self.server,
+            &http::display_url(url),
+        )
+        .await?;
         Ok(Answer {
             status,
             headers,
@@ -167,16 +169,21 @@ impl MegaSource {
             what: what.clone(),
             detail,
         };
-        let info: LatestCommit =
-            serde_json::from_slice(&body).map_err(|e| bad(format!("unreadable JSON: {e}")))?;
-        let oid = ObjectId::from_hex(&info.oid).map_err(|e| bad(e.to_string()))?;
-        let time = info
-            .date
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| bad(format!("unreadable date {:?}", info.date)))?;
-        Ok((oid, time))
+        parse_latest_commit(&body).map_err(bad)
     }
+}
+
+/// The commit and its time from Mega's `latest-commit` answer.
+pub fn parse_latest_commit(body: &[u8]) -> Result<(ObjectId, i64), String> {
+    let info: LatestCommit =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable JSON: {e}"))?;
+    let oid = ObjectId::from_hex(&info.oid).map_err(|e| e.to_string())?;
+    let time = info
+        .date
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("unreadable date {:?}", info.date))?;
+    Ok((oid, time))
 }
 
 /// A whole HTTP answer.
@@ -337,7 +344,7 @@ pub fn normalize_repo_path(path: &str) -> Result<String, SourceError> {
 }
 
 /// The `err_message` of a Mega JSON error, else the body as text.
-fn error_text(body: &[u8]) -> String {
+pub fn error_text(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct CommonResult {
         err_message: String,

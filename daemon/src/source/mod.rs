@@ -19,6 +19,14 @@ use futures::stream::{BoxStream, StreamExt};
 use crate::object::ObjectId;
 use crate::store::Store;
 
+/// The most one answer of a server may make the daemon hold in memory: a listing, a JSON
+/// answer, a blob fetched whole, an object of a pack kept in memory, a delta's result. Bigger
+/// files stream into the cache instead; a server sending more is refused, not believed.
+pub const MAX_IN_MEMORY: u64 = 256 << 20;
+
+/// The most all objects of one pack kept in memory (a commit and its trees) may take.
+pub const MAX_PACK_IN_MEMORY: u64 = 1 << 30;
+
 /// How many blobs a source without batches fetches at once for a batch.
 const BLOB_PARALLELISM: usize = 8;
 

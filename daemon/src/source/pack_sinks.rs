@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::delta;
 use super::pack::{Entry, EntryKind, PackSink};
+use super::{delta, MAX_IN_MEMORY, MAX_PACK_IN_MEMORY};
 use crate::object::{ObjectId, ObjectKind};
 use crate::store::{PendingObject, Store};
 
@@ -51,6 +51,8 @@ pub struct ObjectsInMemory {
     pub objects: HashMap<ObjectId, (ObjectKind, Vec<u8>)>,
     by_offset: HashMap<u64, ObjectId>,
     current: Option<(Entry, Vec<u8>)>,
+    /// Bytes held so far, against [`MAX_PACK_IN_MEMORY`].
+    held: u64,
 }
 
 impl ObjectsInMemory {
@@ -67,6 +69,12 @@ impl ObjectsInMemory {
 
 impl PackSink for ObjectsInMemory {
     fn begin(&mut self, entry: &Entry) -> Result<(), String> {
+        if entry.size > MAX_IN_MEMORY {
+            return Err(format!(
+                "an object of {} bytes, more than is kept in memory",
+                entry.size
+            ));
+        }
         // The size is the server's word: reserve no more than a little up front.
         let reserve = entry.size.min(1 << 20) as usize;
         self.current = Some((*entry, Vec::with_capacity(reserve)));
@@ -74,6 +82,10 @@ impl PackSink for ObjectsInMemory {
     }
 
     fn data(&mut self, piece: &[u8]) -> Result<(), String> {
+        self.held += piece.len() as u64;
+        if self.held > MAX_PACK_IN_MEMORY {
+            return Err("the pack holds more than is kept in memory".into());
+        }
         if let Some((_, data)) = &mut self.current {
             data.extend_from_slice(piece);
         }
@@ -247,6 +259,14 @@ mod tests {
             (ObjectKind::Tree, b"abcdXYZ01".to_vec())
         );
         assert_eq!(sink.take(&base_id), Some(base));
+        let mut sink = ObjectsInMemory::default();
+        let huge = Entry {
+            offset: 12,
+            kind: EntryKind::Tree,
+            size: MAX_IN_MEMORY + 1,
+        };
+        let err = sink.begin(&huge).expect_err("too big");
+        assert!(err.contains("more than is kept in memory"), "{err}");
         let orphan = pack_of(&[(7, [9u8; 20].to_vec(), b"x".to_vec())]);
         let mut parser = PackParser::default();
         let err = parser.feed(&orphan, &mut ObjectsInMemory::default());
