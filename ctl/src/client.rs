@@ -12,7 +12,7 @@ use crate::Cli;
 pub fn socket_path(cli: &Cli) -> PathBuf {
     cli.socket
         .clone()
-        .unwrap_or_else(megafs_proto::socket::default_socket_path)
+        .unwrap_or_else(megafs_proto::socket::client_socket_path)
 }
 
 pub async fn connect(cli: &Cli) -> anyhow::Result<ControlClient<Channel>> {

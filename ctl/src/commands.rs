@@ -19,7 +19,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             repo,
             git_ref,
             name,
-        } => connect(&cli, repo, git_ref.as_deref(), name.as_deref()).await,
+            allow_other,
+        } => {
+            connect(
+                &cli,
+                repo,
+                git_ref.as_deref(),
+                name.as_deref(),
+                *allow_other,
+            )
+            .await
+        }
         Command::Disconnect { target, force } => disconnect(&cli, target, *force).await,
         Command::Refresh { target } => refresh(&cli, target).await,
         Command::Prefetch {
@@ -143,6 +153,7 @@ async fn connect(
     repo: &str,
     git_ref: Option<&str>,
     name: Option<&str>,
+    allow_other: bool,
 ) -> anyhow::Result<()> {
     let mountpoint = cli
         .mount_point
@@ -164,6 +175,7 @@ async fn connect(
             mountpoint: mountpoint.display().to_string(),
             git_ref: git_ref.unwrap_or_default().to_string(),
             name: name.unwrap_or_default().to_string(),
+            allow_other,
         })
         .await
         .map_err(status_error)?

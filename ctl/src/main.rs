@@ -18,8 +18,9 @@ use clap::{Parser, Subcommand};
     about = "Mount source repositories lazily through megafsd"
 )]
 pub struct Cli {
-    /// The daemon's control socket [default: $MEGAFS_SOCKET, /run/megafs/megafsd.sock for
-    /// root, else $XDG_RUNTIME_DIR/megafs/megafsd.sock]
+    /// The daemon's control socket [default: $MEGAFS_SOCKET; else for root
+    /// /run/megafs/megafsd.sock; else $XDG_RUNTIME_DIR/megafs/megafsd.sock where a per-user
+    /// daemon has one, or the system daemon's where that runs]
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Where to mount (connect).
@@ -50,6 +51,10 @@ enum Command {
         /// Name of the mount [default: the last component of REPO].
         #[arg(long)]
         name: Option<String>,
+        /// Let every user in (permission bits still apply), not only you; for users other
+        /// than root, only where the daemon's configuration allows it (user_allow_other).
+        #[arg(long)]
+        allow_other: bool,
     },
     /// Unmount a mount, named by its name, its mountpoint or its repository.
     Disconnect {

@@ -46,6 +46,20 @@ pub struct DaemonConfig {
     pub passthrough: Option<bool>,
     /// Subdirectories of a directory being read whose listings load in the background.
     pub look_ahead: Option<usize>,
+    /// Where users other than root may mount; empty: anywhere outside system directories.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Whether users other than root may let everyone into their mounts.
+    pub user_allow_other: bool,
+}
+
+impl DaemonConfig {
+    /// What the configuration says about other users' requests on the control socket.
+    pub fn policy(&self) -> crate::access::Policy {
+        crate::access::Policy {
+            allowed_roots: self.allowed_roots.clone(),
+            user_allow_other: self.user_allow_other,
+        }
+    }
 }
 
 /// A password or token: compared and cloned like a string, never printed.
@@ -107,6 +121,8 @@ struct RawDaemon {
     stream_min_size: Option<Spanned<toml::Value>>,
     passthrough: Option<bool>,
     look_ahead: Option<usize>,
+    allowed_roots: Option<Spanned<Vec<PathBuf>>>,
+    user_allow_other: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +180,8 @@ impl Config {
                 stream_min_size: None,
                 passthrough: None,
                 look_ahead: None,
+                allowed_roots: Vec::new(),
+                user_allow_other: false,
             },
             mounts: Vec::new(),
         }
@@ -292,6 +310,16 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         ),
         None => None,
     };
+    let allowed_roots = match raw.allowed_roots {
+        Some(roots) => {
+            if let Some(bad) = roots.get_ref().iter().find(|r| !r.is_absolute()) {
+                let message = format!("{} is not an absolute path", bad.display());
+                return Err(src.error(&roots.span(), "daemon.allowed_roots", message));
+            }
+            roots.into_inner()
+        }
+        None => Vec::new(),
+    };
     Ok(DaemonConfig {
         socket: raw.socket,
         cache_dir: raw.cache_dir,
@@ -304,6 +332,8 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         stream_min_size,
         passthrough: raw.passthrough,
         look_ahead: raw.look_ahead,
+        allowed_roots,
+        user_allow_other: raw.user_allow_other.unwrap_or(false),
     })
 }
 
@@ -507,6 +537,12 @@ options = ["allow_other"]
         assert_eq!(off.daemon.stream_min_size, Some(None));
         let big = parse("[daemon]\nstream_min_size = \"64M\"\n").expect("64M");
         assert_eq!(big.daemon.stream_min_size, Some(Some(64 << 20)));
+        let roots = parse("[daemon]\nallowed_roots = [\"/home\"]\nuser_allow_other = true\n")
+            .expect("roots");
+        assert_eq!(roots.daemon.allowed_roots, [PathBuf::from("/home")]);
+        assert!(roots.daemon.user_allow_other);
+        assert!(error_of("[daemon]\nallowed_roots = [\"home\"]\n")
+            .contains(":2: daemon.allowed_roots: home is not an absolute path"));
         let ahead = parse("[daemon]\nlook_ahead = 0\n").expect("look_ahead");
         assert_eq!(ahead.daemon.look_ahead, Some(0));
         assert!(parse("[daemon]\nlook_ahead = -1\n").is_err());

@@ -62,6 +62,10 @@ struct Args {
     /// Longest a filesystem request or a connect may wait on a server, in seconds.
     #[arg(long)]
     request_timeout: Option<u64>,
+    /// Internal: exit 2 if the mount at this path has no daemon behind it (run by megafsd as
+    /// the mount's owner, whom alone the kernel answers).
+    #[arg(long, hide = true)]
+    probe_mount: Option<PathBuf>,
 }
 
 /// Settings after command line, configuration file and defaults are combined (in that order).
@@ -192,6 +196,14 @@ fn keep_large_allocations_mapped() {
 fn main() -> ExitCode {
     keep_large_allocations_mapped();
     let args = Args::parse();
+    if let Some(point) = &args.probe_mount {
+        let dead = megafsd::mounts::statfs_errno(point) == Some(libc::ENOTCONN);
+        return ExitCode::from(if dead {
+            megafsd::mounts::PROBE_DEAD as u8
+        } else {
+            0
+        });
+    }
     let (config_path, required) = match &args.config {
         Some(path) => (path.clone(), true),
         None => (default_config_path(), false),
@@ -304,6 +316,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
         ..KernelOptions::default()
     };
     let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts, fs_options, kernel));
+    supervisor.set_policy(config.daemon.policy());
     let listener = bind_socket(&settings.socket).await?;
     for stale in megafsd::mounts::clean_stale() {
         warn!(
@@ -362,11 +375,15 @@ fn spawn_background(supervisor: Arc<Supervisor>, store: Arc<Store>) -> tokio::ta
         let tick = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
         let mut interval = tokio::time::interval(tick);
         let mut last_status = String::new();
+        let mut heap = HeapTrim::default();
         loop {
             interval.tick().await;
             supervisor.supervise().await;
             let store = store.clone();
             let _ = tokio::task::spawn_blocking(move || store.evict_to_limit()).await;
+            if heap.due(supervisor.inodes().await) {
+                let _ = tokio::task::spawn_blocking(HeapTrim::trim).await;
+            }
             if watchdog.is_some() && supervisor.is_responsive().await {
                 notify::watchdog();
             }
@@ -377,6 +394,37 @@ fn spawn_background(supervisor: Arc<Supervisor>, store: Arc<Store>) -> tokio::ta
             }
         }
     })
+}
+
+/// When to give freed heap back to the system: glibc keeps what was freed for reuse, so once
+/// the kernel forgets the inodes of a walk over a million entries, the daemon would otherwise
+/// stay at its peak for good.
+#[derive(Default)]
+struct HeapTrim {
+    /// The most inodes held since the last trim.
+    high: usize,
+}
+
+impl HeapTrim {
+    /// Inodes to be dropped before a trim is worth its walk over the heap.
+    const STEP: usize = 100_000;
+
+    fn due(&mut self, inodes: usize) -> bool {
+        self.high = self.high.max(inodes);
+        if self.high - inodes < Self::STEP {
+            return false;
+        }
+        self.high = inodes;
+        true
+    }
+
+    fn trim() {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Runs until SIGTERM or SIGINT; reloads the configuration on SIGHUP.
@@ -400,8 +448,12 @@ async fn wait_for_signals(
                         for warning in config.warnings() {
                             warn!("{warning}");
                         }
+                        supervisor.set_policy(config.daemon.policy());
                         supervisor.apply_config(&config.mounts).await;
-                        info!("configuration reloaded (daemon settings take effect at restart)");
+                        info!(
+                            "configuration reloaded (access rules and mounts now; other daemon \
+                             settings at restart)"
+                        );
                     }
                     Err(e) => error!(error = %e, "invalid configuration; keeping the old one"),
                 }
@@ -437,7 +489,10 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting control socket {}", path.display()))?;
+    // The system daemon's socket is every user's: each request is authorized by the caller's
+    // uid (see `access`). A per-user daemon's is its user's alone.
+    let mode = if is_root() { 0o666 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of control socket {}", path.display()))?;
     Ok(listener)
 }

@@ -80,6 +80,8 @@ pub fn holders(mountpoint: &Path) -> String {
 pub struct MegafsMount {
     pub mountpoint: PathBuf,
     pub name: String,
+    /// The user (and group) whose processes the kernel lets in (`user_id`, `group_id`).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Every FUSE mount whose source names megafs (`megafs:<name>`).
@@ -98,9 +100,16 @@ fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
         return None;
     }
     let name = source.strip_prefix("megafs:")?;
+    let options = right.next().unwrap_or_default();
+    let option = |key: &str| {
+        options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key)?.parse::<u32>().ok())
+    };
     Some(MegafsMount {
         mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
         name: name.to_string(),
+        owner: option("user_id=").zip(option("group_id=")),
     })
 }
 
@@ -108,23 +117,76 @@ fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
 /// kernel never answers from its caches (a stat may be), on a thread with a deadline: a live
 /// but stuck daemon must not hang the caller (it counts as alive).
 pub fn is_dead(mountpoint: &Path) -> bool {
-    let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return false;
-    };
+    let path = mountpoint.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // SAFETY: statvfs fills the struct we own; path is a valid C string.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-        let errno = (rc != 0)
-            .then(|| io::Error::last_os_error().raw_os_error())
-            .flatten();
-        let _ = tx.send(errno);
+        let _ = tx.send(statfs_errno(&path));
     });
-    matches!(
-        rx.recv_timeout(std::time::Duration::from_secs(2)),
-        Ok(Some(libc::ENOTCONN))
-    )
+    matches!(rx.recv_timeout(PROBE_LIMIT), Ok(Some(libc::ENOTCONN)))
+}
+
+/// How long a live but stuck daemon may keep a liveness question waiting.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The exit status of `megafsd --probe-mount` for a mount with no daemon behind it.
+pub const PROBE_DEAD: i32 = 2;
+
+/// The errno of statfs on `path`, if it fails.
+pub fn statfs_errno(path: &Path) -> Option<i32> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we own; c_path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    (rc != 0)
+        .then(|| io::Error::last_os_error().raw_os_error())
+        .flatten()
+}
+
+/// Whether megafs mount `mount` has no daemon behind it. The kernel answers a user's mount
+/// for nobody but that user (anyone else gets an answer made of nothing), so root asks as the
+/// owner, through `megafsd --probe-mount` run as them; another user's mount is not ours to
+/// judge.
+fn is_dead_mount(mount: &MegafsMount) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match mount.owner {
+        Some((uid, gid)) if uid != me => me == 0 && probe_as(&mount.mountpoint, uid, gid),
+        _ => is_dead(&mount.mountpoint),
+    }
+}
+
+/// Runs this program's mount probe as `uid`:`gid` on `point`; true if it found it dead.
+fn probe_as(point: &Path, uid: u32, gid: u32) -> bool {
+    let Ok(program) = std::env::current_exe() else {
+        return false;
+    };
+    let child = Command::new(program)
+        .arg("--probe-mount")
+        .arg(point)
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + PROBE_LIMIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code() == Some(PROBE_DEAD),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => {
+                // Stuck on a live daemon that does not answer: alive, as far as we know.
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
 }
 
 /// Lazily unmounts megafs mounts nobody serves any more (a killed predecessor's), returning
@@ -132,26 +194,115 @@ pub fn is_dead(mountpoint: &Path) -> bool {
 pub fn clean_stale() -> Vec<MegafsMount> {
     let mut cleaned = Vec::new();
     for mount in megafs_mounts().unwrap_or_default() {
-        if is_dead(&mount.mountpoint) && unmount(&mount.mountpoint, true).is_ok() {
+        if is_dead_mount(&mount) && unmount(&mount.mountpoint, true).is_ok() {
             cleaned.push(mount);
         }
     }
     cleaned
 }
 
+/// Sets the read-ahead of the mount at `point` (its backing device's `read_ahead_kb`), so that
+/// sequential reads arrive in requests that large. Needs root. The device comes from the mount
+/// table: a user's mount does not let root stat it.
+pub fn set_read_ahead(point: &Path, kb: u32) -> io::Result<()> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let device = text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let device = fields.nth(2)?;
+            let at = fields.nth(1)?;
+            (Path::new(&unescape_mountinfo(at)) == point).then(|| device.to_string())
+        })
+        .next_back()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the mount table"))?;
+    std::fs::write(
+        format!("/sys/class/bdi/{device}/read_ahead_kb"),
+        kb.to_string(),
+    )
+}
+
+/// Opens directory `path` to mount on (O_PATH). For a user's request no symlink may be on the
+/// way (ELOOP), so the directory opened is the one the path names plainly; the mount then goes
+/// onto this descriptor, never the path again, so swapping a component meanwhile changes
+/// nothing.
+pub fn open_dir(path: &Path, no_symlinks: bool) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let fd = if no_symlinks {
+        // SAFETY: zeroes are a valid open_how (no flags); its fields are then set.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2 reads the path and `how` (of the size given) during the call only.
+        unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            ) as libc::c_int
+        }
+    } else {
+        // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
+        unsafe { libc::open(c_path.as_ptr(), flags) }
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Mounts a read-only FUSE filesystem named `fsname` on directory `dir` (from [`open_dir`])
+/// for `owner`: the kernel lets only that user's processes in, unless `allow_other`. Returns
+/// the /dev/fuse descriptor to serve it from. Needs root.
+pub fn mount_fuse(
+    dir: &OwnedFd,
+    fsname: &str,
+    owner: (u32, u32),
+    allow_other: bool,
+) -> io::Result<OwnedFd> {
+    let invalid = |_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL");
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        device.as_raw_fd(),
+        owner.0,
+        owner.1
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    // The magic link names the directory itself, not a path to it.
+    let target = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(invalid)?;
+    let source = CString::new(fsname).map_err(invalid)?;
+    let data = CString::new(data).map_err(invalid)?;
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: every pointer is a valid NUL-terminated string for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"fuse.megafs".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(device))
+}
+
 /// Mounts a FUSE filesystem at `mountpoint` through the setuid `fusermount3`, as libfuse does
 /// for users who may not mount (or open /dev/fuse) themselves, and returns the /dev/fuse
 /// descriptor it hands back. `options` are fusermount's `-o` options.
-/// Sets the read-ahead of the mount at `point` (its backing device's `read_ahead_kb`), so that
-/// sequential reads arrive in requests that large. Needs root.
-pub fn set_read_ahead(point: &Path, kb: u32) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(point)?.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    std::fs::write(knob, kb.to_string())
-}
-
 pub fn fusermount(mountpoint: &Path, options: &str) -> io::Result<OwnedFd> {
     let (ours, theirs) = UnixStream::pair()?;
     let their_fd = theirs.as_raw_fd();
@@ -302,8 +453,14 @@ mod tests {
             parse_megafs_line(line),
             Some(MegafsMount {
                 mountpoint: PathBuf::from("/tmp/m x"),
-                name: "rg".into()
+                name: "rg".into(),
+                owner: None,
             })
+        );
+        let users = "42 27 0:39 / /m ro - fuse.megafs megafs:a ro,user_id=1001,group_id=100";
+        assert_eq!(
+            parse_megafs_line(users).and_then(|m| m.owner),
+            Some((1001, 100))
         );
         let other = "42 27 0:39 / /home ro - ext4 /dev/sda1 rw";
         assert_eq!(parse_megafs_line(other), None);

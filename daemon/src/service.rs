@@ -12,7 +12,7 @@ use megafs_proto::v1::{
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
 use crate::source::SourceError;
@@ -52,6 +52,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .map(|cred| Caller {
             uid: cred.uid(),
             gid: cred.gid(),
+            pid: cred.pid().unwrap_or(0),
         })
         .ok_or_else(|| Status::permission_denied("cannot identify the caller on the socket"))
 }
@@ -61,6 +62,7 @@ fn to_status(e: SupervisorError) -> Status {
     let message = e.to_string();
     match e {
         E::Invalid(_) => Status::invalid_argument(message),
+        E::Refused(_) => Status::permission_denied(message),
         E::MountpointMissing(_) | E::UnknownMount(_) => Status::not_found(message),
         E::NameInUse(_) | E::AlreadyMounted(_) => Status::already_exists(message),
         E::MountpointNotDir(_) | E::MountpointNotEmpty(_) | E::Busy(_) => {
@@ -79,6 +81,17 @@ fn to_status(e: SupervisorError) -> Status {
         },
         E::Fs(_) | E::Mount { .. } | E::Unmount { .. } => Status::internal(message),
     }
+}
+
+/// The status for `e`; a refusal is logged with who was refused and by which rule.
+fn refused_or(e: SupervisorError, caller: &Caller) -> Status {
+    if let SupervisorError::Refused(refusal) = &e {
+        warn!(
+            uid = caller.uid, pid = caller.pid, rule = %refusal.rule, reason = %refusal.reason,
+            "request refused"
+        );
+    }
+    to_status(e)
 }
 
 fn to_info(s: MountStatus) -> MountInfo {
@@ -110,21 +123,24 @@ impl Control for ControlService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let repo = crate::source::http::display_url(&r.repo);
-        info!(%repo, mountpoint = %r.mountpoint, uid = caller.uid, "connect requested");
+        info!(
+            %repo, mountpoint = %r.mountpoint, uid = caller.uid, gid = caller.gid,
+            pid = caller.pid, "connect requested"
+        );
         let spec = ConnectSpec {
             repo: r.repo,
             mega_url: r.mega_url,
             mountpoint: PathBuf::from(r.mountpoint),
             git_ref: r.git_ref,
             name: r.name,
-            allow_other: false,
+            allow_other: r.allow_other,
             credentials: None,
         };
         let status = self
             .supervisor
             .connect(spec, caller)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| refused_or(e, &caller))?;
         Ok(Response::new(ConnectReply {
             mount: Some(to_info(status)),
         }))
@@ -136,12 +152,15 @@ impl Control for ControlService {
     ) -> Result<Response<DisconnectReply>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        info!(target = %r.target, force = r.force, uid = caller.uid, "disconnect requested");
+        info!(
+            target = %r.target, force = r.force, uid = caller.uid, pid = caller.pid,
+            "disconnect requested"
+        );
         let status = self
             .supervisor
-            .disconnect(&r.target, r.force)
+            .disconnect(&r.target, r.force, caller)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| refused_or(e, &caller))?;
         Ok(Response::new(DisconnectReply {
             mount: Some(to_info(status)),
         }))
@@ -153,9 +172,12 @@ impl Control for ControlService {
     ) -> Result<Response<RefreshReply>, Status> {
         let caller = caller(&request)?;
         let target = request.into_inner().target;
-        info!(%target, uid = caller.uid, "refresh requested");
-        let (previous_commit, status) =
-            self.supervisor.refresh(&target).await.map_err(to_status)?;
+        info!(%target, uid = caller.uid, pid = caller.pid, "refresh requested");
+        let (previous_commit, status) = self
+            .supervisor
+            .refresh(&target, caller)
+            .await
+            .map_err(|e| refused_or(e, &caller))?;
         Ok(Response::new(RefreshReply {
             mount: Some(to_info(status)),
             previous_commit,
@@ -178,9 +200,9 @@ impl Control for ControlService {
             .map_err(Status::invalid_argument)?;
         let fs = self
             .supervisor
-            .mount_fs(&r.target)
+            .mount_fs(&r.target, caller)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| refused_or(e, &caller))?;
         info!(target = %r.target, patterns = ?r.patterns, depth = r.depth, uid = caller.uid, "prefetch requested");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(report_prefetch(fs, patterns, r.depth, tx));
@@ -193,6 +215,12 @@ impl Control for ControlService {
         let caller = caller(&request)?;
         let action = request.into_inner().action();
         let store = self.store.clone();
+        if action != Action::Usage {
+            let access = self.supervisor.access();
+            access
+                .may_change_cache(&caller)
+                .map_err(|e| refused_or(e.into(), &caller))?;
+        }
         let freed = match action {
             Action::Usage => 0,
             Action::Gc => {
@@ -225,8 +253,8 @@ impl Control for ControlService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        caller(&request)?;
-        let mounts = self.supervisor.status().await;
+        let caller = caller(&request)?;
+        let mounts = self.supervisor.status(caller).await;
         Ok(Response::new(StatusReply {
             mounts: mounts.into_iter().map(to_info).collect(),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),

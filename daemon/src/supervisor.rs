@@ -2,7 +2,9 @@
 //! status, and unmounting everything at shutdown.
 
 use std::collections::HashSet;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +13,8 @@ use fuser::{BackgroundSession, MountOption, SessionACL};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+pub use crate::access::Caller;
+use crate::access::{Access, Policy, Refusal};
 use crate::config::MountConfig;
 use crate::fs::{FsError, FsOptions, KernelCache, MountFs};
 use crate::fuse::{FuseAdapter, ReadPath};
@@ -30,7 +34,7 @@ pub struct ConnectSpec {
     pub mountpoint: PathBuf,
     pub git_ref: String,
     pub name: String,
-    /// Let users other than the owner in (configured mounts only, for now).
+    /// Let users other than the owner in (for users, where the configuration allows).
     pub allow_other: bool,
     /// Git server credentials from the configuration.
     pub credentials: Option<Credentials>,
@@ -53,17 +57,12 @@ impl From<&MountConfig> for ConnectSpec {
     }
 }
 
-/// Who asked, from the socket's peer credentials.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
     #[error("mountpoint {0} does not exist (create it first)")]
     MountpointMissing(PathBuf),
     #[error("mountpoint {0} is not a directory")]
@@ -253,6 +252,8 @@ pub struct Supervisor {
     timeouts: Timeouts,
     fs_options: FsOptions,
     kernel: KernelOptions,
+    /// Who may do what; replaced when the configuration is reloaded.
+    access: std::sync::RwLock<Access>,
 }
 
 /// How mounts use the kernel.
@@ -310,7 +311,21 @@ impl Supervisor {
             timeouts,
             fs_options,
             kernel,
+            access: std::sync::RwLock::new(Access::new(Policy::default(), daemon_identity().uid)),
         }
+    }
+
+    /// The access rules the configuration gives (at start, and on every reload).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) =
+            Access::new(policy, daemon_identity().uid);
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A run-time mount, asked for over the socket. It runs to the end as its own task even
@@ -343,12 +358,18 @@ impl Supervisor {
                 "bad mount name {name:?}: give one with --name"
             )));
         }
+        let access = self.access();
+        access.may_mount_repo(&caller, &spec.repo, &spec.mega_url)?;
+        if spec.allow_other {
+            access.may_allow_other(&caller)?;
+        }
         let requested = spec.mountpoint.clone();
-        let mountpoint = tokio::task::spawn_blocking(move || check_mountpoint(&requested))
-            .await
-            .map_err(|e| SupervisorError::Invalid(format!("checking the mountpoint: {e}")))??;
+        let (mountpoint, dir) =
+            tokio::task::spawn_blocking(move || check_mountpoint(&requested, &caller, &access))
+                .await
+                .map_err(|e| SupervisorError::Invalid(format!("checking the mountpoint: {e}")))??;
         self.reserve(&name, &mountpoint, config.is_some()).await?;
-        let result = self.mount(&spec, &name, &mountpoint, caller).await;
+        let result = self.mount(&spec, &name, &mountpoint, dir, caller).await;
         let mut table = self.table.lock().await;
         table.pending_names.remove(&name);
         table.pending_points.remove(&mountpoint);
@@ -397,6 +418,7 @@ impl Supervisor {
         spec: &ConnectSpec,
         name: &str,
         mountpoint: &Path,
+        dir: OwnedFd,
         caller: Caller,
     ) -> Result<MountEntry, SupervisorError> {
         let source = self.make_source(spec)?;
@@ -431,17 +453,17 @@ impl Supervisor {
             MountOption::NoDev,
             MountOption::DefaultPermissions,
         ];
-        // SAFETY: geteuid has no preconditions.
-        if spec.allow_other || caller.uid != unsafe { libc::geteuid() } {
-            // The kernel only lets the mounting user in unless others are allowed; the
-            // permission bits (default_permissions) still apply.
+        if spec.allow_other {
+            // The kernel lets only the owner in unless others are allowed; the permission
+            // bits (default_permissions) still apply.
             config.acl = SessionACL::All;
         }
         let point = mountpoint.to_path_buf();
         let fsname = format!("megafs:{name}");
         let read_ahead_kb = self.kernel.read_ahead_kb;
+        let owner = (caller.uid, caller.gid);
         let session = tokio::task::spawn_blocking(move || {
-            let session = mount_session(adapter, &point, config, &fsname)?;
+            let session = mount_session(adapter, &point, &dir, owner, config, &fsname)?;
             if is_root() {
                 if let Err(e) = mounts::set_read_ahead(&point, read_ahead_kb) {
                     debug!(error = %e, "cannot raise the mount's read-ahead");
@@ -511,7 +533,9 @@ impl Supervisor {
         &self,
         target: &str,
         force: bool,
+        caller: Caller,
     ) -> Result<MountStatus, SupervisorError> {
+        let access = self.access();
         // Resolving a path may touch one of our own mounts: not on an async worker.
         let as_path = PathBuf::from(target);
         let canonical = if as_path.is_absolute() {
@@ -526,6 +550,7 @@ impl Supervisor {
             let mut table = self.table.lock().await;
             if let Some(i) = table.lost.iter().position(|l| l.name == target) {
                 // Forget a lost mount: there is nothing left to unmount.
+                access.may_manage(&caller, target, table.lost[i].owner_uid)?;
                 let lost = table.lost.swap_remove(i);
                 return Ok(MountStatus {
                     state: "unmounted",
@@ -534,6 +559,7 @@ impl Supervisor {
             }
             let index = find_target(&table.mounts, target, canonical.as_deref())?;
             let entry = &table.mounts[index];
+            access.may_manage(&caller, &entry.name, entry.owner_uid)?;
             if !entry.session.guard.is_finished() {
                 let point = entry.mountpoint.clone();
                 tokio::task::spawn_blocking(move || unmount_checked(&point, force))
@@ -543,7 +569,10 @@ impl Supervisor {
             table.mounts.swap_remove(index)
         };
         let status = entry.status();
-        info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), force, "disconnected");
+        info!(
+            mount = %entry.name, mountpoint = %entry.mountpoint.display(), force,
+            uid = caller.uid, pid = caller.pid, "disconnected"
+        );
         // After a lazy unmount the session lives until the last open file closes: never make
         // the caller (or the daemon's exit) wait for that.
         join_session_detached(entry.name.clone(), entry.session);
@@ -554,19 +583,32 @@ impl Supervisor {
     }
 
     /// The filesystem of a mount, for work on it that is not the supervisor's (prefetch).
-    pub async fn mount_fs(&self, target: &str) -> Result<Arc<MountFs>, SupervisorError> {
+    pub async fn mount_fs(
+        &self,
+        target: &str,
+        caller: Caller,
+    ) -> Result<Arc<MountFs>, SupervisorError> {
         let table = self.table.lock().await;
         let index = find_target(&table.mounts, target, None)?;
-        Ok(table.mounts[index].fs.clone())
+        let entry = &table.mounts[index];
+        self.access()
+            .may_manage(&caller, &entry.name, entry.owner_uid)?;
+        Ok(entry.fs.clone())
     }
 
     /// Moves a mount to the newest commit of what it follows; returns the commit before and
     /// the mount as it is now.
-    pub async fn refresh(&self, target: &str) -> Result<(String, MountStatus), SupervisorError> {
+    pub async fn refresh(
+        &self,
+        target: &str,
+        caller: Caller,
+    ) -> Result<(String, MountStatus), SupervisorError> {
         let (fs, notifier, refreshed_at) = {
             let table = self.table.lock().await;
             let index = find_target(&table.mounts, target, None)?;
             let entry = &table.mounts[index];
+            self.access()
+                .may_manage(&caller, &entry.name, entry.owner_uid)?;
             (
                 entry.fs.clone(),
                 entry.notifier.clone(),
@@ -589,11 +631,14 @@ impl Supervisor {
         Ok((before, table.mounts[index].status()))
     }
 
-    pub async fn status(&self) -> Vec<MountStatus> {
+    /// Every mount `caller` may see: all of them for root, a user's own for a user.
+    pub async fn status(&self, caller: Caller) -> Vec<MountStatus> {
+        let access = self.access();
         let table = self.table.lock().await;
         let mut all: Vec<_> = table.mounts.iter().map(MountEntry::status).collect();
         all.extend(table.retrying.iter().map(Retrying::status));
         all.extend(table.lost.iter().cloned());
+        all.retain(|m| access.may_manage(&caller, &m.name, m.owner_uid).is_ok());
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -723,6 +768,12 @@ impl Supervisor {
     }
 
     /// One line for systemd's STATUS=, e.g. "2 mounts ready, 1 retrying: rg (server unreachable)".
+    /// Inodes the daemon holds, over every mount.
+    pub async fn inodes(&self) -> usize {
+        let table = self.table.lock().await;
+        table.mounts.iter().map(|m| m.fs.inode_count()).sum()
+    }
+
     pub async fn summary(&self) -> String {
         let table = self.table.lock().await;
         let mut text = format!(
@@ -827,6 +878,7 @@ fn daemon_identity() -> Caller {
         Caller {
             uid: libc::getuid(),
             gid: libc::getgid(),
+            pid: 0,
         }
     }
 }
@@ -883,12 +935,21 @@ fn is_root() -> bool {
 fn mount_session(
     adapter: FuseAdapter,
     point: &Path,
+    dir: &OwnedFd,
+    owner: (u32, u32),
     config: fuser::Config,
     fsname: &str,
 ) -> std::io::Result<BackgroundSession> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return fuser::spawn_mount(adapter, point, &config);
+    if is_root() {
+        // Onto the directory checked, for its owner: the kernel keeps everyone else out
+        // (unless allowed), so fuser need not check callers itself.
+        let allow_other = config.acl != SessionACL::Owner;
+        let fd = mounts::mount_fuse(dir, fsname, owner, allow_other)?;
+        return fuser::Session::from_fd(adapter, fd, SessionACL::All, config)
+            .and_then(|session| session.spawn())
+            .inspect_err(|_| {
+                let _ = mounts::unmount(point, true);
+            });
     }
     let mut options = format!("ro,nosuid,nodev,default_permissions,fsname={fsname},subtype=megafs");
     if config.acl != SessionACL::Owner {
@@ -979,42 +1040,52 @@ async fn join_session(session: BackgroundSession) {
     }
 }
 
-/// An existing, empty directory that is not already a mount point, as an absolute path.
-fn check_mountpoint(path: &Path) -> Result<PathBuf, SupervisorError> {
+/// Checks and opens a mountpoint for `caller`: an existing, empty directory, not a mount point,
+/// that the access rules let `caller` use. Returns its real path and a descriptor of it, which
+/// the mount goes onto (so what was checked is what gets mounted on).
+fn check_mountpoint(
+    path: &Path,
+    caller: &Caller,
+    access: &Access,
+) -> Result<(PathBuf, OwnedFd), SupervisorError> {
     if !path.is_absolute() {
         return Err(SupervisorError::Invalid(format!(
             "mountpoint {} must be an absolute path",
             path.display()
         )));
     }
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SupervisorError::MountpointMissing(path.to_path_buf()))
-        }
-        Err(e) => {
-            return Err(SupervisorError::Invalid(format!(
-                "cannot use mountpoint {}: {e}",
+    let plain = access.check_mountpoint_path(caller, path)?;
+    let admin = access.is_admin(caller);
+    let dir = mounts::open_dir(&plain, !admin).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => SupervisorError::MountpointMissing(path.to_path_buf()),
+        Some(libc::ENOTDIR) => SupervisorError::MountpointNotDir(path.to_path_buf()),
+        Some(libc::ELOOP) if !admin => SupervisorError::Refused(Refusal {
+            rule: "no-symlinks",
+            reason: format!(
+                "{} has a symlink on the way; give the path it leads to",
                 path.display()
-            )))
-        }
-    };
-    if !meta.is_dir() {
-        return Err(SupervisorError::MountpointNotDir(path.to_path_buf()));
-    }
-    let canonical = std::fs::canonicalize(path).map_err(|e| {
+            ),
+        }),
+        _ => SupervisorError::Invalid(format!("cannot use mountpoint {}: {e}", path.display())),
+    })?;
+    let via_fd = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let meta = std::fs::metadata(&via_fd).map_err(|e| {
+        SupervisorError::Invalid(format!("cannot use mountpoint {}: {e}", path.display()))
+    })?;
+    access.check_mountpoint_owner(caller, &plain, meta.uid(), meta.mode())?;
+    let canonical = std::fs::read_link(&via_fd).map_err(|e| {
         SupervisorError::Invalid(format!("cannot resolve mountpoint {}: {e}", path.display()))
     })?;
     if mounts::is_mount_point(&canonical) {
         return Err(SupervisorError::AlreadyMounted(canonical));
     }
-    let mut entries = std::fs::read_dir(&canonical).map_err(|e| {
+    let mut entries = std::fs::read_dir(&via_fd).map_err(|e| {
         SupervisorError::Invalid(format!("cannot read mountpoint {}: {e}", path.display()))
     })?;
     if entries.next().is_some() {
         return Err(SupervisorError::MountpointNotEmpty(canonical));
     }
-    Ok(canonical)
+    Ok((canonical, dir))
 }
 
 #[cfg(test)]
@@ -1030,31 +1101,38 @@ mod tests {
 
     #[test]
     fn mountpoint_checks() {
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        };
+        let access = Access::new(Policy::default(), 0);
+        let check = |path: &Path| check_mountpoint(path, &root, &access);
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("missing");
         assert!(matches!(
-            check_mountpoint(&missing),
+            check(&missing),
             Err(SupervisorError::MountpointMissing(_))
         ));
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").expect("write");
         assert!(matches!(
-            check_mountpoint(&file),
+            check(&file),
             Err(SupervisorError::MountpointNotDir(_))
         ));
         assert!(matches!(
-            check_mountpoint(dir.path()),
+            check(dir.path()),
             Err(SupervisorError::MountpointNotEmpty(_))
         ));
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).expect("mkdir");
-        assert!(check_mountpoint(&empty).is_ok());
+        assert!(check(&empty).is_ok());
         assert!(matches!(
-            check_mountpoint(Path::new("relative")),
+            check(Path::new("relative")),
             Err(SupervisorError::Invalid(_))
         ));
         assert!(matches!(
-            check_mountpoint(Path::new("/proc")),
+            check(Path::new("/proc")),
             Err(SupervisorError::AlreadyMounted(_) | SupervisorError::MountpointNotEmpty(_))
         ));
     }

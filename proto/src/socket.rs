@@ -30,6 +30,18 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// The socket a client uses when none is given: as [`default_socket_path`], except that a user
+/// with no per-user daemon's socket of their own uses the system daemon's where there is one
+/// (it serves every user, authorizing each request).
+pub fn client_socket_path() -> PathBuf {
+    let own = default_socket_path();
+    let system = Path::new(SYSTEM_SOCKET);
+    if own.as_path() != system && !own.exists() && system.exists() {
+        return system.to_path_buf();
+    }
+    own
+}
+
 /// Opens a gRPC channel to the daemon listening on `path`. Fails at once (no retries) when
 /// nothing listens there, so callers can tell "daemon not running" from other errors.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {

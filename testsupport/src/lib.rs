@@ -7,6 +7,7 @@ pub mod compare;
 pub mod fixture;
 pub mod git_server;
 pub mod harness;
+pub mod hostile;
 pub mod mega_server;
 
 pub use mega_server::{DevServer, Faults, ServedRepo};

@@ -172,6 +172,11 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(count);
         if node.lookups == 0 && ino != ROOT_INO {
             self.drop_unused(ino);
+            // A map keeps its peak capacity: after a big walk is forgotten, give it back
+            // (rarely: only once it is mostly empty, so the rehash is paid for).
+            if self.nodes.capacity() > 4 * self.nodes.len() + 1024 {
+                self.nodes.shrink_to_fit();
+            }
         }
     }
 
