@@ -227,28 +227,66 @@ pub fn set_read_ahead(point: &Path, kb: u32) -> io::Result<()> {
 /// onto this descriptor, never the path again, so swapping a component meanwhile changes
 /// nothing.
 pub fn open_dir(path: &Path, no_symlinks: bool) -> io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-    let fd = if no_symlinks {
-        // SAFETY: zeroes are a valid open_how (no flags); its fields are then set.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = flags as u64;
-        how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: openat2 reads the path and `how` (of the size given) during the call only.
-        unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                libc::AT_FDCWD,
-                c_path.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            ) as libc::c_int
-        }
-    } else {
-        // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
-        unsafe { libc::open(c_path.as_ptr(), flags) }
+    if no_symlinks {
+        return open_dir_step_by_step(path);
+    }
+    let c_path = c_string(path.as_os_str().as_bytes())?;
+    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
     };
+    owned(fd)
+}
+
+/// Walks `path` from `/` one component at a time, each opened without following a symlink
+/// (openat2's RESOLVE_NO_SYMLINKS would do the same, but seccomp filters, systemd-nspawn's
+/// among them, may not know it). Only plain components: `..` is refused before this.
+fn open_dir_step_by_step(path: &Path) -> io::Result<OwnedFd> {
+    // SAFETY: a constant, valid C string.
+    let mut dir = owned(unsafe {
+        libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    for component in path.components() {
+        let name = match component {
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            std::path::Component::Normal(name) => c_string(name.as_bytes())?,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        // SAFETY: dir is an open descriptor and name a valid C string, both for the call.
+        let next = owned(unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fstat fills the struct we own from a descriptor we own.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(next.as_raw_fd(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        match stat.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => dir = next,
+            libc::S_IFLNK => return Err(io::Error::from_raw_os_error(libc::ELOOP)),
+            _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        }
+    }
+    Ok(dir)
+}
+
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// A descriptor just returned by a call, or the call's error.
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -466,6 +504,29 @@ mod tests {
         assert_eq!(parse_megafs_line(other), None);
         let sshfs = "42 27 0:39 / /mnt ro - fuse.sshfs host:/ rw";
         assert_eq!(parse_megafs_line(sshfs), None);
+    }
+
+    #[test]
+    fn directories_open_without_symlinks_on_the_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).expect("symlink");
+        std::fs::write(dir.path().join("file"), b"x").expect("write");
+        let errno = |p: &str| {
+            open_dir(&dir.path().join(p), true)
+                .err()
+                .and_then(|e| e.raw_os_error())
+        };
+        assert!(open_dir(&real, true).is_ok());
+        assert_eq!(errno("link"), Some(libc::ELOOP));
+        assert_eq!(errno("link/."), Some(libc::ELOOP));
+        assert_eq!(errno("file"), Some(libc::ENOTDIR));
+        assert_eq!(errno("missing"), Some(libc::ENOENT));
+        assert!(
+            open_dir(&dir.path().join("link"), false).is_ok(),
+            "root's way follows"
+        );
     }
 
     #[test]

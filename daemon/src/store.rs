@@ -78,6 +78,8 @@ pub struct Store {
     objects: PathBuf,
     /// What each source last resolved to, for mounting while it is unreachable.
     snapshots: PathBuf,
+    /// Per root tree, the trees its mounts listed, in order (see `fs::recall`).
+    listings: PathBuf,
     tmp: PathBuf,
     index: Mutex<Index>,
     sizes_log: Mutex<File>,
@@ -176,7 +178,8 @@ impl Store {
         let objects = dir.join("objects");
         let tmp = dir.join("tmp");
         let snapshots = dir.join("snapshots");
-        for d in [&objects, &tmp, &snapshots] {
+        let listings = dir.join("listings");
+        for d in [&objects, &tmp, &snapshots, &listings] {
             fs::create_dir_all(d).map_err(err(d))?;
         }
         if let Ok(leftovers) = fs::read_dir(&tmp) {
@@ -198,6 +201,7 @@ impl Store {
         Ok(Store {
             objects,
             snapshots,
+            listings,
             tmp,
             index: Mutex::new(index),
             sizes_log: Mutex::new(sizes_log),
@@ -448,6 +452,11 @@ impl Store {
     }
 
     /// Removes every unpinned object. Returns bytes freed.
+    /// Where the trees listed under root tree `root` are recorded.
+    pub fn listings_record(&self, root: &ObjectId) -> PathBuf {
+        self.listings.join(root.to_hex())
+    }
+
     pub fn clear(&self) -> u64 {
         self.evict_down_to(0)
     }

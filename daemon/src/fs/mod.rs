@@ -9,6 +9,7 @@ mod flight;
 mod inode;
 mod pattern;
 mod prefetch;
+mod recall;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -29,6 +30,7 @@ pub use inode::ROOT_INO;
 use inode::{InodeTable, Listing};
 pub use pattern::Pattern;
 pub use prefetch::PrefetchProgress;
+use recall::Recall;
 
 use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::source::{Snapshot, Source, SourceError};
@@ -129,6 +131,8 @@ pub struct MountFs {
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
     ahead: LookAhead,
+    /// The trees earlier mounts of this commit listed, and this one's record of them.
+    recall: Recall,
     /// Where background work runs: requests may come from threads outside the runtime.
     runtime: tokio::runtime::Handle,
 }
@@ -142,6 +146,7 @@ impl MountFs {
         options: FsOptions,
     ) -> Result<Arc<MountFs>, FsError> {
         let (snapshot, offline) = resolve_or_remember(source.as_ref(), &store).await?;
+        let recall = Recall::open(&store, &snapshot.root_tree);
         let fs = Arc::new(MountFs {
             offline: std::sync::atomic::AtomicBool::new(offline),
             options,
@@ -161,6 +166,7 @@ impl MountFs {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             ahead: LookAhead::new(),
+            recall,
             runtime: tokio::runtime::Handle::current(),
         });
         if let Some(body) = snapshot.root_body.clone() {
@@ -304,7 +310,7 @@ impl MountFs {
 
     pub async fn readdir(self: &Arc<Self>, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let listing = self.listing(ino).await?;
-        self.look_ahead(ino, &listing);
+        self.after_kernel_read(ino, &listing);
         Ok(entries_of(&listing))
     }
 
@@ -325,7 +331,7 @@ impl MountFs {
 
     pub fn readdir_loaded(self: &Arc<Self>, ino: u64) -> Option<Vec<DirEntry>> {
         let listing = self.listing_at_hand(ino)?;
-        self.look_ahead(ino, &listing);
+        self.after_kernel_read(ino, &listing);
         Some(entries_of(&listing))
     }
 
@@ -553,11 +559,21 @@ impl MountFs {
                         }
                     })?;
                 this.write_inodes().add_listing(ino, entries);
+                this.recall.record(&oid);
                 Ok(())
             })
             .await?;
         self.loaded_listing(ino)?
             .ok_or_else(|| FsError::Internal(format!("listing of inode {ino} missing")))
+    }
+
+    /// What the kernel reading directory `ino` sets going: its subdirectories' listings, and
+    /// for the root, the trees earlier mounts of this commit listed.
+    fn after_kernel_read(self: &Arc<Self>, ino: u64, listing: &Listing) {
+        if ino == ROOT_INO {
+            self.recall_listings();
+        }
+        self.look_ahead(ino, listing);
     }
 
     /// The listing of `ino` if it is loaded or its tree is in the cache: a local read, as a
@@ -575,6 +591,7 @@ impl MountFs {
             .ok()?;
         self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.write_inodes().add_listing(ino, entries);
+        self.recall.record(&oid);
         self.loaded_listing(ino).ok()?
     }
 

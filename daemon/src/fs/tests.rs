@@ -284,3 +284,30 @@ async fn a_tree_that_contains_itself_or_a_parent_is_refused() {
         .no_loop(nested, nested_oid, vec![entry(deep_oid)])
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_later_mount_of_the_commit_recalls_what_earlier_ones_listed() {
+    let s = setup();
+    let first = mount_with(&s, (0, 0), 0).await;
+    for path in ["src", "src/nested", "docs"] {
+        let ino = path_ino(&first, path).await;
+        first.readdir(ino).await.expect(path);
+    }
+    let root = first.snapshot().root_tree;
+    let record_path = s.store.listings_record(&root);
+    let record = std::fs::read(&record_path).expect("a record");
+    assert_eq!(record.len(), 4 * 20, "the root and three directories");
+    assert_eq!(&record[..20], root.as_bytes(), "in the order listed");
+
+    let second = mount_with(&s, (0, 0), 0).await;
+    second.readdir(ROOT_INO).await.expect("readdir");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while second.recall.recalled.load(Ordering::Relaxed) < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "never recalled");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Listing them again records nothing twice.
+    let nested = path_ino(&second, "src/nested").await;
+    second.readdir(nested).await.expect("readdir");
+    assert_eq!(std::fs::read(&record_path).expect("record").len(), 4 * 20);
+}
