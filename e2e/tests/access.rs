@@ -92,24 +92,36 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `connect` of the fixture from the dev Mega server as `user` onto `point`.
-fn connect_as(world: &World, user: &User, point: &Path, name: &str) -> Output {
+/// `connect` of the fixture from the dev Mega server as `user` onto `point`, with `extra`
+/// arguments.
+fn connect_as(world: &World, user: &User, point: &Path, extra: &[&str]) -> Output {
     world.daemon.mountpoint_registered(point);
     let url = world.server.url();
-    ctl_as(
+    let mut args = vec![
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &url,
+        "--mount-point",
+        path_str(point),
+    ];
+    args.extend_from_slice(extra);
+    ctl_as(user, &world.daemon, &args)
+}
+
+/// `user` reads the fixture's README.md in the mount at `point`.
+fn assert_reads_readme(user: &User, point: &Path) {
+    let cat = run_as(
         user,
-        &world.daemon,
-        &[
-            "connect",
-            MEGA_REPO,
-            "--mega-url",
-            &url,
-            "--mount-point",
-            path_str(point),
-            "--name",
-            name,
-        ],
-    )
+        Path::new("/bin/cat"),
+        &[path_str(&point.join("README.md"))],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "fixture v2\n",
+        "{}",
+        stderr(&cat)
+    );
 }
 
 /// Expects `out` to have failed with a refusal by `rule`; returns its message.
@@ -153,7 +165,7 @@ fn a_user_mounts_their_own_directory_and_nobody_else_gets_in() {
     let point = alice.home.join("mnt");
     std::fs::create_dir(&point).expect("mkdir");
     chown(&point, alice.uid, alice.gid);
-    let out = connect_as(&world, &alice, &point, "alices");
+    let out = connect_as(&world, &alice, &point, &["--name", "alices"]);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -164,17 +176,7 @@ fn a_user_mounts_their_own_directory_and_nobody_else_gets_in() {
     // Alice's files, readable by her alone: the kernel keeps everyone else out.
     let meta = std::fs::symlink_metadata(point.join("README.md"));
     assert!(meta.is_err(), "not even root looks inside a user's mount");
-    let cat = run_as(
-        &alice,
-        Path::new("/bin/cat"),
-        &[path_str(&point.join("README.md"))],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
-        "fixture v2\n",
-        "{}",
-        stderr(&cat)
-    );
+    assert_reads_readme(&alice, &point);
     let ls = run_as(
         &alice,
         Path::new("/usr/bin/stat"),
@@ -245,7 +247,7 @@ fn mountpoints_a_user_may_not_use_are_refused_by_name() {
     let alice = user("megafs-alice", base.path());
     let bob = user("megafs-bob", base.path());
     let world = world("");
-    let try_at = |point: &Path| connect_as(&world, &alice, point, "m");
+    let try_at = |point: &Path| connect_as(&world, &alice, point, &[]);
 
     let msg = refused(&try_at(Path::new("/etc")), "system-directory");
     assert!(msg.contains("/etc"), "{msg}");
@@ -296,19 +298,7 @@ fn mountpoints_a_user_may_not_use_are_refused_by_name() {
         "local-repository",
     );
     // Letting others in, and the shared cache, are not hers to decide.
-    let out = ctl_as(
-        &alice,
-        &world.daemon,
-        &[
-            "connect",
-            MEGA_REPO,
-            "--mega-url",
-            &world.server.url(),
-            "--mount-point",
-            path_str(&mine),
-            "--allow-other",
-        ],
-    );
+    let out = connect_as(&world, &alice, &mine, &["--allow-other"]);
     refused(&out, "allow-other");
     refused(
         &ctl_as(&alice, &world.daemon, &["cache", "clear"]),
@@ -339,10 +329,7 @@ fn the_configuration_sets_allowed_roots_and_lets_users_share() {
     let outside = alice.home.join("outside");
     std::fs::create_dir(&outside).expect("mkdir");
     chown(&outside, alice.uid, alice.gid);
-    let msg = refused(
-        &connect_as(&world, &alice, &outside, "out"),
-        "allowed-roots",
-    );
+    let msg = refused(&connect_as(&world, &alice, &outside, &[]), "allowed-roots");
     assert!(
         msg.contains(path_str(&allowed)),
         "names the allowed roots: {msg}"
@@ -351,32 +338,9 @@ fn the_configuration_sets_allowed_roots_and_lets_users_share() {
     let point = allowed.join("shared");
     std::fs::create_dir(&point).expect("mkdir");
     chown(&point, alice.uid, alice.gid);
-    world.daemon.mountpoint_registered(&point);
-    let out = ctl_as(
-        &alice,
-        &world.daemon,
-        &[
-            "connect",
-            MEGA_REPO,
-            "--mega-url",
-            &world.server.url(),
-            "--mount-point",
-            path_str(&point),
-            "--allow-other",
-        ],
-    );
+    let out = connect_as(&world, &alice, &point, &["--allow-other"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let cat = run_as(
-        &bob,
-        Path::new("/bin/cat"),
-        &[path_str(&point.join("README.md"))],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
-        "fixture v2\n",
-        "{}",
-        stderr(&cat)
-    );
+    assert_reads_readme(&bob, &point);
 }
 
 #[test]
@@ -387,7 +351,7 @@ fn a_users_mount_left_by_a_killed_daemon_is_cleaned_at_start() {
     let point = alice.home.join("mnt");
     std::fs::create_dir(&point).expect("mkdir");
     chown(&point, alice.uid, alice.gid);
-    let out = connect_as(&world, &alice, &point, "left");
+    let out = connect_as(&world, &alice, &point, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     world.daemon.kill();
     assert!(is_mounted(&point), "a killed daemon leaves its mount");
