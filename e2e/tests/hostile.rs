@@ -11,7 +11,7 @@ use common::{errno, path_str};
 use megafs_testsupport::git_server::GitServer;
 use megafs_testsupport::harness::Daemon;
 use megafs_testsupport::hostile::{self, Hostile, BAD_DIRS};
-use megafs_testsupport::{DevServer, ServedRepo};
+use megafs_testsupport::{DevServer, Faults, ServedRepo};
 
 const MEGA_REPO: &str = "/third-party/hostile";
 
@@ -106,4 +106,40 @@ fn a_local_repository_with_bad_trees_fails_only_those_directories() {
         path_str(&point),
     ]);
     assert_contained(&daemon, &point, path_str(&repo.path), &[]);
+}
+
+#[test]
+fn a_listing_too_big_to_hold_is_refused_announced_or_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = build(&dir);
+    let served = ServedRepo::open(MEGA_REPO, &repo.path, "main").expect("serve");
+    let server = DevServer::start(vec![served]).expect("dev server");
+    let daemon = Daemon::start();
+    let point = daemon.mountpoint("hostile");
+    daemon.ctl_ok(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &server.url(),
+        "--mount-point",
+        path_str(&point),
+    ]);
+    // A megabyte past what one answer may make the daemon hold (256 MiB).
+    let size = (257u64) << 20;
+    for announced in [true, false] {
+        server.set_faults(Faults {
+            huge_trees: Some((size, announced)),
+            ..Faults::default()
+        });
+        let err = list(&point.join("ok")).expect_err("too big to hold");
+        assert_eq!(errno(&err), libc::EIO, "announced: {announced}: {err}");
+    }
+    let log = daemon.log();
+    let refusals = log.matches("more than the 268435456 bytes allowed").count();
+    assert!(refusals >= 2, "both refusals logged:\n{log}");
+    // The server mends its ways: the same directory lists, and the rest never stopped.
+    server.set_faults(Faults::default());
+    assert_eq!(list(&point.join("ok")).expect("ok lists"), ["file.txt"]);
+    let readme = std::fs::read_to_string(point.join("README.md")).expect("README.md");
+    assert_eq!(readme, "hostile fixture\n");
 }

@@ -28,17 +28,18 @@ pub async fn body_within(
     server: &str,
     what: &str,
 ) -> Result<Vec<u8>, SourceError> {
-    let too_big = |size: String| SourceError::Server {
+    let too_big = |size: String| SourceError::TooBig {
         server: server.to_string(),
         what: what.to_string(),
-        detail: format!("the answer is {size}, more than the {limit} bytes allowed"),
+        size,
+        limit,
     };
     let announced = response
         .headers()
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(announced) = announced.filter(|&n| n > limit) {
-        return Err(too_big(format!("{announced} bytes")));
+        return Err(too_big(format!("an answer of {announced} bytes")));
     }
     let mut body = Vec::new();
     let mut response = response;
@@ -48,7 +49,7 @@ pub async fn body_within(
         .map_err(|e| transport_error(server, &e))?
     {
         if body.len() as u64 + chunk.len() as u64 > limit {
-            return Err(too_big("longer".into()));
+            return Err(too_big("a longer answer".into()));
         }
         body.extend_from_slice(&chunk);
     }

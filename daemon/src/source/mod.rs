@@ -78,6 +78,14 @@ pub enum SourceError {
     },
     #[error("reading {repo}: {detail}")]
     Local { repo: String, detail: String },
+    /// An answer past what the daemon holds: refused, and not asked for again.
+    #[error("server {server} answered {what} with {size}, more than the {limit} bytes allowed")]
+    TooBig {
+        server: String,
+        what: String,
+        size: String,
+        limit: u64,
+    },
 }
 
 impl SourceError {

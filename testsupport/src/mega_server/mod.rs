@@ -49,6 +49,10 @@ pub struct Faults {
     pub status: Option<u16>,
     /// Append bytes after a blob's content.
     pub extra_bytes: bool,
+    /// Answer every tree request with this many bytes of junk (always applies), announced in
+    /// Content-Length when the flag says so, else sent chunked: a listing no daemon should
+    /// hold.
+    pub huge_trees: Option<(u64, bool)>,
     /// The chance (0 to 1) that a blob or tree request is hit by the faults above.
     pub probability: f64,
     /// Hit only this many requests, then behave (0: no bound).
@@ -67,6 +71,7 @@ impl Default for Faults {
             stall: false,
             status: None,
             extra_bytes: false,
+            huge_trees: None,
             probability: 1.0,
             count: 0,
         }
@@ -430,6 +435,9 @@ async fn file_tree(State(state): State<Arc<ServerState>>, Query(q): Query<TreeQu
             body.clear();
         }
     }
+    if let Some((size, announced)) = state.faults().huge_trees {
+        return junk(size, announced);
+    }
     if state.faults().corrupt_trees {
         flip_a_byte(&mut body);
     }
@@ -438,6 +446,25 @@ async fn file_tree(State(state): State<Arc<ServerState>>, Query(q): Query<TreeQu
         return response;
     }
     octet_stream("", Body::from(body), length)
+}
+
+/// `size` bytes of zeros in 1 MiB chunks, with or without a Content-Length.
+fn junk(size: u64, announced: bool) -> Response {
+    const CHUNK: u64 = 1 << 20;
+    let chunks = (0..size.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(size - i * CHUNK) as usize;
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; len]))
+    });
+    let body = Body::from_stream(futures::stream::iter(chunks));
+    if announced {
+        return octet_stream("", body, size);
+    }
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
 }
 
 fn flip_a_byte(body: &mut [u8]) {
