@@ -143,3 +143,37 @@ fn a_listing_too_big_to_hold_is_refused_announced_or_not() {
     let readme = std::fs::read_to_string(point.join("README.md")).expect("README.md");
     assert_eq!(readme, "hostile fixture\n");
 }
+
+#[test]
+fn a_git_server_announcing_a_blob_bigger_than_the_cache_is_refused_before_a_byte() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = hostile::build_without(&dir.path().join("hostile"), &["empty-name"])
+        .expect("hostile repository");
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let status = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&repo.path)
+        .arg(root.join("hostile.git"))
+        .status()
+        .expect("git clone");
+    assert!(status.success());
+    let server = GitServer::start(&root, true).expect("git server");
+    let daemon = Daemon::start();
+    let point = daemon.mountpoint("hostile");
+    let url = server.url("hostile.git");
+    daemon.ctl_ok(&["connect", &url, "--mount-point", path_str(&point)]);
+    // A terabyte announced, a kilobyte sent: nothing may be written, let alone held.
+    server.answer_fetches_with(Some(hostile::bomb_answer(1 << 40)));
+    let err = std::fs::read(point.join("README.md")).expect_err("refused");
+    assert_eq!(errno(&err), libc::EIO, "{err}");
+    let log = daemon.log();
+    assert!(log.contains("larger than the whole cache"), "{log}");
+    let cache = std::fs::read_dir(daemon.cache_dir.join("tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(cache, 0, "nothing half-written is left");
+    server.answer_fetches_with(None);
+    let readme = std::fs::read_to_string(point.join("README.md")).expect("README.md");
+    assert_eq!(readme, "hostile fixture\n");
+}

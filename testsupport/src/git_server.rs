@@ -32,6 +32,8 @@ struct GitState {
     /// The `Authorization` header every request must carry, if any.
     required_auth: Option<String>,
     log: Mutex<Vec<GitRequest>>,
+    /// A hostile server's answer to every fetch, in place of git's (see `hostile`).
+    fetch_answer: Mutex<Option<Vec<u8>>>,
 }
 
 pub struct GitServer {
@@ -99,6 +101,7 @@ impl GitServer {
             object_info,
             required_auth,
             log: Mutex::new(Vec::new()),
+            fetch_answer: Mutex::new(None),
         });
         let app = Router::new().fallback(cgi).with_state(state.clone());
         let server = Background::serve("git-http-backend", listener, app)?;
@@ -125,6 +128,16 @@ impl GitServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Answers every `fetch` with `answer` (raw, as the body of the HTTP answer) instead of
+    /// asking git, until called again with None: a server turned hostile.
+    pub fn answer_fetches_with(&self, answer: Option<Vec<u8>>) {
+        *self
+            .state
+            .fetch_answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = answer;
     }
 
     pub fn clear_requests(&self) {
@@ -197,6 +210,19 @@ async fn cgi(State(state): State<Arc<GitState>>, request: Request) -> Response {
             );
             return response;
         }
+    }
+    let hostile = state
+        .fetch_answer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(answer) = hostile.filter(|_| command_of(&body).as_deref() == Some("fetch")) {
+        let mut response = Response::new(Body::from(answer));
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-git-upload-pack-result"),
+        );
+        return response;
     }
     let state = state.clone();
     let result = tokio::task::spawn_blocking(move || run_backend(&state, &parts, &body)).await;

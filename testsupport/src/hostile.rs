@@ -114,6 +114,53 @@ fn write_object(dir: &Path, kind: &str, body: &[u8]) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }
 
+/// A protocol v2 fetch answer whose pack holds one blob announcing `announced` bytes (far
+/// more than follow: a few zeros, deflated): a decompression bomb's opening, as a hostile git
+/// server would send it.
+pub fn bomb_answer(announced: u64) -> Vec<u8> {
+    let mut pack = b"PACK".to_vec();
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&1u32.to_be_bytes());
+    // Entry header: type 3 (blob) and the size's low 4 bits, then 7 bits a byte.
+    let mut size = announced;
+    let mut byte = (3u8 << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        pack.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    pack.push(byte);
+    // zlib: a header, one stored block of 1024 zeros, and their Adler-32.
+    let zeros = [0u8; 1024];
+    pack.extend_from_slice(&[0x78, 0x01, 0x01, 0x00, 0x04, 0xff, 0xfb]);
+    pack.extend_from_slice(&zeros);
+    pack.extend_from_slice(&adler32(&zeros).to_be_bytes());
+    let mut answer = pkt(b"packfile\n");
+    for chunk in pack.chunks(65_000) {
+        let mut band = vec![1u8];
+        band.extend_from_slice(chunk);
+        answer.extend(pkt(&band));
+    }
+    answer.extend_from_slice(b"0000");
+    answer
+}
+
+fn pkt(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:04x}", payload.len() + 4).into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in data {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    (b << 16) | a
+}
+
 fn hex_to_bytes(hex: &str) -> anyhow::Result<Vec<u8>> {
     (0..hex.len())
         .step_by(2)
