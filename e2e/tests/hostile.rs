@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{errno, path_str};
 use megafs_testsupport::git_server::GitServer;
@@ -51,10 +51,9 @@ fn build(dir: &tempfile::TempDir) -> Hostile {
     hostile::build(&dir.path().join("hostile")).expect("hostile repository")
 }
 
-#[test]
-fn a_mega_server_serving_bad_trees_fails_only_those_directories() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let repo = build(&dir);
+/// The hostile repository on the dev Mega server, mounted: the server, the daemon, the mount.
+fn over_mega(dir: &tempfile::TempDir) -> (DevServer, Daemon, PathBuf) {
+    let repo = build(dir);
     let served = ServedRepo::open(MEGA_REPO, &repo.path, "main").expect("serve");
     let server = DevServer::start(vec![served]).expect("dev server");
     let daemon = Daemon::start();
@@ -67,13 +66,12 @@ fn a_mega_server_serving_bad_trees_fails_only_those_directories() {
         "--mount-point",
         path_str(&point),
     ]);
-    assert_contained(&daemon, &point, &server.url(), &[]);
+    (server, daemon, point)
 }
 
-#[test]
-fn a_git_server_serving_bad_trees_fails_only_those_directories() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    // git's own upload-pack will not walk a tree with an empty name: no git server sends one.
+/// The hostile repository behind `git http-backend`, mounted. git's own upload-pack will not
+/// walk a tree with an empty name, so no git server sends one: that directory is left out.
+fn over_git(dir: &tempfile::TempDir) -> (GitServer, Daemon, PathBuf) {
     let repo = hostile::build_without(&dir.path().join("hostile"), &["empty-name"])
         .expect("hostile repository");
     let root = dir.path().join("served");
@@ -90,6 +88,20 @@ fn a_git_server_serving_bad_trees_fails_only_those_directories() {
     let point = daemon.mountpoint("hostile");
     let url = server.url("hostile.git");
     daemon.ctl_ok(&["connect", &url, "--mount-point", path_str(&point)]);
+    (server, daemon, point)
+}
+
+#[test]
+fn a_mega_server_serving_bad_trees_fails_only_those_directories() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, daemon, point) = over_mega(&dir);
+    assert_contained(&daemon, &point, &server.url(), &[]);
+}
+
+#[test]
+fn a_git_server_serving_bad_trees_fails_only_those_directories() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_server, daemon, point) = over_git(&dir);
     assert_contained(&daemon, &point, "127.0.0.1", &["empty-name"]);
 }
 
@@ -111,19 +123,7 @@ fn a_local_repository_with_bad_trees_fails_only_those_directories() {
 #[test]
 fn a_listing_too_big_to_hold_is_refused_announced_or_not() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let repo = build(&dir);
-    let served = ServedRepo::open(MEGA_REPO, &repo.path, "main").expect("serve");
-    let server = DevServer::start(vec![served]).expect("dev server");
-    let daemon = Daemon::start();
-    let point = daemon.mountpoint("hostile");
-    daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &server.url(),
-        "--mount-point",
-        path_str(&point),
-    ]);
+    let (server, daemon, point) = over_mega(&dir);
     // A megabyte past what one answer may make the daemon hold (256 MiB).
     let size = (257u64) << 20;
     for announced in [true, false] {
@@ -147,22 +147,7 @@ fn a_listing_too_big_to_hold_is_refused_announced_or_not() {
 #[test]
 fn a_git_server_announcing_a_blob_bigger_than_the_cache_is_refused_before_a_byte() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let repo = hostile::build_without(&dir.path().join("hostile"), &["empty-name"])
-        .expect("hostile repository");
-    let root = dir.path().join("served");
-    std::fs::create_dir_all(&root).expect("mkdir");
-    let status = std::process::Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&repo.path)
-        .arg(root.join("hostile.git"))
-        .status()
-        .expect("git clone");
-    assert!(status.success());
-    let server = GitServer::start(&root, true).expect("git server");
-    let daemon = Daemon::start();
-    let point = daemon.mountpoint("hostile");
-    let url = server.url("hostile.git");
-    daemon.ctl_ok(&["connect", &url, "--mount-point", path_str(&point)]);
+    let (server, daemon, point) = over_git(&dir);
     // A terabyte announced, a kilobyte sent: nothing may be written, let alone held.
     server.answer_fetches_with(Some(hostile::bomb_answer(1 << 40)));
     let err = std::fs::read(point.join("README.md")).expect_err("refused");

@@ -121,16 +121,7 @@ pub fn bomb_answer(announced: u64) -> Vec<u8> {
     let mut pack = b"PACK".to_vec();
     pack.extend_from_slice(&2u32.to_be_bytes());
     pack.extend_from_slice(&1u32.to_be_bytes());
-    // Entry header: type 3 (blob) and the size's low 4 bits, then 7 bits a byte.
-    let mut size = announced;
-    let mut byte = (3u8 << 4) | (size & 0x0f) as u8;
-    size >>= 4;
-    while size > 0 {
-        pack.push(byte | 0x80);
-        byte = (size & 0x7f) as u8;
-        size >>= 7;
-    }
-    pack.push(byte);
+    pack.extend(pack_entry_header(3, announced));
     // zlib: a header, one stored block of 1024 zeros, and their Adler-32.
     let zeros = [0u8; 1024];
     pack.extend_from_slice(&[0x78, 0x01, 0x01, 0x00, 0x04, 0xff, 0xfb]);
@@ -144,6 +135,21 @@ pub fn bomb_answer(announced: u64) -> Vec<u8> {
     }
     answer.extend_from_slice(b"0000");
     answer
+}
+
+/// A pack entry's header: its type number and the size's low 4 bits, then 7 bits a byte.
+pub fn pack_entry_header(kind: u8, size: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut size = size;
+    let mut byte = (kind << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        out.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    out.push(byte);
+    out
 }
 
 fn pkt(payload: &[u8]) -> Vec<u8> {

@@ -327,15 +327,10 @@ pub mod tests {
         let mut pack = b"PACK\0\0\0\x02".to_vec();
         pack.extend((entries.len() as u32).to_be_bytes());
         for (kind, extra, body) in entries {
-            let mut size = body.len() as u64;
-            let mut byte = (kind << 4) | (size & 0x0f) as u8;
-            size >>= 4;
-            while size > 0 {
-                pack.push(byte | 0x80);
-                byte = (size & 0x7f) as u8;
-                size >>= 7;
-            }
-            pack.push(byte);
+            pack.extend(megafs_testsupport::hostile::pack_entry_header(
+                *kind,
+                body.len() as u64,
+            ));
             pack.extend(extra);
             let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
             z.write_all(body).unwrap();
