@@ -41,27 +41,28 @@ pub fn pktline(data: &[u8]) {
     }
 }
 
-/// A fetch answer (sections, side band, the pack, deltas), fed in two pieces split where the
-/// first byte says, as the network would cut it.
+/// A fetch answer (sections, side band, the pack, deltas), as the network would cut it.
 pub fn fetch_answer(data: &[u8]) {
-    let (cut, body) = split(data);
     let mut answer = FetchAnswer::default();
-    let mut sink = ObjectsInMemory::default();
-    if answer.feed(&body[..cut], &mut sink).is_ok() && answer.feed(&body[cut..], &mut sink).is_ok()
-    {
+    if in_two_pieces(data, |piece, sink| answer.feed(piece, sink).is_ok()) {
         let _ = answer.finish();
     }
 }
 
-/// A bare pack, fed in two pieces, into memory (deltas resolved).
+/// A bare pack, into memory (deltas resolved), as the network would cut it.
 pub fn pack(data: &[u8]) {
-    let (cut, body) = split(data);
     let mut parser = PackParser::default();
-    let mut sink = ObjectsInMemory::default();
-    if parser.feed(&body[..cut], &mut sink).is_ok() && parser.feed(&body[cut..], &mut sink).is_ok()
-    {
+    if in_two_pieces(data, |piece, sink| parser.feed(piece, sink).is_ok()) {
         let _ = parser.finish();
     }
+}
+
+/// Feeds `data` but its first byte to `feed` in two pieces, cut where that byte says, into one
+/// in-memory sink; true if both were taken.
+fn in_two_pieces(data: &[u8], mut feed: impl FnMut(&[u8], &mut ObjectsInMemory) -> bool) -> bool {
+    let (cut, body) = split(data);
+    let mut sink = ObjectsInMemory::default();
+    feed(&body[..cut], &mut sink) && feed(&body[cut..], &mut sink)
 }
 
 /// A delta applied to a base: the first byte is the base's length.

@@ -132,7 +132,8 @@ pub struct MountFs {
     next_handle: AtomicU64,
     ahead: LookAhead,
     /// The trees earlier mounts of this commit listed, and this one's record of them.
-    recall: Recall,
+    /// (Replaced by a refresh: it belongs to the root tree shown.)
+    recall: RwLock<Arc<Recall>>,
     /// Where background work runs: requests may come from threads outside the runtime.
     runtime: tokio::runtime::Handle,
 }
@@ -166,7 +167,7 @@ impl MountFs {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             ahead: LookAhead::new(),
-            recall,
+            recall: RwLock::new(Arc::new(recall)),
             runtime: tokio::runtime::Handle::current(),
         });
         if let Some(body) = snapshot.root_body.clone() {
@@ -232,6 +233,8 @@ impl MountFs {
             &fresh.root_tree,
             fresh.commit_time,
         );
+        *self.recall.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Recall::open(&self.store, &fresh.root_tree));
         let old = self.write_inodes().retire_root(fresh.root_tree);
         info!(from = %current.commit, to = %fresh.commit, "refreshed");
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
@@ -559,7 +562,7 @@ impl MountFs {
                         }
                     })?;
                 this.write_inodes().add_listing(ino, entries);
-                this.recall.record(&oid);
+                this.recall().record(&oid);
                 Ok(())
             })
             .await?;
@@ -591,7 +594,7 @@ impl MountFs {
             .ok()?;
         self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.write_inodes().add_listing(ino, entries);
-        self.recall.record(&oid);
+        self.recall().record(&oid);
         self.loaded_listing(ino).ok()?
     }
 

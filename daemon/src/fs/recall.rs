@@ -87,24 +87,25 @@ impl Recall {
 }
 
 impl MountFs {
+    /// The record of the root tree shown.
+    pub(super) fn recall(&self) -> Arc<Recall> {
+        Arc::clone(&self.recall.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Reads the trees earlier mounts of this commit listed into memory, in the background,
     /// once (when the kernel first reads the root).
     pub(super) fn recall_listings(self: &Arc<Self>) {
-        if self.recall.started.swap(true, Ordering::Relaxed) {
+        let recall = self.recall();
+        if recall.started.swap(true, Ordering::Relaxed) {
             return;
         }
-        let earlier = std::mem::take(
-            &mut *self
-                .recall
-                .earlier
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let earlier =
+            std::mem::take(&mut *recall.earlier.lock().unwrap_or_else(|p| p.into_inner()));
         if earlier.is_empty() {
             return;
         }
         let store = Arc::clone(&self.store);
-        let recalled = Arc::clone(&self.recall.recalled);
+        let recalled = Arc::clone(&recall.recalled);
         self.runtime.spawn(async move {
             stream::iter(earlier)
                 .for_each_concurrent(PARALLEL_READS, |oid| {

@@ -302,7 +302,7 @@ async fn a_later_mount_of_the_commit_recalls_what_earlier_ones_listed() {
     let second = mount_with(&s, (0, 0), 0).await;
     second.readdir(ROOT_INO).await.expect("readdir");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while second.recall.recalled.load(Ordering::Relaxed) < 4 {
+    while second.recall().recalled.load(Ordering::Relaxed) < 4 {
         assert!(tokio::time::Instant::now() < deadline, "never recalled");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
