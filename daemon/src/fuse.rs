@@ -311,8 +311,9 @@ fn file_attr(attr: &Attr) -> FileAttr {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // Content never changes under an inode: let the kernel cache symlink targets, run
-        // lookups in one directory in parallel, and take attributes with listings (adaptively:
-        // only where the program goes on to look at them). Kernels without these say no.
+        // lookups in one directory in parallel, and take attributes with every listing (not
+        // adaptively: the kernel then looked up each entry past a large directory's first
+        // reply). Kernels without these say no.
         use fuser::InitFlags as F;
         let wanted = F::FUSE_CACHE_SYMLINKS | F::FUSE_PARALLEL_DIROPS | F::FUSE_DO_READDIRPLUS;
         if let Err(unsupported) = config.add_capabilities(wanted) {

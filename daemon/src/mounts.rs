@@ -444,9 +444,17 @@ pub fn unmount_patiently(path: &Path, lazy: bool) -> io::Result<()> {
 /// Unmounts `path`; `lazy` detaches it even while files are open. Root calls umount2(2)
 /// directly; other users go through the setuid `fusermount3`.
 pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // A user may own the directories above their mountpoint and swap one for a symlink: root
+    // reaches the mount through a descriptor of its parent, opened with no symlink on the way,
+    // and does not follow a symlink in its place either.
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let parent = open_dir(parent, true)?;
+    let mut target = format!("/proc/self/fd/{}/", parent.as_raw_fd()).into_bytes();
+    target.extend_from_slice(name.as_bytes());
+    let c_path = c_string(&target)?;
+    let flags = libc::UMOUNT_NOFOLLOW | if lazy { libc::MNT_DETACH } else { 0 };
     // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
     if unsafe { libc::umount2(c_path.as_ptr(), flags) } == 0 {
         return Ok(());

@@ -451,13 +451,18 @@ impl Store {
         self.evict_down_to(limit - limit / 10)
     }
 
-    /// Removes every unpinned object. Returns bytes freed.
     /// Where the trees listed under root tree `root` are recorded.
     pub fn listings_record(&self, root: &ObjectId) -> PathBuf {
         self.listings.join(root.to_hex())
     }
 
+    /// Removes every unpinned object, and the listing records. Returns bytes freed.
     pub fn clear(&self) -> u64 {
+        if let Ok(records) = fs::read_dir(&self.listings) {
+            for record in records.flatten() {
+                let _ = fs::remove_file(record.path());
+            }
+        }
         self.evict_down_to(0)
     }
 

@@ -41,7 +41,16 @@ impl Recall {
     /// The record of root tree `root`, read (it may not exist yet).
     pub(super) fn open(store: &Store, root: &ObjectId) -> Recall {
         let path = store.listings_record(root);
-        let bytes = std::fs::read(&path).unwrap_or_default();
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        let whole = bytes.len() - bytes.len() % 20;
+        if whole != bytes.len() {
+            // A torn last record (a crash mid-append) would misalign every one after it.
+            bytes.truncate(whole);
+            let trimmed = OpenOptions::new().write(true).open(&path);
+            if let Err(e) = trimmed.and_then(|f| f.set_len(whole as u64)) {
+                debug!(error = %e, path = %path.display(), "cannot trim a torn record");
+            }
+        }
         let mut recorded = HashSet::new();
         let earlier: Vec<ObjectId> = bytes
             .chunks_exact(20)

@@ -110,6 +110,16 @@ impl PackSink for ObjectsInMemory {
                 (*kind, delta::apply(base, &data)?)
             }
         };
+        // A delta's result counts too: a small delta may build a large object.
+        if matches!(
+            entry.kind,
+            EntryKind::OfsDelta { .. } | EntryKind::RefDelta { .. }
+        ) {
+            self.held += content.len() as u64;
+            if self.held > MAX_PACK_IN_MEMORY {
+                return Err("the pack holds more than is kept in memory".into());
+            }
+        }
         let oid = ObjectId::hash(kind, &content);
         self.by_offset.insert(entry.offset, oid);
         self.objects.insert(oid, (kind, content));
