@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
+use megafs_proto::location::Location;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     CacheRequest, ConnectRequest, DisconnectRequest, PrefetchRequest, RefreshRequest, StatusRequest,
@@ -160,18 +161,15 @@ async fn connect(
         .as_deref()
         .ok_or_else(|| anyhow!("connect needs --mount-point DIR"))?;
     let mountpoint = absolute(mountpoint)?;
-    let repo = match &cli.mega_url {
-        Some(_) => repo.to_string(),
-        None if repo.contains("://") => repo.to_string(),
-        // A local repository: resolve it against our working directory.
-        None => absolute(Path::new(repo))?.display().to_string(),
-    };
+    // A relative local repository path is ours to resolve: the daemon has another directory.
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let location = Location::parse_in(repo, cli.mega_url.as_deref(), Some(&cwd))?;
     // Where no daemon runs, connect starts a per-user one (the mount must outlive us).
     let mut client = client::connect_or_start(cli, true).await?;
     let reply = client
         .connect(ConnectRequest {
-            repo,
-            mega_url: cli.mega_url.clone().unwrap_or_default(),
+            repo: location.repo(),
+            mega_url: location.mega_url().unwrap_or_default().to_string(),
             mountpoint: mountpoint.display().to_string(),
             git_ref: git_ref.unwrap_or_default().to_string(),
             name: name.unwrap_or_default().to_string(),

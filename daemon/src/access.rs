@@ -10,6 +10,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::location::Location;
+
 /// Who asked, from the socket's peer credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -103,22 +105,16 @@ impl Access {
     }
 
     /// A local repository would be read with the daemon's rights, not the caller's.
-    pub fn may_mount_repo(
-        &self,
-        caller: &Caller,
-        repo: &str,
-        mega_url: &str,
-    ) -> Result<(), Refusal> {
-        let remote =
-            !mega_url.is_empty() || repo.starts_with("http://") || repo.starts_with("https://");
-        if remote || self.is_admin(caller) {
+    pub fn may_mount_repo(&self, caller: &Caller, location: &Location) -> Result<(), Refusal> {
+        if location.is_remote() || self.is_admin(caller) {
             return Ok(());
         }
         Err(refuse(
             "local-repository",
             format!(
-                "only root mounts local repositories with the system daemon; mount {repo} with \
-                 a daemon of your own (run mega-fuse with MEGAFS_SOCKET set to a socket of yours)"
+                "only root mounts local repositories with the system daemon; mount {} with \
+                 a daemon of your own (run mega-fuse with MEGAFS_SOCKET set to a socket of yours)",
+                location.repo()
             ),
         ))
     }
@@ -346,16 +342,21 @@ mod tests {
             a.may_allow_other(&ALICE).expect_err("others").rule,
             "allow-other"
         );
+        let at = |repo: &str, mega: Option<&str>| Location::parse(repo, mega).expect(repo);
         assert!(a
-            .may_mount_repo(&ALICE, "/third-party/rg", "http://mega")
+            .may_mount_repo(&ALICE, &at("/third-party/rg", Some("http://mega")))
             .is_ok());
-        assert!(a.may_mount_repo(&ALICE, "https://host/r.git", "").is_ok());
-        let local = a.may_mount_repo(&ALICE, "/home/alice/repo", "");
+        assert!(a
+            .may_mount_repo(&ALICE, &at("https://host/r.git", None))
+            .is_ok());
+        let local = a.may_mount_repo(&ALICE, &at("/home/alice/repo", None));
         assert_eq!(local.expect_err("local").rule, "local-repository");
-        assert!(a.may_mount_repo(&ROOT, "/srv/repo", "").is_ok());
+        assert!(a.may_mount_repo(&ROOT, &at("/srv/repo", None)).is_ok());
         // A per-user daemon's user is its administrator.
         let own = Access::new(Policy::default(), 1001);
-        assert!(own.may_mount_repo(&ALICE, "/home/alice/repo", "").is_ok());
+        assert!(own
+            .may_mount_repo(&ALICE, &at("/home/alice/repo", None))
+            .is_ok());
         let permissive = Access::new(
             Policy {
                 allowed_roots: Vec::new(),

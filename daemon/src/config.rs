@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::location::{Location, LocationError};
+use crate::mount_name::MountName;
+
 /// Where the system daemon reads its configuration.
 pub const SYSTEM_CONFIG: &str = "/etc/megafs/megafsd.toml";
 
@@ -75,10 +78,9 @@ impl std::fmt::Debug for Secret {
 /// One configured mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountConfig {
-    pub name: String,
-    /// A Mega path (with `mega_url`) or a local repository path / file:// URL.
-    pub repo: String,
-    pub mega_url: String,
+    pub name: MountName,
+    /// `repo` (with `mega_url`, for a Mega server).
+    pub location: Location,
     pub git_ref: String,
     pub mountpoint: PathBuf,
     /// Let users other than the daemon's see the mount.
@@ -215,7 +217,7 @@ impl Config {
             None => Config::empty().daemon,
         };
         let mut mounts = Vec::new();
-        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut names: HashMap<MountName, usize> = HashMap::new();
         let mut points: HashMap<PathBuf, usize> = HashMap::new();
         for raw_mount in raw.mount {
             let span = raw_mount.span();
@@ -258,7 +260,12 @@ impl Config {
             return Vec::new();
         };
         let has_secret = self.mounts.iter().any(|m| {
-            m.password.is_some() || url_has_password(&m.repo) || url_has_password(&m.mega_url)
+            let url = match &m.location {
+                Location::Mega { server, .. } => server.as_str(),
+                Location::Git { url } => url.as_str(),
+                Location::Local { .. } => "",
+            };
+            m.password.is_some() || url_has_password(url)
         });
         let mode = match std::fs::metadata(file) {
             Ok(meta) => meta.permissions().mode() & 0o777,
@@ -290,14 +297,14 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
     let cache_max_size = match raw.cache_max_size {
         Some(v) => Some(
             parse_size(v.get_ref())
-                .map_err(|m| src.error(&v.span(), "daemon.cache_max_size", m))?,
+                .map_err(|m| src.error(&v.span(), "daemon.cache_max_size", m.to_string()))?,
         ),
         None => None,
     };
     let duration = |value: &Option<Spanned<toml::Value>>, key: &str| match value {
         Some(v) => parse_duration(v.get_ref())
             .map(Some)
-            .map_err(|m| src.error(&v.span(), key, m)),
+            .map_err(|m| src.error(&v.span(), key, m.to_string())),
         None => Ok(None),
     };
     let request_timeout = duration(&raw.request_timeout, "daemon.request_timeout")?;
@@ -306,7 +313,7 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
     let stream_min_size = match raw.stream_min_size {
         Some(v) => Some(
             parse_size_or_off(v.get_ref())
-                .map_err(|m| src.error(&v.span(), "daemon.stream_min_size", m))?,
+                .map_err(|m| src.error(&v.span(), "daemon.stream_min_size", m.to_string()))?,
         ),
         None => None,
     };
@@ -342,32 +349,19 @@ fn mount_config(
     raw: RawMount,
     span: &Range<usize>,
 ) -> Result<MountConfig, ConfigError> {
-    let repo = raw.repo.get_ref().trim().to_string();
-    if repo.is_empty() {
-        return Err(src.error(&raw.repo.span(), "mount.repo", "must not be empty"));
-    }
-    let mega_url = match &raw.mega_url {
-        Some(url) => {
-            check_url(url.get_ref()).map_err(|m| src.error(&url.span(), "mount.mega_url", m))?;
-            url.get_ref().clone()
+    let mega_url = raw.mega_url.as_ref().map(|u| u.get_ref().as_str());
+    let location = Location::parse(raw.repo.get_ref(), mega_url).map_err(|e| {
+        // A URL that is wrong may be either key's.
+        let of_mega_url = matches!(
+            &e,
+            LocationError::UnsupportedScheme { given, .. } | LocationError::BadUrl { given, .. }
+                if Some(given.as_str()) == mega_url
+        );
+        match (&raw.mega_url, of_mega_url) {
+            (Some(url), true) => src.error(&url.span(), "mount.mega_url", e.to_string()),
+            _ => src.error(&raw.repo.span(), "mount.repo", e.to_string()),
         }
-        None if repo.starts_with("http://") || repo.starts_with("https://") => {
-            // A git server.
-            check_url(&repo).map_err(|m| src.error(&raw.repo.span(), "mount.repo", m))?;
-            String::new()
-        }
-        None => {
-            let local = repo.strip_prefix("file://").unwrap_or(&repo);
-            if !Path::new(local).is_absolute() {
-                return Err(src.error(
-                    &raw.repo.span(),
-                    "mount.repo",
-                    "a local repository path must be absolute",
-                ));
-            }
-            String::new()
-        }
-    };
+    })?;
     let mountpoint = raw.mountpoint.get_ref().clone();
     if !mountpoint.is_absolute() {
         return Err(src.error(
@@ -376,14 +370,15 @@ fn mount_config(
             "must be absolute",
         ));
     }
-    let name = match &raw.name {
-        Some(n) => n.get_ref().clone(),
-        None => crate::supervisor::default_name(&repo),
-    };
-    if name.is_empty() || name.contains('/') {
+    let given = raw
+        .name
+        .as_ref()
+        .map(|n| n.get_ref().as_str())
+        .unwrap_or("");
+    let name = MountName::given_or_default(given, &location).map_err(|e| {
         let at = raw.name.as_ref().map(|n| n.span()).unwrap_or(span.clone());
-        return Err(src.error(&at, "mount.name", format!("bad mount name {name:?}")));
-    }
+        src.error(&at, "mount.name", e.to_string())
+    })?;
     let mut allow_other = false;
     for option in &raw.options {
         match option.get_ref().as_str() {
@@ -400,14 +395,13 @@ fn mount_config(
     let refresh_interval = match &raw.refresh_interval {
         Some(v) => Some(
             parse_duration(v.get_ref())
-                .map_err(|m| src.error(&v.span(), "mount.refresh_interval", m))?,
+                .map_err(|m| src.error(&v.span(), "mount.refresh_interval", m.to_string()))?,
         ),
         None => None,
     };
     Ok(MountConfig {
         name,
-        repo,
-        mega_url,
+        location,
         git_ref: raw.git_ref.unwrap_or_default(),
         mountpoint,
         allow_other,
@@ -417,18 +411,23 @@ fn mount_config(
     })
 }
 
-fn check_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(format!(
-            "invalid URL {url:?}: expected http:// or https:// and a host"
-        ));
-    }
-    Ok(())
+/// A value of the configuration (or of an option) that does not mean what its key takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("expected a size like \"10G\", got {0}")]
+    NotASize(String),
+    #[error("unknown size unit in {0:?} (use K, M, G or T)")]
+    SizeUnit(String),
+    #[error("expected a duration like \"30s\", got {0}")]
+    NotADuration(String),
+    #[error("unknown duration unit in {0:?} (use ms, s, m or h)")]
+    DurationUnit(String),
+    #[error("must be more than zero")]
+    Zero,
 }
 
 /// A size, or `"off"` (None).
-pub fn parse_size_or_off(value: &toml::Value) -> Result<Option<u64>, String> {
+pub fn parse_size_or_off(value: &toml::Value) -> Result<Option<u64>, ValueError> {
     match value {
         toml::Value::String(s) if s.trim().eq_ignore_ascii_case("off") => Ok(None),
         other => parse_size(other).map(Some),
@@ -436,11 +435,11 @@ pub fn parse_size_or_off(value: &toml::Value) -> Result<Option<u64>, String> {
 }
 
 /// `1073741824`, `"512M"`, `"10G"`, `"1.5GiB"`.
-pub fn parse_size(value: &toml::Value) -> Result<u64, String> {
+pub fn parse_size(value: &toml::Value) -> Result<u64, ValueError> {
     let text = match value {
         toml::Value::Integer(n) if *n >= 0 => return Ok(*n as u64),
         toml::Value::String(s) => s.trim().to_string(),
-        other => return Err(format!("expected a size like \"10G\", got {other}")),
+        other => return Err(ValueError::NotASize(other.to_string())),
     };
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -448,24 +447,24 @@ pub fn parse_size(value: &toml::Value) -> Result<u64, String> {
     let (number, unit) = text.split_at(split);
     let number: f64 = number
         .parse()
-        .map_err(|_| format!("expected a size like \"10G\", got {text:?}"))?;
+        .map_err(|_| ValueError::NotASize(format!("{text:?}")))?;
     let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
         "T" | "TB" | "TIB" => 1 << 40,
-        _ => return Err(format!("unknown size unit in {text:?} (use K, M, G or T)")),
+        _ => return Err(ValueError::SizeUnit(text)),
     };
     Ok((number * factor as f64) as u64)
 }
 
 /// `30` (seconds), `"30s"`, `"500ms"`, `"2m"`.
-pub fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
+pub fn parse_duration(value: &toml::Value) -> Result<Duration, ValueError> {
     let text = match value {
         toml::Value::Integer(n) if *n > 0 => return Ok(Duration::from_secs(*n as u64)),
         toml::Value::String(s) => s.trim().to_string(),
-        other => return Err(format!("expected a duration like \"30s\", got {other}")),
+        other => return Err(ValueError::NotADuration(other.to_string())),
     };
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -473,20 +472,16 @@ pub fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("expected a duration like \"30s\", got {text:?}"))?;
+        .map_err(|_| ValueError::NotADuration(format!("{text:?}")))?;
     let duration = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "unknown duration unit in {text:?} (use ms, s, m or h)"
-            ))
-        }
+        _ => return Err(ValueError::DurationUnit(text)),
     };
     if duration.is_zero() {
-        return Err("must be more than zero".into());
+        return Err(ValueError::Zero);
     }
     Ok(duration)
 }
@@ -555,9 +550,17 @@ options = ["allow_other"]
         let e = error_of("[[mount]]\nrepo = \"/r\"\nmountpoint = \"/m\"\nmega_url = \"ftp://x\"\n");
         assert!(
             error_of("[[mount]]\nrepo = \"https://\"\nmountpoint = \"/m\"\n")
-                .contains(":2: mount.repo: invalid URL")
+                .contains(":2: mount.repo: invalid git URL")
         );
-        assert!(e.contains(":4: mount.mega_url: invalid URL"), "{e}");
+        assert!(
+            e.contains(":4: mount.mega_url: unsupported scheme ftp in \"ftp://x\""),
+            "{e}"
+        );
+        let e = error_of("[[mount]]\nrepo = \"git@host:r.git\"\nmountpoint = \"/m\"\n");
+        assert!(
+            e.contains(":2: mount.repo: unsupported scheme ssh in \"git@host:r.git\": use https://, http:// or a local path"),
+            "{e}"
+        );
         let two = "[[mount]]\nrepo = \"/a/r\"\nmountpoint = \"/m1\"\n\n[[mount]]\nrepo = \"/b/r\"\nmountpoint = \"/m2\"\n";
         let e = error_of(two);
         assert!(

@@ -1,6 +1,8 @@
 //! megafsd: supervises lazily-fetched FUSE mounts of source repositories, controlled over a
 //! gRPC Unix socket, configured by a TOML file, managed by systemd.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,10 +19,12 @@ use tracing::{error, info, warn};
 
 use megafsd::config::{Config, SYSTEM_CONFIG};
 use megafsd::fs::{FsOptions, DEFAULT_LOOK_AHEAD, DEFAULT_STREAM_MIN_SIZE};
+use megafsd::mounts::Stale;
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
 use megafsd::supervisor::{KernelOptions, Supervisor, Timeouts};
+use megafsd::sys::{self, is_root};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,11 +86,6 @@ struct Settings {
     stream_min_size: Option<u64>,
     passthrough: bool,
     look_ahead: usize,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn user_dir(env: &str, fallback: &str) -> PathBuf {
@@ -166,38 +165,17 @@ fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
     })
 }
 
-/// The default cache limit: a tenth of the filesystem the cache lives on.
+/// The default cache limit: a tenth of the filesystem the cache lives on (0, no limit, if
+/// its size cannot be learnt).
 fn default_cache_limit(dir: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs fills the struct we own; path is a valid C string.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return 0;
-    }
-    (stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64) / 10
-}
-
-/// Large buffers straight from the kernel, and back to it when freed. Each FUSE thread of
-/// each mount allocates a zeroed 16 MiB request buffer of which it touches a few pages; once
-/// glibc has raised its mmap threshold (it does after the first large free), such a buffer
-/// comes from a heap arena instead and is zeroed by hand, which makes all 16 MiB resident,
-/// and stays so after the mount is gone.
-fn keep_large_allocations_mapped() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
+    sys::filesystem_bytes(dir).unwrap_or(0) / 10
 }
 
 fn main() -> ExitCode {
-    keep_large_allocations_mapped();
+    sys::keep_large_allocations_mapped();
     let args = Args::parse();
     if let Some(point) = &args.probe_mount {
-        let dead = megafsd::mounts::statfs_errno(point) == Some(libc::ENOTCONN);
+        let dead = megafsd::mounts::probe_is_dead(point);
         return ExitCode::from(if dead {
             megafsd::mounts::PROBE_DEAD as u8
         } else {
@@ -268,17 +246,7 @@ fn print_check(path: &Path, config: &Config) {
         println!("no mounts configured");
     }
     for m in &config.mounts {
-        let source = if m.repo.starts_with("http://") || m.repo.starts_with("https://") {
-            format!("git {}", megafsd::source::http::display_url(&m.repo))
-        } else if m.mega_url.is_empty() {
-            format!("local {}", m.repo)
-        } else {
-            format!(
-                "mega {} {}",
-                megafsd::source::http::display_url(&m.mega_url),
-                m.repo
-            )
-        };
+        let source = m.location.describe();
         let at = if m.git_ref.is_empty() {
             String::new()
         } else {
@@ -319,10 +287,16 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     supervisor.set_policy(config.daemon.policy());
     let listener = bind_socket(&settings.socket).await?;
     for stale in megafsd::mounts::clean_stale() {
-        warn!(
-            mount = %stale.name, mountpoint = %stale.mountpoint.display(),
-            "cleaned a stale mount left by a megafsd that is gone (lazy unmount)"
-        );
+        match stale {
+            Stale::Cleaned(mount) => warn!(
+                mount = %mount.name, mountpoint = %mount.mountpoint.display(),
+                "cleaned a stale mount left by a megafsd that is gone (lazy unmount)"
+            ),
+            Stale::Failed(mount, error) => warn!(
+                mount = %mount.name, mountpoint = %mount.mountpoint.display(), %error,
+                "cannot check or clean a megafs mount left by an earlier megafsd"
+            ),
+        }
     }
 
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -419,11 +393,7 @@ impl HeapTrim {
     }
 
     fn trim() {
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only returns free memory to the system.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        sys::trim_heap();
     }
 }
 

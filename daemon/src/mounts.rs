@@ -113,6 +113,8 @@ fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
     })
 }
 
+use crate::sys::statfs_errno;
+
 /// Whether a FUSE mountpoint has no daemon behind it any more. Asks with statfs, which the
 /// kernel never answers from its caches (a stat may be), on a thread with a deadline: a live
 /// but stuck daemon must not hang the caller (it counts as alive).
@@ -131,36 +133,34 @@ const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The exit status of `megafsd --probe-mount` for a mount with no daemon behind it.
 pub const PROBE_DEAD: i32 = 2;
 
-/// The errno of statfs on `path`, if it fails.
-pub fn statfs_errno(path: &Path) -> Option<i32> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we own; c_path is a valid C string.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
-    (rc != 0)
-        .then(|| io::Error::last_os_error().raw_os_error())
-        .flatten()
+/// What `megafsd --probe-mount` answers: whether the mount at `point` has no daemon behind it.
+pub fn probe_is_dead(point: &Path) -> bool {
+    statfs_errno(point) == Some(libc::ENOTCONN)
 }
 
 /// Whether megafs mount `mount` has no daemon behind it. The kernel answers a user's mount
 /// for nobody but that user (anyone else gets an answer made of nothing), so root asks as the
 /// owner, through `megafsd --probe-mount` run as them; another user's mount is not ours to
 /// judge.
-fn is_dead_mount(mount: &MegafsMount) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+fn is_dead_mount(mount: &MegafsMount) -> io::Result<bool> {
+    let me = crate::sys::euid();
     match mount.owner {
-        Some((uid, gid)) if uid != me => me == 0 && probe_as(&mount.mountpoint, uid, gid),
-        _ => is_dead(&mount.mountpoint),
+        Some((uid, gid)) if uid != me => {
+            if me == 0 {
+                probe_as(&mount.mountpoint, uid, gid)
+            } else {
+                Ok(false)
+            }
+        }
+        _ => Ok(is_dead(&mount.mountpoint)),
     }
 }
 
-/// Runs this program's mount probe as `uid`:`gid` on `point`; true if it found it dead.
-fn probe_as(point: &Path, uid: u32, gid: u32) -> bool {
-    let Ok(program) = std::env::current_exe() else {
-        return false;
-    };
-    let child = Command::new(program)
+/// Runs this program's mount probe as `uid`:`gid` on `point`; true if it found it dead. An
+/// error: the probe could not run at all.
+fn probe_as(point: &Path, uid: u32, gid: u32) -> io::Result<bool> {
+    let program = std::env::current_exe()?;
+    let mut child = Command::new(&program)
         .arg("--probe-mount")
         .arg(point)
         .uid(uid)
@@ -168,37 +168,62 @@ fn probe_as(point: &Path, uid: u32, gid: u32) -> bool {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return false;
-    };
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("running {} as uid {uid}: {e}", program.display()),
+            )
+        })?;
     let deadline = std::time::Instant::now() + PROBE_LIMIT;
     loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.code() == Some(PROBE_DEAD),
-            Ok(None) if std::time::Instant::now() < deadline => {
+        match child.try_wait()? {
+            Some(status) => return Ok(status.code() == Some(PROBE_DEAD)),
+            None if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            _ => {
+            None => {
                 // Stuck on a live daemon that does not answer: alive, as far as we know.
                 let _ = child.kill();
                 let _ = child.wait();
-                return false;
+                return Ok(false);
             }
         }
     }
 }
 
-/// Lazily unmounts megafs mounts nobody serves any more (a killed predecessor's), returning
-/// what it cleaned.
-pub fn clean_stale() -> Vec<MegafsMount> {
-    let mut cleaned = Vec::new();
-    for mount in megafs_mounts().unwrap_or_default() {
-        if is_dead_mount(&mount) && unmount(&mount.mountpoint, true).is_ok() {
-            cleaned.push(mount);
-        }
-    }
-    cleaned
+/// What became of a megafs mount found at start.
+pub enum Stale {
+    /// Nobody served it; it was lazily unmounted.
+    Cleaned(MegafsMount),
+    /// It could not be judged or unmounted, and why.
+    Failed(MegafsMount, io::Error),
+}
+
+/// Lazily unmounts megafs mounts nobody serves any more (a killed predecessor's). Every mount
+/// is probed at once (each probe may wait up to [`PROBE_LIMIT`] on a stuck daemon); returns
+/// what was cleaned and what could not be looked at, for the log.
+pub fn clean_stale() -> Vec<Stale> {
+    let mounts = megafs_mounts().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let probes: Vec<_> = mounts
+            .into_iter()
+            .map(|mount| {
+                scope.spawn(move || match is_dead_mount(&mount) {
+                    Ok(false) => None,
+                    Ok(true) => Some(match unmount(&mount.mountpoint, true) {
+                        Ok(()) => Stale::Cleaned(mount),
+                        Err(e) => Stale::Failed(mount, e),
+                    }),
+                    Err(e) => Some(Stale::Failed(mount, e)),
+                })
+            })
+            .collect();
+        probes
+            .into_iter()
+            .filter_map(|probe| probe.join().ok().flatten())
+            .collect()
+    })
 }
 
 /// Sets the read-ahead of the mount at `point` (its backing device's `read_ahead_kb`), so that
@@ -266,8 +291,9 @@ fn open_dir_step_by_step(path: &Path) -> io::Result<OwnedFd> {
                 libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             )
         })?;
-        // SAFETY: fstat fills the struct we own from a descriptor we own.
+        // SAFETY: stat is plain data, for which zero is a valid value.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat fills the struct we own from a descriptor we own.
         if unsafe { libc::fstat(next.as_raw_fd(), &mut stat) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -409,12 +435,12 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
     }
     // SAFETY: message was filled by recvmsg; CMSG_FIRSTHDR checks the control length.
     let header = unsafe { libc::CMSG_FIRSTHDR(&message) };
-    // SAFETY: header is non-null and points into `control`.
-    if header.is_null()
-        || unsafe {
-            (*header).cmsg_level != libc::SOL_SOCKET || (*header).cmsg_type != libc::SCM_RIGHTS
-        }
-    {
+    if header.is_null() {
+        return Err(io::Error::other("fusermount3 sent no descriptor"));
+    }
+    // SAFETY: header is non-null and points into `control`, which outlives this read.
+    let (level, kind) = unsafe { ((*header).cmsg_level, (*header).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
         return Err(io::Error::other("fusermount3 sent no descriptor"));
     }
     // SAFETY: an SCM_RIGHTS message carries at least one int; it may be unaligned.

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
+use crate::location::Location;
 use crate::source::SourceError;
 use crate::store::Store;
 use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
@@ -61,7 +62,7 @@ fn to_status(e: SupervisorError) -> Status {
     use SupervisorError as E;
     let message = e.to_string();
     match e {
-        E::Invalid(_) => Status::invalid_argument(message),
+        E::Invalid(_) | E::Location(_) | E::Name(_) => Status::invalid_argument(message),
         E::Refused(_) => Status::permission_denied(message),
         E::MountpointMissing(_) | E::UnknownMount(_) => Status::not_found(message),
         E::NameInUse(_) | E::AlreadyMounted(_) => Status::already_exists(message),
@@ -79,7 +80,9 @@ fn to_status(e: SupervisorError) -> Status {
             }
             _ => Status::internal(message),
         },
-        E::Fs(_) | E::Mount { .. } | E::Unmount { .. } => Status::internal(message),
+        E::Fs(_) | E::Mount { .. } | E::Unmount { .. } | E::Internal(_) => {
+            Status::internal(message)
+        }
     }
 }
 
@@ -96,11 +99,11 @@ fn refused_or(e: SupervisorError, caller: &Caller) -> Status {
 
 fn to_info(s: MountStatus) -> MountInfo {
     MountInfo {
-        name: s.name,
+        name: s.name.to_string(),
         mountpoint: s.mountpoint.display().to_string(),
         source: s.source,
         commit: s.commit,
-        state: s.state.to_string(),
+        state: s.state.as_str().to_string(),
         fetched_objects: s.fetched_objects,
         fetched_bytes: s.fetched_bytes,
         cache_hits: s.cache_hits,
@@ -122,25 +125,26 @@ impl Control for ControlService {
     ) -> Result<Response<ConnectReply>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let repo = crate::source::http::display_url(&r.repo);
         info!(
-            %repo, mountpoint = %r.mountpoint, uid = caller.uid, gid = caller.gid,
-            pid = caller.pid, "connect requested"
+            repo = %crate::source::http::display_url(&r.repo), mountpoint = %r.mountpoint,
+            uid = caller.uid, gid = caller.gid, pid = caller.pid, "connect requested"
         );
-        let spec = ConnectSpec {
-            repo: r.repo,
-            mega_url: r.mega_url,
-            mountpoint: PathBuf::from(r.mountpoint),
-            git_ref: r.git_ref,
-            name: r.name,
-            allow_other: r.allow_other,
-            credentials: None,
-        };
-        let status = self
-            .supervisor
-            .connect(spec, caller)
-            .await
-            .map_err(|e| refused_or(e, &caller))?;
+        let status = async {
+            let spec = ConnectSpec {
+                location: Location::parse(&r.repo, Some(&r.mega_url))?,
+                mountpoint: PathBuf::from(&r.mountpoint),
+                git_ref: r.git_ref.clone(),
+                name: r.name.clone(),
+                allow_other: r.allow_other,
+                credentials: None,
+            };
+            self.supervisor.connect(spec, caller).await
+        }
+        .await
+        .map_err(|e| {
+            warn!(mountpoint = %r.mountpoint, uid = caller.uid, error = %e, "connect failed");
+            refused_or(e, &caller)
+        })?;
         Ok(Response::new(ConnectReply {
             mount: Some(to_info(status)),
         }))
@@ -197,7 +201,7 @@ impl Control for ControlService {
             .iter()
             .map(|p| Pattern::parse(p))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fs = self
             .supervisor
             .mount_fs(&r.target, caller)

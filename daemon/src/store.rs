@@ -7,9 +7,13 @@
 //! so a crash leaves either no object or a whole one; on open, leftovers in `tmp/` are removed
 //! and an object whose length disagrees with the size log is dropped.
 //!
+//! `listings/` holds, per root tree, the ids of the trees its mounts listed (see
+//! `fs::recall`); they count against the limit like objects.
+//!
 //! The cache is bounded: past its limit, the least recently used objects that nobody has
-//! pinned (an open file, a read under way) are evicted. Callers verify bytes against their id
-//! before inserting them.
+//! pinned (an open file, a read under way), and the least recently used listing records, are
+//! evicted. Callers verify bytes against their id before inserting them; streamed blobs are
+//! hashed on the way and kept only under the id they hash to.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -21,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::object::{ObjectError, ObjectHasher, ObjectId, ObjectKind};
+use crate::source::{BlobSink, PendingBlob, SinkError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cache at {path}: {source}")]
@@ -48,10 +53,19 @@ struct Entry {
     pins: u32,
 }
 
+/// What eviction may remove: an object, or the listing record of a root tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Victim {
+    Object(ObjectId),
+    Record(ObjectId),
+}
+
 #[derive(Default)]
 struct Index {
     /// Objects on disk.
     cached: HashMap<ObjectId, Entry>,
+    /// Listing records on disk, by root tree (their pins are unused).
+    records: HashMap<ObjectId, Entry>,
     /// Every size known, cached or not (a blob's size never changes).
     sizes: HashMap<ObjectId, u64>,
     /// Pins of objects not cached yet (an open file whose content is still to come).
@@ -92,7 +106,8 @@ pub struct Store {
 
 /// An object being written as it arrives: hashed on the way, renamed into place only if it is
 /// whole and hashes to its id. Dropped unfinished, it leaves nothing behind.
-pub struct PendingObject {
+pub struct PendingObject<'a> {
+    store: &'a Store,
     /// The id it must hash to; None: whatever it hashes to (a pack entry, named by its bytes).
     oid: Option<ObjectId>,
     expected_len: u64,
@@ -102,24 +117,18 @@ pub struct PendingObject {
     tmp_path: Option<PathBuf>,
 }
 
-impl PendingObject {
+impl PendingObject<'_> {
     /// Refuses bytes beyond the announced length at once: a server sending more than it
     /// said must not fill the disk before the length is checked at the end.
-    pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SinkError> {
         if self.written + chunk.len() as u64 > self.expected_len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "more bytes than the {} announced for this object",
-                    self.expected_len
-                ),
-            ));
+            return Err(SinkError::Overflow(self.expected_len));
         }
         self.written += chunk.len() as u64;
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(chunk);
         }
-        self.file.write_all(chunk)
+        Ok(self.file.write_all(chunk)?)
     }
 
     /// Bytes written so far.
@@ -135,25 +144,78 @@ impl PendingObject {
             None => Err(io::Error::other("the object is no longer being written")),
         }
     }
+
+    /// Keeps the object if it is whole and hashes to its id; returns the id.
+    pub fn commit(mut self) -> Result<ObjectId, SinkError> {
+        if self.written != self.expected_len {
+            return Err(SinkError::Length {
+                expected: self.expected_len,
+                received: self.written,
+            });
+        }
+        let hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| io::Error::other("an object committed twice"))?;
+        let actual = hasher.finish();
+        if let Some(expected) = self.oid.filter(|&expected| expected != actual) {
+            return Err(SinkError::Corrupt(ObjectError::Mismatch {
+                kind: ObjectKind::Blob,
+                expected,
+                actual,
+            }));
+        }
+        self.file.sync_data()?;
+        let final_path = self.store.path_of(&actual);
+        if let Some(parent) = final_path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        if let Some(tmp_path) = self.tmp_path.take() {
+            if let Err(e) = fs::rename(&tmp_path, &final_path) {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e.into());
+            }
+        }
+        self.store.record_size(&actual, self.written);
+        self.store.admit(&actual, self.written);
+        Ok(actual)
+    }
 }
 
-impl Drop for PendingObject {
+impl PendingBlob for PendingObject<'_> {
+    fn write(&mut self, piece: &[u8]) -> Result<(), SinkError> {
+        PendingObject::write(self, piece)
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn finish(self: Box<Self>) -> Result<ObjectId, SinkError> {
+        self.commit()
+    }
+}
+
+impl BlobSink for Store {
+    fn begin_blob(
+        &self,
+        oid: Option<ObjectId>,
+        len: u64,
+    ) -> Result<Box<dyn PendingBlob + '_>, SinkError> {
+        Ok(Box::new(self.begin(oid, len)?))
+    }
+
+    fn blob(&self, oid: &ObjectId) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(self.read(oid)?)
+    }
+}
+
+impl Drop for PendingObject<'_> {
     fn drop(&mut self) {
         if let Some(path) = self.tmp_path.take() {
             let _ = fs::remove_file(path);
         }
     }
-}
-
-/// Why a streamed object was not kept.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("{0}")]
-    Corrupt(ObjectError),
-    #[error("expected {expected} bytes, received {received}")]
-    Length { expected: u64, received: u64 },
 }
 
 /// Keeps an object from eviction while alive.
@@ -192,7 +254,9 @@ impl Store {
             sizes: read_sizes(&log_path),
             ..Index::default()
         };
-        scan_objects(&objects, &mut index);
+        let mut found = scan_objects(&objects, &index.sizes);
+        found.extend(scan_records(&listings));
+        index.admit_scanned(found);
         let sizes_log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -300,30 +364,36 @@ impl Store {
         Ok(())
     }
 
-    /// Starts writing blob `oid` of `len` bytes as it arrives (see [`PendingObject`]).
-    pub fn begin(&self, oid: &ObjectId, len: u64) -> io::Result<PendingObject> {
-        self.begin_as(Some(*oid), len)
+    /// Asks the kernel to read object `oid`'s file into the page cache, without reading it
+    /// here or counting it as used: whoever reads it soon finds it in memory. False if it is
+    /// not cached.
+    pub fn warm(&self, oid: &ObjectId) -> bool {
+        if !self.contains(oid) {
+            return false;
+        }
+        match File::open(self.path_of(oid)) {
+            Ok(file) => {
+                crate::sys::will_need(&file);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
-    /// Starts writing a blob of `len` bytes whose id is whatever its bytes hash to.
-    pub fn begin_unnamed(&self, len: u64) -> io::Result<PendingObject> {
-        self.begin_as(None, len)
-    }
-
-    fn begin_as(&self, oid: Option<ObjectId>, len: u64) -> io::Result<PendingObject> {
+    /// Starts writing a blob of `len` bytes as it arrives (see [`PendingObject`]): kept as
+    /// `oid` if it hashes to it, or, without `oid`, under whatever id it hashes to.
+    pub fn begin(&self, oid: Option<ObjectId>, len: u64) -> Result<PendingObject<'_>, SinkError> {
         let limit = self.limit();
         if limit > 0 && len > limit {
             // It could never stay, and a server's word on a size must not fill the disk.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("an object of {len} bytes is larger than the whole cache ({limit} bytes)"),
-            ));
+            return Err(SinkError::LargerThanCache { size: len, limit });
         }
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let name = oid.map_or_else(|| "unnamed".to_string(), |oid| oid.to_hex());
         let tmp_path = self.tmp.join(format!("{name}.{}.{n}", std::process::id()));
         let file = File::create(&tmp_path)?;
         Ok(PendingObject {
+            store: self,
             oid,
             expected_len: len,
             written: 0,
@@ -331,42 +401,6 @@ impl Store {
             file,
             tmp_path: Some(tmp_path),
         })
-    }
-
-    /// Keeps a fully written object if it is whole and hashes to its id; returns the id.
-    pub fn commit(&self, mut pending: PendingObject) -> Result<ObjectId, CommitError> {
-        if pending.written != pending.expected_len {
-            return Err(CommitError::Length {
-                expected: pending.expected_len,
-                received: pending.written,
-            });
-        }
-        let hasher = pending
-            .hasher
-            .take()
-            .ok_or_else(|| io::Error::other("an object committed twice"))?;
-        let actual = hasher.finish();
-        if let Some(expected) = pending.oid.filter(|&expected| expected != actual) {
-            return Err(CommitError::Corrupt(ObjectError::Mismatch {
-                kind: ObjectKind::Blob,
-                expected,
-                actual,
-            }));
-        }
-        pending.file.sync_data()?;
-        let final_path = self.path_of(&actual);
-        if let Some(parent) = final_path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        if let Some(tmp_path) = pending.tmp_path.take() {
-            if let Err(e) = fs::rename(&tmp_path, &final_path) {
-                let _ = fs::remove_file(&tmp_path);
-                return Err(e.into());
-            }
-        }
-        self.record_size(&actual, pending.written);
-        self.admit(&actual, pending.written);
-        Ok(actual)
     }
 
     /// Enters a newly written object into the index, evicting inline only when far over.
@@ -456,25 +490,86 @@ impl Store {
         self.listings.join(root.to_hex())
     }
 
+    /// The trees recorded under root tree `root`, in order; a torn last record (a crash
+    /// mid-append) is trimmed, since it would misalign every one after it.
+    pub fn listing_record(&self, root: &ObjectId) -> Vec<ObjectId> {
+        let path = self.listings_record(root);
+        let Ok(mut bytes) = fs::read(&path) else {
+            return Vec::new();
+        };
+        let whole = bytes.len() - bytes.len() % 20;
+        if whole != bytes.len() {
+            bytes.truncate(whole);
+            let trimmed = OpenOptions::new().write(true).open(&path);
+            if let Err(e) = trimmed.and_then(|f| f.set_len(whole as u64)) {
+                warn!(error = %e, path = %path.display(), "cannot trim a torn listing record");
+            }
+            self.account_record(root, whole as u64, false);
+        }
+        self.lock().touch_record(root);
+        bytes
+            .chunks_exact(20)
+            .map(|raw| {
+                let mut id = [0u8; 20];
+                id.copy_from_slice(raw);
+                ObjectId::from_bytes(id)
+            })
+            .collect()
+    }
+
+    /// Appends `trees` to the record of root tree `root`. A record is a help, not a need: a
+    /// failure to write one costs only speed later, and is logged.
+    pub fn append_listing_record(&self, root: &ObjectId, trees: &[ObjectId]) {
+        let path = self.listings_record(root);
+        let bytes: Vec<u8> = trees.iter().flat_map(|t| *t.as_bytes()).collect();
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.metadata()));
+        match written {
+            Ok(meta) => self.account_record(root, meta.len(), true),
+            Err(e) => warn!(error = %e, path = %path.display(), "cannot record listings"),
+        }
+    }
+
+    /// Sets the size the index holds for the record of `root`.
+    fn account_record(&self, root: &ObjectId, size: u64, used: bool) {
+        let mut index = self.lock();
+        index.clock += 1;
+        let clock = index.clock;
+        let entry = index.records.entry(*root).or_insert(Entry {
+            size: 0,
+            last_used: clock,
+            pins: 0,
+        });
+        let old = std::mem::replace(&mut entry.size, size);
+        if used {
+            entry.last_used = clock;
+        }
+        index.bytes = index.bytes - old + size;
+        drop(index);
+        self.evict_if_far_over();
+    }
+
     /// Removes every unpinned object, and the listing records. Returns bytes freed.
     pub fn clear(&self) -> u64 {
-        if let Ok(records) = fs::read_dir(&self.listings) {
-            for record in records.flatten() {
-                let _ = fs::remove_file(record.path());
-            }
-        }
         self.evict_down_to(0)
     }
 
     fn evict_down_to(&self, target: u64) -> u64 {
-        let victims: Vec<(ObjectId, u64)> = {
+        let victims: Vec<(Victim, u64)> = {
             let index = self.lock();
-            let mut candidates: Vec<_> = index
+            let objects = index
                 .cached
                 .iter()
                 .filter(|(_, e)| e.pins == 0)
-                .map(|(oid, e)| (e.last_used, *oid, e.size))
-                .collect();
+                .map(|(oid, e)| (e.last_used, Victim::Object(*oid), e.size));
+            let records = index
+                .records
+                .iter()
+                .map(|(root, e)| (e.last_used, Victim::Record(*root), e.size));
+            let mut candidates: Vec<_> = objects.chain(records).collect();
             candidates.sort_unstable();
             let mut excess = index.bytes.saturating_sub(target);
             candidates
@@ -484,28 +579,12 @@ impl Store {
                     excess = excess.saturating_sub(*size);
                     take
                 })
-                .map(|(_, oid, size)| (oid, size))
+                .map(|(_, victim, size)| (victim, size))
                 .collect()
         };
         let mut freed = 0;
-        for (oid, size) in victims {
-            let mut index = self.lock();
-            // Pinned (or used) since we chose it: keep it.
-            if index.cached.get(&oid).is_none_or(|e| e.pins != 0) {
-                continue;
-            }
-            match fs::remove_file(self.path_of(&oid)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    warn!(%oid, error = %e, "cannot evict a cached object");
-                    continue;
-                }
-            }
-            index.cached.remove(&oid);
-            index.bytes -= size;
-            freed += size;
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+        for (victim, _) in victims {
+            freed += self.evict(victim);
         }
         if freed > 0 {
             info!(
@@ -515,6 +594,41 @@ impl Store {
             );
         }
         freed
+    }
+
+    /// Removes one victim unless it was pinned since it was chosen; the bytes freed.
+    fn evict(&self, victim: Victim) -> u64 {
+        let mut index = self.lock();
+        let (map, path) = match victim {
+            Victim::Object(oid) => (&mut index.cached, self.path_of(&oid)),
+            Victim::Record(root) => (&mut index.records, self.listings_record(&root)),
+        };
+        let (Victim::Object(key) | Victim::Record(key)) = victim;
+        let Some(size) = map.get(&key).filter(|e| e.pins == 0).map(|e| e.size) else {
+            return 0;
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(?victim, error = %e, "cannot evict from the cache");
+                return 0;
+            }
+        }
+        map.remove(&key);
+        index.bytes -= size;
+        if matches!(victim, Victim::Object(_)) {
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        size
+    }
+
+    /// Evicts inline only when the cache is far over its limit; else the background does.
+    fn evict_if_far_over(&self) {
+        let limit = self.limit();
+        if limit > 0 && self.lock().bytes > limit + limit / 4 {
+            self.evict_to_limit();
+        }
     }
 
     /// Remembers what `source` (a source's description) resolved to: commit, root tree and
@@ -575,9 +689,12 @@ fn read_sizes(path: &Path) -> HashMap<ObjectId, u64> {
     sizes
 }
 
-/// Indexes the objects on disk, oldest first, dropping any whose length disagrees with the
-/// size log (a torn or tampered file) and anything that is not an object.
-fn scan_objects(objects: &Path, index: &mut Index) {
+/// Something found on disk at open: its mtime, what it is, its size.
+type Found = (std::time::SystemTime, Victim, u64);
+
+/// The objects on disk, dropping any whose length disagrees with the size log (a torn or
+/// tampered file) and anything that is not an object.
+fn scan_objects(objects: &Path, sizes: &HashMap<ObjectId, u64>) -> Vec<Found> {
     let mut found = Vec::new();
     for shard in fs::read_dir(objects).into_iter().flatten().flatten() {
         let prefix = shard.file_name().to_string_lossy().into_owned();
@@ -586,7 +703,7 @@ fn scan_objects(objects: &Path, index: &mut Index) {
             let Ok(meta) = file.metadata() else { continue };
             let oid = ObjectId::from_hex(&format!("{prefix}{name}"));
             let trusted = match &oid {
-                Ok(oid) => index.sizes.get(oid).is_none_or(|&s| s == meta.len()),
+                Ok(oid) => sizes.get(oid).is_none_or(|&s| s == meta.len()),
                 Err(_) => false,
             };
             if !trusted || !meta.is_file() {
@@ -596,24 +713,62 @@ fn scan_objects(objects: &Path, index: &mut Index) {
             }
             if let Ok(oid) = oid {
                 let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                found.push((mtime, oid, meta.len()));
+                found.push((mtime, Victim::Object(oid), meta.len()));
             }
         }
     }
-    // Oldest first, so the clock orders them as least recently used.
-    found.sort();
-    for (_, oid, size) in found {
-        index.clock += 1;
-        index.bytes += size;
-        index.sizes.entry(oid).or_insert(size);
-        index.cached.insert(
-            oid,
-            Entry {
+    found
+}
+
+/// The listing records on disk; anything else there is removed.
+fn scan_records(listings: &Path) -> Vec<Found> {
+    let mut found = Vec::new();
+    for file in fs::read_dir(listings).into_iter().flatten().flatten() {
+        let root = ObjectId::from_hex(&file.file_name().to_string_lossy());
+        match (root, file.metadata()) {
+            (Ok(root), Ok(meta)) if meta.is_file() => {
+                let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                found.push((mtime, Victim::Record(root), meta.len()));
+            }
+            _ => {
+                let _ = fs::remove_file(file.path());
+            }
+        }
+    }
+    found
+}
+
+impl Index {
+    /// Enters what was found on disk, oldest first, so the clock orders them as least
+    /// recently used.
+    fn admit_scanned(&mut self, mut found: Vec<Found>) {
+        found.sort();
+        for (_, victim, size) in found {
+            self.clock += 1;
+            self.bytes += size;
+            let entry = Entry {
                 size,
-                last_used: index.clock,
+                last_used: self.clock,
                 pins: 0,
-            },
-        );
+            };
+            match victim {
+                Victim::Object(oid) => {
+                    self.sizes.entry(oid).or_insert(size);
+                    self.cached.insert(oid, entry);
+                }
+                Victim::Record(root) => {
+                    self.records.insert(root, entry);
+                }
+            }
+        }
+    }
+
+    fn touch_record(&mut self, root: &ObjectId) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(entry) = self.records.get_mut(root) {
+            entry.last_used = clock;
+        }
     }
 }
 
@@ -652,28 +807,25 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 0).expect("open");
         let (oid, bytes) = blob("streamed in pieces");
-        let mut pending = store.begin(&oid, bytes.len() as u64).expect("begin");
+        let mut pending = store.begin(Some(oid), bytes.len() as u64).expect("begin");
         for piece in bytes.chunks(5) {
             pending.write(piece).expect("write");
         }
-        store.commit(pending).expect("commit");
+        pending.commit().expect("commit");
         assert_eq!(store.read(&oid).expect("read"), Some(bytes.clone()));
 
         let (other, other_bytes) = blob("another one");
         let mut short = store
-            .begin(&other, other_bytes.len() as u64)
+            .begin(Some(other), other_bytes.len() as u64)
             .expect("begin");
         short.write(&other_bytes[..4]).expect("write");
-        assert!(matches!(
-            store.commit(short),
-            Err(CommitError::Length { .. })
-        ));
+        assert!(matches!(short.commit(), Err(SinkError::Length { .. })));
         let mut wrong = store
-            .begin(&other, other_bytes.len() as u64)
+            .begin(Some(other), other_bytes.len() as u64)
             .expect("begin");
         wrong.write(b"another 0ne").expect("write");
-        assert!(matches!(store.commit(wrong), Err(CommitError::Corrupt(_))));
-        let mut long = store.begin(&other, 3).expect("begin");
+        assert!(matches!(wrong.commit(), Err(SinkError::Corrupt(_))));
+        let mut long = store.begin(Some(other), 3).expect("begin");
         long.write(b"abc").expect("as announced");
         let err = long.write(b"d").expect_err("more than announced");
         assert!(
@@ -694,12 +846,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1000).expect("open");
         let (oid, _) = blob("x");
-        let err = store.begin(&oid, 1001).err().expect("too big");
+        let err = store.begin(Some(oid), 1001).err().expect("too big");
         assert!(
             err.to_string().contains("larger than the whole cache"),
             "{err}"
         );
-        assert!(store.begin(&oid, 1000).is_ok());
+        assert!(store.begin(Some(oid), 1000).is_ok());
     }
 
     #[test]

@@ -36,7 +36,7 @@ fn assert_contained(daemon: &Daemon, point: &Path, server: &str, skip: &[&str]) 
         let line = log
             .lines()
             .find(|l| {
-                l.contains("refusing a malformed tree") && l.contains(&format!("path={dir} "))
+                l.contains("refusing a malformed tree") && l.contains(&format!("path=/{dir} "))
             })
             .unwrap_or_else(|| panic!("no log line for {dir}:\n{log}"));
         assert!(line.contains(what), "{dir}: {line}");

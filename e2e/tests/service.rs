@@ -357,7 +357,10 @@ fn check_config_reports_errors_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{}:7: mount.mega_url: invalid URL", bad.display())),
+        stderr.contains(&format!(
+            "{}:7: mount.mega_url: invalid Mega URL",
+            bad.display()
+        )),
         "{stderr}"
     );
 

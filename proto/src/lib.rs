@@ -1,6 +1,8 @@
 //! The megafsd control protocol: generated gRPC types plus what both ends need to meet on a
-//! Unix socket (where the socket lives, how a client dials it).
+//! Unix socket (where the socket lives, how a client dials it) and to agree on what a
+//! repository's location means.
 
+pub mod location;
 pub mod socket;
 
 /// Generated from `proto/megafs.proto`.

@@ -1,19 +1,20 @@
-//! Listings ahead of a walk: when the kernel first reads a directory, the listings of its
-//! subdirectories load in the background (from the cache, else from the source), so a walk
-//! going on into them finds them at hand instead of waiting on a disk or a server for each in
-//! turn. Bounded: a few loads at once per mount, the first subdirectories of a directory
-//! only, and a cap on directories waiting their turn; what falls outside loads on demand.
+//! Listings ahead of a walk: when the kernel first reads a directory, the trees of its
+//! subdirectories are brought close in the background (a cached one into the page cache, a
+//! missing one fetched into the cache), so a walk going on into them finds them at hand
+//! instead of waiting on a disk or a server for each in turn. Bounded: a few loads at once
+//! per mount, the first subdirectories of a directory only, and a cap on directories waiting
+//! their turn; what falls outside loads on demand. Works through the loader alone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
-use super::inode::Listing;
-use super::MountFs;
-use crate::object::{EntryKind, ObjectId};
+use super::loader::Loader;
+use crate::object::ObjectId;
+use crate::repo_path::RepoPath;
 
 /// Subdirectories loaded ahead for one directory, by default.
 pub const DEFAULT_LOOK_AHEAD: usize = 64;
@@ -26,78 +27,68 @@ const PARALLEL_LOADS: usize = 4;
 const MAX_WAITING: usize = 64;
 
 pub(super) struct LookAhead {
-    waiting: AtomicUsize,
-    loads: Semaphore,
+    waiting: Arc<AtomicUsize>,
+    loads: Arc<Semaphore>,
 }
 
 impl LookAhead {
     pub(super) fn new() -> Self {
         LookAhead {
-            waiting: AtomicUsize::new(0),
-            loads: Semaphore::new(PARALLEL_LOADS),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            loads: Arc::new(Semaphore::new(PARALLEL_LOADS)),
         }
     }
-}
 
-impl MountFs {
-    /// Starts loading the listings of `dir`'s first subdirectories, once per listing of `dir`
-    /// (which the kernel has just read).
-    pub(super) fn look_ahead(self: &Arc<Self>, dir: u64, listing: &Listing) {
-        let limit = self.options.look_ahead;
-        if limit == 0 || listing.looked_ahead.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let subdirs: Vec<(Arc<[u8]>, ObjectId)> = listing
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::Directory)
-            .take(limit)
-            .map(|e| (e.name.clone(), e.oid))
-            .collect();
-        if subdirs.is_empty() {
-            return;
-        }
-        if self.ahead.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
-            self.ahead.waiting.fetch_sub(1, Ordering::Relaxed);
+    /// Brings the trees of `subdirs` (path, tree) close, in the background.
+    pub(super) fn start(
+        &self,
+        loader: &Arc<Loader>,
+        runtime: &tokio::runtime::Handle,
+        subdirs: Vec<(RepoPath, ObjectId)>,
+    ) {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         // Weak: a mount that goes away takes its look-ahead with it.
-        let mount = Arc::downgrade(self);
-        self.runtime.spawn(async move {
-            stream::iter(subdirs)
-                .for_each_concurrent(None, |(name, oid)| {
-                    let mount = mount.clone();
-                    async move {
-                        if let Some(fs) = mount.upgrade() {
-                            fs.load_ahead(dir, &name, oid).await;
+        let loader = Arc::downgrade(loader);
+        let (waiting, loads) = (self.waiting.clone(), self.loads.clone());
+        let span = tracing::info_span!("look_ahead", dirs = subdirs.len());
+        runtime.spawn(
+            async move {
+                stream::iter(subdirs)
+                    .for_each_concurrent(None, |(path, oid)| {
+                        let (loader, loads) = (loader.clone(), loads.clone());
+                        async move {
+                            // The slot first, then the mount: one that went away while this
+                            // waited is not kept alive by the queue.
+                            let Ok(_slot) = loads.acquire_owned().await else {
+                                return;
+                            };
+                            if let Some(loader) = loader.upgrade() {
+                                load(&loader, &path, oid).await;
+                            }
                         }
-                    }
-                })
-                .await;
-            if let Some(fs) = mount.upgrade() {
-                fs.ahead.waiting.fetch_sub(1, Ordering::Relaxed);
+                    })
+                    .await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
             }
-        });
+            .instrument(span),
+        );
     }
+}
 
-    /// Brings the tree `oid` of subdirectory `name` of `dir` close: a cached tree is read into
-    /// the page cache (off the runtime's threads: it may wait on the disk), which is all a
-    /// demand load then lacks; a missing one is fetched and its listing loaded.
-    async fn load_ahead(self: Arc<Self>, dir: u64, name: &[u8], oid: ObjectId) {
-        let Ok(_permit) = self.ahead.loads.acquire().await else {
-            return;
-        };
-        if self.store.contains(&oid) {
-            let store = Arc::clone(&self.store);
-            let _ = tokio::task::spawn_blocking(move || store.read(&oid)).await;
-            return;
-        }
-        let Some(ino) = self.write_inodes().node_for(dir, name) else {
-            return;
-        };
-        // Failures are the demand load's to report, with the request that wants it.
-        if let Err(error) = self.listing(ino).await {
-            debug!(dir, name = %String::from_utf8_lossy(name), %error, "look-ahead failed");
-        }
+/// Brings tree `oid` (at `path`) close: a cached one is read into the page cache by the
+/// kernel (off the runtime's threads: opening it may wait on the disk), which is all a
+/// demand load then lacks; a missing one is fetched into the cache.
+async fn load(loader: &Arc<Loader>, path: &RepoPath, oid: ObjectId) {
+    if loader.contains(&oid) {
+        let loader = Arc::clone(loader);
+        let _ = tokio::task::spawn_blocking(move || loader.warm(&oid)).await;
+        return;
+    }
+    // A failure is logged by the loader; the demand load reports it to whoever asks.
+    if let Err(error) = loader.fetch_tree(path, oid).await {
+        debug!(%path, %error, "look-ahead failed");
     }
 }

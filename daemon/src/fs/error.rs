@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use crate::object::ObjectError;
+use crate::repo_path::RepoPath;
 use crate::source::SourceError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FsError {
     #[error("no such entry")]
     NotFound,
-    #[error("no such path in the mount: /{0}")]
-    NoSuchPath(String),
+    #[error("no such path in the mount: {0}")]
+    NoSuchPath(RepoPath),
     #[error("unknown inode {0}")]
     StaleInode(u64),
     #[error("not a directory")]

@@ -9,22 +9,36 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tracing::Instrument;
 
 use super::error::FsError;
 
 /// A run in progress, and whether its work has finished (a finished run whose waiters all gave
 /// up is never polled again, so its future alone cannot tell).
-#[derive(Clone)]
-struct Flight {
-    result: Shared<BoxFuture<'static, Result<(), FsError>>>,
+struct Flight<T: Clone> {
+    result: Shared<BoxFuture<'static, Result<T, FsError>>>,
     done: Arc<AtomicBool>,
 }
 
-pub struct Flights<K> {
-    running: Mutex<HashMap<K, Flight>>,
+impl<T: Clone> Clone for Flight<T> {
+    fn clone(&self) -> Self {
+        Flight {
+            result: self.result.clone(),
+            done: self.done.clone(),
+        }
+    }
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static> Flights<K> {
+/// Runs of work by key, each giving every waiter a `T` (cheap to clone: `()`, an `Arc`).
+pub struct Flights<K, T: Clone = ()> {
+    running: Mutex<HashMap<K, Flight<T>>>,
+}
+
+impl<K, T> Flights<K, T>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+{
     pub fn new() -> Self {
         Flights {
             running: Mutex::new(HashMap::new()),
@@ -32,10 +46,10 @@ impl<K: Hash + Eq + Clone + Send + 'static> Flights<K> {
     }
 
     /// Runs `work` for `key` unless a run for `key` is already under way, and waits for
-    /// whichever run it joined.
-    pub async fn run<F>(&self, key: K, work: F) -> Result<(), FsError>
+    /// whichever run it joined. The work runs in the current span.
+    pub async fn run<F>(&self, key: K, work: F) -> Result<T, FsError>
     where
-        F: Future<Output = Result<(), FsError>> + Send + 'static,
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
     {
         let flight = {
             let mut running = self.lock();
@@ -48,11 +62,14 @@ impl<K: Hash + Eq + Clone + Send + 'static> Flights<K> {
                 None => {
                     let done = Arc::new(AtomicBool::new(false));
                     let finished = done.clone();
-                    let task = tokio::spawn(async move {
-                        let result = work.await;
-                        finished.store(true, Ordering::Release);
-                        result
-                    });
+                    let task = tokio::spawn(
+                        async move {
+                            let result = work.await;
+                            finished.store(true, Ordering::Release);
+                            result
+                        }
+                        .instrument(tracing::Span::current()),
+                    );
                     let result = async move {
                         task.await
                             .unwrap_or_else(|e| Err(FsError::Internal(format!("fetch task: {e}"))))
@@ -76,7 +93,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> Flights<K> {
         result
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Flight>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Flight<T>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -89,7 +106,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_runs_share_one() {
-        let flights = Arc::new(Flights::new());
+        let flights = Arc::new(Flights::<_, ()>::new());
         let runs = Arc::new(AtomicUsize::new(0));
         let (release, wait) = tokio::sync::watch::channel(false);
         let mut waiters = Vec::new();
@@ -124,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_failure_is_not_handed_to_the_next_caller() {
-        let flights = Flights::new();
+        let flights = Flights::<_, ()>::new();
         let abandoned = tokio::time::timeout(
             std::time::Duration::from_millis(10),
             flights.run(7, async {
@@ -140,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_later_run_starts_afresh() {
-        let flights = Flights::new();
+        let flights = Flights::<_, ()>::new();
         flights
             .run(1, async { Err(FsError::NotFound) })
             .await

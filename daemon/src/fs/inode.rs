@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::object::{EntryKind, ObjectId, TreeEntry};
+use crate::repo_path::RepoPath;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -199,8 +200,8 @@ impl InodeTable {
         }
     }
 
-    /// The repository-relative path of `ino`, `/`-separated, empty for the root.
-    pub fn path_of(&self, ino: u64) -> String {
+    /// The repository path of `ino`.
+    pub fn path_of(&self, ino: u64) -> RepoPath {
         let mut names = Vec::new();
         let mut at = ino;
         // Bounded: a parent chain never loops, but a bug should not hang a request.
@@ -209,11 +210,10 @@ impl InodeTable {
                 break;
             }
             let Some(node) = self.get(at) else { break };
-            names.push(String::from_utf8_lossy(&node.name).into_owned());
+            names.push(&node.name[..]);
             at = node.parent;
         }
-        names.reverse();
-        names.join("/")
+        RepoPath::from_components(names.into_iter().rev())
     }
 
     /// Records the entries of directory `dir`, numbering each. Does nothing if the directory
@@ -300,8 +300,8 @@ mod tests {
         let src = table.node_for(ROOT_INO, b"src").unwrap();
         table.add_listing(src, vec![entry("main.rs", EntryKind::File, 3)]);
         let main = table.node_for(src, b"main.rs").unwrap();
-        assert_eq!(table.path_of(main), "src/main.rs");
-        assert_eq!(table.path_of(ROOT_INO), "");
+        assert_eq!(table.path_of(main).as_bytes(), b"src/main.rs");
+        assert!(table.path_of(ROOT_INO).is_root());
         assert_eq!(table.get(main).unwrap().parent, src);
         // Listing again changes nothing.
         table.add_listing(ROOT_INO, vec![entry("other", EntryKind::File, 9)]);

@@ -1,43 +1,45 @@
-//! The filesystem logic of one mount: inodes, attributes, lookups, listings and reads, over a
-//! [`Source`] and the shared [`Store`]. Independent of FUSE: `crate::fuse` adapts it to the
-//! kernel, and tests drive it directly.
+//! The filesystem logic of one mount: inodes, attributes, lookups, listings and reads. Every
+//! object comes through the mount's [`Loader`] (the cache, else the source, verified); this
+//! module knows nothing of FUSE: `crate::fuse` adapts it to the kernel, and tests drive it
+//! directly. Its helpers each have one job and a small API: `ahead` and `recall` warm what a
+//! walk will want, through the loader; `prefetch` walks the mount through [`MountFs`]'s own
+//! lookups and listings.
 
 mod ahead;
 mod arrival;
 mod error;
 mod flight;
 mod inode;
+mod loader;
 mod pattern;
 mod prefetch;
 mod recall;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::stream::{self, StreamExt};
 use futures::FutureExt;
-use tracing::{error, info, warn};
+use tracing::{info, warn, Instrument};
 
 use ahead::LookAhead;
 pub use ahead::DEFAULT_LOOK_AHEAD;
 use arrival::{Arrival, Ready};
 pub use error::FsError;
-use flight::Flights;
 pub use inode::ROOT_INO;
 use inode::{InodeTable, Listing};
-pub use pattern::Pattern;
+pub use loader::Counters;
+use loader::Loader;
+pub use pattern::{Pattern, PatternError};
 pub use prefetch::PrefetchProgress;
 use recall::Recall;
 
-use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
+use crate::object::{EntryKind, ObjectError, ObjectId, TreeEntry};
+use crate::repo_path::RepoPath;
 use crate::source::{Snapshot, Source, SourceError};
-use crate::store::{CommitError, Pin, Store};
-
-/// How many size queries one directory may have in flight at once.
-const SIZE_QUERY_PARALLELISM: usize = 16;
+use crate::store::{Pin, Store};
 
 /// The kernel's caches, as far as the filesystem logic must know them: what to drop when
 /// what it was told no longer holds. Set by whoever mounted the filesystem.
@@ -94,39 +96,22 @@ pub struct DirEntry {
     pub name: Arc<[u8]>,
 }
 
-/// What this mount has cost and saved.
-#[derive(Default)]
-pub struct Stats {
-    pub fetched_objects: AtomicU64,
-    pub fetched_bytes: AtomicU64,
-    pub cache_hits: AtomicU64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum FlightKey {
-    Listing(u64),
-    Sizes(u64),
-    Blob(ObjectId),
-}
-
 pub struct MountFs {
-    source: Arc<dyn Source>,
-    store: Arc<Store>,
+    loader: Arc<Loader>,
     /// The commit shown; replaced by a refresh.
     snapshot: RwLock<Snapshot>,
     inodes: RwLock<InodeTable>,
     owner: (u32, u32),
-    stats: Stats,
-    flights: Flights<FlightKey>,
-    /// Mounted from the last known commit because the source was unreachable; cleared by the
-    /// first successful fetch.
-    offline: std::sync::atomic::AtomicBool,
     options: FsOptions,
     /// Told what the kernel should forget (set by whoever mounted this, which knows the
     /// kernel; the filesystem logic does not).
-    kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
+    kernel: OnceLock<Box<dyn KernelCache>>,
     /// Big blobs being read as they arrive, by id.
     arrivals: Mutex<HashMap<ObjectId, Arc<Arrival>>>,
+    /// Big blobs whose arrival failed, and why: their reads fail at once until the file is
+    /// opened again. The kernel drops the pages of a failed arrival, and a program reading
+    /// on would otherwise cost a whole new fetch for each page it asks for next.
+    failed_arrivals: Mutex<HashMap<ObjectId, FsError>>,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -134,6 +119,8 @@ pub struct MountFs {
     /// The trees earlier mounts of this commit listed, and this one's record of them.
     /// (Replaced by a refresh: it belongs to the root tree shown.)
     recall: RwLock<Arc<Recall>>,
+    /// A refresh after the trunk moved is under way.
+    following_trunk: AtomicBool,
     /// Where background work runs: requests may come from threads outside the runtime.
     runtime: tokio::runtime::Handle,
 }
@@ -146,35 +133,29 @@ impl MountFs {
         owner: (u32, u32),
         options: FsOptions,
     ) -> Result<Arc<MountFs>, FsError> {
-        let (snapshot, offline) = resolve_or_remember(source.as_ref(), &store).await?;
-        let recall = Recall::open(&store, &snapshot.root_tree);
+        let loader = Arc::new(Loader::new(source, store, options.fetch_timeout));
+        let snapshot = loader.resolve().await?;
+        let recall = Recall::open(&loader, snapshot.root_tree).await;
         let fs = Arc::new(MountFs {
-            offline: std::sync::atomic::AtomicBool::new(offline),
             options,
-            kernel: std::sync::OnceLock::new(),
+            kernel: OnceLock::new(),
             arrivals: Mutex::new(HashMap::new()),
+            failed_arrivals: Mutex::new(HashMap::new()),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             // Without the root's body: the snapshot is cloned on every stat.
             snapshot: RwLock::new(Snapshot {
                 root_body: None,
-                ..snapshot.clone()
+                ..snapshot
             }),
-            source,
-            store,
+            loader,
             owner,
-            stats: Stats::default(),
-            flights: Flights::new(),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             ahead: LookAhead::new(),
-            recall: RwLock::new(Arc::new(recall)),
+            recall: RwLock::new(recall),
+            following_trunk: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
-        if let Some(body) = snapshot.root_body.clone() {
-            // Already fetched to resolve; it hashes to root_tree by construction.
-            fs.count_fetch(body.len());
-            fs.store.insert(&snapshot.root_tree, &body)?;
-        }
         fs.listing(ROOT_INO).await?;
         Ok(fs)
     }
@@ -182,7 +163,7 @@ impl MountFs {
     /// Whether the mount shows a remembered commit because its source was unreachable, and
     /// nothing has been fetched since.
     pub fn is_offline(&self) -> bool {
-        self.offline.load(Ordering::Relaxed)
+        self.loader.is_offline()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -195,6 +176,14 @@ impl MountFs {
     /// Registers the kernel's caches, to be told what they must forget.
     pub fn set_kernel_cache(&self, kernel: Box<dyn KernelCache>) {
         let _ = self.kernel.set(kernel);
+    }
+
+    pub fn stats(&self) -> &Counters {
+        self.loader.counters()
+    }
+
+    pub fn source_description(&self) -> String {
+        self.loader.server().to_string()
     }
 
     /// Moves the mount to the newest commit of what it follows, if that changed. Unchanged
@@ -211,30 +200,15 @@ impl MountFs {
     }
 
     async fn refresh_now(self: &Arc<Self>) -> Result<Option<Vec<Vec<u8>>>, FsError> {
-        let fresh = self.source.resolve().await?;
+        let fresh = self.loader.latest().await?;
         let current = self.snapshot();
         if fresh.commit == current.commit {
             return Ok(None);
         }
         // Have the new root in hand (verified) before switching to it.
-        match &fresh.root_body {
-            Some(body) => {
-                self.verified(ObjectKind::Tree, fresh.root_tree, "/", body)?;
-                self.count_fetch(body.len());
-                self.store.insert(&fresh.root_tree, body)?;
-            }
-            None => {
-                self.tree_body("", fresh.root_tree).await?;
-            }
-        }
-        self.store.save_snapshot(
-            &self.source.describe(),
-            &fresh.commit,
-            &fresh.root_tree,
-            fresh.commit_time,
-        );
-        *self.recall.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Recall::open(&self.store, &fresh.root_tree));
+        self.loader.adopt(&fresh).await?;
+        let recall = Recall::open(&self.loader, fresh.root_tree).await;
+        *self.recall.write().unwrap_or_else(|p| p.into_inner()) = recall;
         let old = self.write_inodes().retire_root(fresh.root_tree);
         info!(from = %current.commit, to = %fresh.commit, "refreshed");
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
@@ -257,12 +231,23 @@ impl MountFs {
         Ok(Some(stale))
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    pub fn source_description(&self) -> String {
-        self.source.describe()
+    /// The trunk moved under the mount: move with it, in the background (so the kernel's
+    /// invalidations never wait on the request that noticed), once however many notice.
+    fn follow_trunk(self: &Arc<Self>, path: &RepoPath) {
+        if self.following_trunk.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        warn!(%path, "the trunk moved: refreshing");
+        let this = Arc::clone(self);
+        self.runtime.spawn(
+            async move {
+                if let Err(e) = this.refresh().await {
+                    warn!(error = %e, "refresh after the trunk moved failed");
+                }
+                this.following_trunk.store(false, Ordering::Release);
+            }
+            .in_current_span(),
+        );
     }
 
     /// The parent directory of `ino` (the root is its own parent).
@@ -300,12 +285,8 @@ impl MountFs {
 
     pub async fn lookup(self: &Arc<Self>, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         self.listing(parent).await?;
-        let ino = self
-            .write_inodes()
-            .node_for(parent, name)
-            .ok_or(FsError::NotFound)?;
-        let kind = self.read_inodes().get(ino).map(|n| n.kind);
-        if kind.is_some_and(|k| !k.is_dir()) {
+        let ino = self.child(parent, name).ok_or(FsError::NotFound)?;
+        if self.kind_of(ino).is_some_and(|k| !k.is_dir()) {
             self.ensure_size(parent, ino).await?;
         }
         self.attr_of(ino)
@@ -321,39 +302,35 @@ impl MountFs {
     // the full path) is needed. Most requests of a walk over a known tree end here.
 
     pub fn lookup_loaded(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
-        let listing = self.listing_at_hand(parent)?;
+        let listing = match self.listing_at_hand(parent)? {
+            Ok(listing) => listing,
+            Err(e) => return Some(Err(e)),
+        };
         let Some(entry) = listing.entry(name) else {
             return Some(Err(FsError::NotFound));
         };
-        if !entry.kind.is_dir() && self.store.known_size(&entry.oid).is_none() {
+        if !entry.kind.is_dir() && self.loader.known_size(&entry.oid).is_none() {
             return None;
         }
-        let ino = self.write_inodes().node_for(parent, name)?;
+        let ino = self.child(parent, name)?;
         Some(self.attr_of(ino))
     }
 
-    pub fn readdir_loaded(self: &Arc<Self>, ino: u64) -> Option<Vec<DirEntry>> {
-        let listing = self.listing_at_hand(ino)?;
+    pub fn readdir_loaded(self: &Arc<Self>, ino: u64) -> Option<Result<Vec<DirEntry>, FsError>> {
+        let listing = match self.listing_at_hand(ino)? {
+            Ok(listing) => listing,
+            Err(e) => return Some(Err(e)),
+        };
         self.after_kernel_read(ino, &listing);
-        Some(entries_of(&listing))
+        Some(Ok(entries_of(&listing)))
     }
 
     /// What a listing with attributes (readdirplus) gives for `entry` of directory `dir`: a
     /// node, as the kernel keeps the entry, and the attributes if known without the source.
     /// Asked only for the entries a reply takes, not for a whole large directory each time.
     pub fn plus_attr(&self, dir: u64, entry: &DirEntry) -> Option<Attr> {
-        let ino = self.write_inodes().node_for(dir, &entry.name)?;
+        let ino = self.child(dir, &entry.name)?;
         self.known_attr(ino)
-    }
-
-    /// The blob id of file (or symlink) `ino`.
-    fn file_oid(&self, ino: u64) -> Result<ObjectId, FsError> {
-        let inodes = self.read_inodes();
-        let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
-        if node.kind.is_dir() {
-            return Err(FsError::IsDir);
-        }
-        Ok(node.oid)
     }
 
     /// The attributes of `ino` if they are known without asking the source (a file's size may
@@ -362,7 +339,7 @@ impl MountFs {
         let size_known = {
             let inodes = self.read_inodes();
             let node = inodes.get(ino)?;
-            node.kind.is_dir() || self.store.known_size(&node.oid).is_some()
+            node.kind.is_dir() || self.loader.known_size(&node.oid).is_some()
         };
         if size_known {
             self.attr_of(ino).ok()
@@ -375,17 +352,16 @@ impl MountFs {
     /// which the kernel then serves from it without asking the daemon).
     pub fn cached_file(&self, ino: u64) -> Option<std::fs::File> {
         let oid = self.file_oid(ino).ok()?;
-        if !self.store.contains(&oid) {
-            return None;
-        }
-        self.store.open_object(&oid).ok().flatten()
+        self.loader.cached_blob(&oid)
     }
 
     /// Opens a file: its blob stays in the cache (once there) until the handle is released.
     pub fn open_file(&self, ino: u64) -> Result<u64, FsError> {
         let oid = self.file_oid(ino)?;
+        // A new open is a new try.
+        lock(&self.failed_arrivals).remove(&oid);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let pin = self.store.pin(&oid);
+        let pin = self.loader.pin(&oid);
         self.lock_handles().insert(handle, pin);
         Ok(handle)
     }
@@ -405,8 +381,11 @@ impl MountFs {
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
         let oid = self.file_oid(ino)?;
-        if !self.store.contains(&oid) {
+        if !self.loader.contains(&oid) {
             if let Some(len) = self.streamed_size(ino) {
+                if let Some(failed) = lock(&self.failed_arrivals).get(&oid) {
+                    return Err(failed.clone());
+                }
                 return self.read_arriving(ino, oid, len, offset, size).await;
             }
         }
@@ -414,11 +393,24 @@ impl MountFs {
         read_into(size, |buf, at| Ok(file.read_at(buf, offset + at)?))
     }
 
+    /// The cache file of file `ino` (blob `oid`), fetched first if needed; the path is only
+    /// worked out when the cache misses.
+    async fn open_blob(
+        self: &Arc<Self>,
+        ino: u64,
+        oid: ObjectId,
+    ) -> Result<std::fs::File, FsError> {
+        match self.loader.open_cached(&oid)? {
+            Some(file) => Ok(file),
+            None => self.loader.open_blob(&self.path_of(ino), oid).await,
+        }
+    }
+
     /// The size of file `ino` if it is big enough to be read as it arrives.
     fn streamed_size(&self, ino: u64) -> Option<u64> {
         let min = self.options.stream_min_size?;
         let oid = self.read_inodes().get(ino)?.oid;
-        let size = self.store.known_size(&oid)?;
+        let size = self.loader.known_size(&oid)?;
         (size >= min).then_some(size)
     }
 
@@ -458,20 +450,28 @@ impl MountFs {
         let arrival = Arc::new(Arrival::new());
         arrivals.insert(oid, arrival.clone());
         let (this, watched) = (Arc::clone(self), arrival.clone());
-        tokio::spawn(async move {
-            let result = this.ensure_blob_as(ino, oid, Some(watched.clone())).await;
-            if result.is_err() {
-                // The kernel may hold pages of it read before the failure.
-                if let Some(kernel) = this.kernel.get() {
-                    kernel.stale_pages(ino);
+        let path = self.path_of(ino);
+        tokio::spawn(
+            async move {
+                let result = this
+                    .loader
+                    .ensure_blob(&path, oid, Some(watched.clone()))
+                    .await;
+                if let Err(e) = &result {
+                    lock(&this.failed_arrivals).insert(oid, e.clone());
+                    // The kernel may hold pages of it read before the failure.
+                    if let Some(kernel) = this.kernel.get() {
+                        kernel.stale_pages(ino);
+                    }
+                }
+                watched.finish(result);
+                let mut arrivals = this.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                if arrivals.get(&oid).is_some_and(|a| Arc::ptr_eq(a, &watched)) {
+                    arrivals.remove(&oid);
                 }
             }
-            watched.finish(result);
-            let mut arrivals = this.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-            if arrivals.get(&oid).is_some_and(|a| Arc::ptr_eq(a, &watched)) {
-                arrivals.remove(&oid);
-            }
-        });
+            .in_current_span(),
+        );
         arrival
     }
 
@@ -484,10 +484,50 @@ impl MountFs {
             }
             node.oid
         };
-        self.ensure_blob(ino, oid).await?;
-        self.store
-            .read(&oid)?
-            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+        self.loader.blob_bytes(&self.path_of(ino), oid).await
+    }
+
+    /// Fetches the listings and files `patterns` want (all of the mount if none), down to
+    /// `depth` levels below each pattern's base (0: no limit). See `prefetch`.
+    pub async fn prefetch(
+        self: &Arc<Self>,
+        patterns: &[Pattern],
+        depth: u32,
+        progress: &PrefetchProgress,
+    ) -> Result<(), FsError> {
+        prefetch::run(self, patterns, depth, progress).await
+    }
+
+    // What the helper modules work with.
+
+    /// The mount's loader.
+    fn loader(&self) -> &Arc<Loader> {
+        &self.loader
+    }
+
+    /// The number of entry `name` in listed directory `dir`, with a node made for it.
+    fn child(&self, dir: u64, name: &[u8]) -> Option<u64> {
+        self.write_inodes().node_for(dir, name)
+    }
+
+    /// What `ino` is, if the mount knows it.
+    fn kind_of(&self, ino: u64) -> Option<EntryKind> {
+        self.read_inodes().get(ino).map(|n| n.kind)
+    }
+
+    /// The repository path of `ino`.
+    fn path_of(&self, ino: u64) -> RepoPath {
+        self.read_inodes().path_of(ino)
+    }
+
+    /// The blob id of file (or symlink) `ino`.
+    fn file_oid(&self, ino: u64) -> Result<ObjectId, FsError> {
+        let inodes = self.read_inodes();
+        let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
+        if node.kind.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        Ok(node.oid)
     }
 
     fn read_inodes(&self) -> std::sync::RwLockReadGuard<'_, InodeTable> {
@@ -512,7 +552,7 @@ impl MountFs {
             size: if node.kind.is_dir() {
                 0
             } else {
-                self.store.known_size(&node.oid).unwrap_or(0)
+                self.loader.known_size(&node.oid).unwrap_or(0)
             },
             perm,
             mtime: UNIX_EPOCH + Duration::from_secs(self.snapshot().commit_time.max(0) as u64),
@@ -521,7 +561,9 @@ impl MountFs {
         })
     }
 
-    /// The listing of directory `ino`, fetching and verifying its tree on first use.
+    // Listings.
+
+    /// The listing of directory `ino`, loading its tree on first use.
     async fn listing(self: &Arc<Self>, ino: u64) -> Result<Arc<Listing>, FsError> {
         if let Some(listing) = self.loaded_listing(ino)? {
             return Ok(listing);
@@ -531,71 +573,98 @@ impl MountFs {
             let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
             (inodes.path_of(ino), node.oid)
         };
-        let this = Arc::clone(self);
-        self.flights
-            .run(FlightKey::Listing(ino), async move {
-                let body = match this.tree_body(&path, oid).await {
-                    Err(FsError::Source(e)) if matches!(*e, SourceError::TrunkMoved { .. }) => {
-                        // The commit moved under us: move with it (in the background, so the
-                        // kernel's invalidations never wait on this request), and answer
-                        // ESTALE so the kernel walks the path again.
-                        warn!(path = %format!("/{path}"), "the trunk moved: refreshing");
-                        let refresher = Arc::clone(&this);
-                        tokio::spawn(async move {
-                            if let Err(e) = refresher.refresh().await {
-                                warn!(error = %e, "refresh after the trunk moved failed");
-                            }
-                        });
-                        return Err(FsError::StaleInode(ino));
-                    }
-                    other => other?,
-                };
-                let entries = parse_tree(&body)
-                    .and_then(|entries| this.no_loop(ino, oid, entries))
-                    .map_err(|error| {
-                        let server = this.source.describe();
-                        error!(%server, %oid, path = %path, %error, "refusing a malformed tree");
-                        FsError::Corrupt {
-                            what: format!("tree {oid} at /{path}"),
-                            server,
-                            error,
-                        }
-                    })?;
-                this.write_inodes().add_listing(ino, entries);
-                this.recall().record(&oid);
-                Ok(())
-            })
-            .await?;
-        self.loaded_listing(ino)?
-            .ok_or_else(|| FsError::Internal(format!("listing of inode {ino} missing")))
-    }
-
-    /// What the kernel reading directory `ino` sets going: its subdirectories' listings, and
-    /// for the root, the trees earlier mounts of this commit listed.
-    fn after_kernel_read(self: &Arc<Self>, ino: u64, listing: &Listing) {
-        if ino == ROOT_INO {
-            self.recall_listings();
-        }
-        self.look_ahead(ino, listing);
+        let entries = match self.loader.entries(&path, oid).await {
+            Err(FsError::Source(e)) if matches!(*e, SourceError::TrunkMoved { .. }) => {
+                // The commit moved under us: move with it, and answer ESTALE so the kernel
+                // walks the path again through the new tree.
+                self.follow_trunk(&path);
+                return Err(FsError::StaleInode(ino));
+            }
+            other => other?,
+        };
+        self.install_listing(ino, oid, entries)
+            .map_err(|refused| self.refused_listing(ino, oid, refused))
     }
 
     /// The listing of `ino` if it is loaded or its tree is in the cache: a local read, as a
     /// native directory would cost, done on the asking thread rather than handed to a task
     /// (the hand-off cost more than the read on a walk over a cached tree). None where the
     /// source is needed, or the cached tree does not parse (the full path reports that).
-    fn listing_at_hand(&self, ino: u64) -> Option<Arc<Listing>> {
-        if let Some(listing) = self.loaded_listing(ino).ok()? {
-            return Some(listing);
+    fn listing_at_hand(&self, ino: u64) -> Option<Result<Arc<Listing>, FsError>> {
+        match self.loaded_listing(ino) {
+            Ok(Some(listing)) => return Some(Ok(listing)),
+            Ok(None) => {}
+            Err(e) => return Some(Err(e)),
         }
         let oid = self.read_inodes().get(ino)?.oid;
-        let body = self.store.read(&oid).ok()??;
-        let entries = parse_tree(&body)
-            .and_then(|entries| self.no_loop(ino, oid, entries))
-            .ok()?;
-        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        let entries = self.loader.entries_at_hand(&oid)?;
+        Some(
+            self.install_listing(ino, oid, entries)
+                .map_err(|refused| self.refused_listing(ino, oid, refused)),
+        )
+    }
+
+    /// Makes `entries` (of tree `oid`) the listing of directory `ino`: refuses a loop,
+    /// numbers the entries, records the tree for later mounts. The one way a listing comes
+    /// in, whether its tree was fetched or at hand.
+    fn install_listing(
+        &self,
+        ino: u64,
+        oid: ObjectId,
+        entries: Vec<TreeEntry>,
+    ) -> Result<Arc<Listing>, Refused> {
+        let entries = self.no_loop(ino, oid, entries).map_err(Refused::Tree)?;
         self.write_inodes().add_listing(ino, entries);
-        self.recall().record(&oid);
-        self.loaded_listing(ino).ok()?
+        self.recall().record(oid);
+        self.loaded_listing(ino)
+            .map_err(Refused::Fs)?
+            .ok_or(Refused::Fs(FsError::StaleInode(ino)))
+    }
+
+    fn refused_listing(&self, ino: u64, oid: ObjectId, refused: Refused) -> FsError {
+        match refused {
+            Refused::Tree(error) => self.loader.refuse_tree(&self.path_of(ino), oid, error),
+            Refused::Fs(e) => e,
+        }
+    }
+
+    /// What the kernel reading directory `ino` sets going: its subdirectories' listings, and
+    /// for the root, the trees earlier mounts of this commit listed.
+    fn after_kernel_read(self: &Arc<Self>, ino: u64, listing: &Listing) {
+        if ino == ROOT_INO {
+            self.recall().start();
+        }
+        self.look_ahead(ino, listing);
+    }
+
+    /// Starts loading the listings of `dir`'s first subdirectories, once per listing of `dir`
+    /// (which the kernel has just read).
+    fn look_ahead(&self, dir: u64, listing: &Listing) {
+        let limit = self.options.look_ahead;
+        if limit == 0 || listing.looked_ahead.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let subdirs: Vec<(Arc<[u8]>, ObjectId)> = listing
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Directory)
+            .take(limit)
+            .map(|e| (e.name.clone(), e.oid))
+            .collect();
+        if subdirs.is_empty() {
+            return;
+        }
+        let base = self.path_of(dir);
+        let subdirs = subdirs
+            .into_iter()
+            .map(|(name, oid)| (base.join(&name), oid))
+            .collect();
+        self.ahead.start(&self.loader, &self.runtime, subdirs);
+    }
+
+    /// The record of the root tree shown.
+    fn recall(&self) -> Arc<Recall> {
+        Arc::clone(&self.recall.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Refuses a tree of directory `ino` (tree `oid`) with a subdirectory that is the tree
@@ -641,271 +710,63 @@ impl MountFs {
         Ok(node.listing.clone())
     }
 
-    /// A tree's body from the cache, else from the source, verified before it is used or kept.
-    async fn tree_body(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, FsError> {
-        if let Some(body) = self.store.read(&oid)? {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(body);
-        }
-        let body = self.source.fetch_tree(path, oid).await.map_err(|error| {
-            let server = self.source.describe();
-            warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a directory");
-            error
-        })?;
-        self.count_fetch(body.len());
-        self.verified(ObjectKind::Tree, oid, &format!("/{path}"), &body)?;
-        self.store.insert(&oid, &body)?;
-        Ok(body)
-    }
-
-    /// Makes sure blob `oid` (of inode `ino`) is in the cache, fetching it once however many
-    /// readers want it, and opens it.
-    async fn open_blob(
-        self: &Arc<Self>,
-        ino: u64,
-        oid: ObjectId,
-    ) -> Result<std::fs::File, FsError> {
-        if let Some(file) = self.store.open_object(&oid)? {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(file);
-        }
-        self.ensure_blob(ino, oid).await?;
-        self.store
-            .open_object(&oid)?
-            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
-    }
-
-    async fn ensure_blob(self: &Arc<Self>, ino: u64, oid: ObjectId) -> Result<(), FsError> {
-        self.ensure_blob_as(ino, oid, None).await
-    }
-
-    /// [`Self::ensure_blob`], telling `arrival` (if any) how the fetch comes along.
-    async fn ensure_blob_as(
-        self: &Arc<Self>,
-        ino: u64,
-        oid: ObjectId,
-        arrival: Option<Arc<Arrival>>,
-    ) -> Result<(), FsError> {
-        if self.store.contains(&oid) {
-            return Ok(());
-        }
-        let this = Arc::clone(self);
-        self.flights
-            .run(FlightKey::Blob(oid), async move {
-                if this.store.contains(&oid) {
-                    return Ok(());
-                }
-                let path = this.read_inodes().path_of(ino);
-                let fetch = this.fetch_blob_to_cache(oid, &path, arrival.as_deref());
-                let limit = this.options.fetch_timeout;
-                let bytes = tokio::time::timeout(limit, fetch)
-                    .await
-                    .unwrap_or(Err(FsError::Timeout(limit)))
-                    .map_err(|error| {
-                    let server = this.source.describe();
-                    warn!(%server, path = %format!("/{path}"), %oid, %error, "cannot fetch a file");
-                    error
-                })?;
-                info!(%oid, path = %path, bytes, "fetched blob");
-                Ok(())
-            })
-            .await
-    }
-
-    /// Fetches several blobs in one go (where the source batches) and keeps the verified ones.
-    /// Failures are logged and returned; a file's own read or size query reports its error.
-    async fn fetch_batch_to_cache(
-        &self,
-        oids: &[ObjectId],
-    ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
-        let oids: Vec<ObjectId> = oids
-            .iter()
-            .copied()
-            .filter(|oid| !self.store.contains(oid))
-            .collect();
-        if oids.is_empty() {
-            return Vec::new();
-        }
-        // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
-        let results = self.source.fetch_blobs_into(&oids, &self.store).await;
-        for (oid, result) in &results {
-            match result {
-                Ok(len) => self.count_fetch(*len as usize),
-                Err(error) => {
-                    warn!(server = %self.source.describe(), %oid, %error, "a batched fetch failed")
-                }
-            }
-        }
-        results
-    }
+    // Sizes.
 
     /// Makes sure `ino` (in directory `dir`) has a size. Sizes are learnt per directory, but a
     /// sibling whose size could not be learnt must not fail this one.
     async fn ensure_size(self: &Arc<Self>, dir: u64, ino: u64) -> Result<(), FsError> {
         let result = self.ensure_sizes(dir).await;
         let oid = self.read_inodes().get(ino).map(|n| n.oid);
-        if oid.is_some_and(|oid| self.store.known_size(&oid).is_some()) {
+        if oid.is_some_and(|oid| self.loader.known_size(&oid).is_some()) {
             Ok(())
         } else {
             result
         }
     }
 
-    /// Streams blob `oid` into the cache as it arrives (memory does not grow with its size),
-    /// keeping it only if it is whole and hashes to its id. Returns its length.
-    async fn fetch_blob_to_cache(
-        &self,
-        oid: ObjectId,
-        path: &str,
-        arrival: Option<&Arrival>,
-    ) -> Result<u64, FsError> {
-        let (len, mut chunks) = self.source.fetch_blob_stream(oid).await?;
-        let mut pending = self.store.begin(&oid, len)?;
-        if let Some(arrival) = arrival {
-            arrival.started(pending.reader()?);
-        }
-        while let Some(chunk) = chunks.next().await {
-            pending.write(&chunk?)?;
-            if let Some(arrival) = arrival {
-                arrival.advanced(pending.written());
-            }
-        }
-        self.count_fetch(len as usize);
-        self.store.commit(pending).map_err(|e| match e {
-            CommitError::Io(e) => FsError::from(e),
-            CommitError::Corrupt(error) => {
-                let server = self.source.describe();
-                error!(%server, %oid, path = %format!("/{path}"), %error, "server sent bytes that do not match their object id");
-                FsError::Corrupt {
-                    what: format!("blob {oid} at /{path}"),
-                    server,
-                    error,
-                }
-            }
-            CommitError::Length { expected, received } => FsError::Source(Arc::new(
-                crate::source::SourceError::Server {
-                    server: self.source.describe(),
-                    what: format!("blob {oid}"),
-                    detail: format!("expected {expected} bytes, received {received}"),
-                },
-            )),
-        })?;
-        Ok(len)
-    }
-
-    /// Learns the sizes of every file in directory `dir` that has none yet, in parallel: the
-    /// kernel asks for them together (`ls -l`), and one query each is all a Mega server offers.
+    /// Learns the sizes of every file in directory `dir` that has none yet.
     async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
-        let missing = self.files_without_size(dir)?;
-        if missing.is_empty() {
+        let Some((tree, files)) = self.files_without_size(dir)? else {
             return Ok(());
-        }
-        let this = Arc::clone(self);
-        self.flights
-            .run(FlightKey::Sizes(dir), async move {
-                let missing = this.files_without_size(dir)?;
-                if this.source.sizes_need_content() {
-                    // The sizes cost the contents: fetch them all in one batch, into the cache.
-                    let oids: Vec<ObjectId> = missing.iter().map(|(_, oid)| *oid).collect();
-                    this.fetch_batch_to_cache(&oids).await;
-                }
-                let missing = this.files_without_size(dir)?;
-                let sizes: Vec<_> = stream::iter(missing)
-                    .map(|(_, oid)| {
-                        let this = this.clone();
-                        async move {
-                            let size = match this.store.known_size(&oid) {
-                                Some(size) => size,
-                                None => this.source.blob_size(oid).await?,
-                            };
-                            this.store.record_size(&oid, size);
-                            Ok::<_, FsError>(())
-                        }
-                    })
-                    .buffer_unordered(SIZE_QUERY_PARALLELISM)
-                    .collect()
-                    .await;
-                sizes.into_iter().collect::<Result<(), FsError>>()
-            })
-            .await
+        };
+        self.loader.learn_sizes(tree, files).await
     }
 
-    fn files_without_size(&self, dir: u64) -> Result<Vec<(u64, ObjectId)>, FsError> {
+    /// The tree of directory `dir` and its files whose sizes are not known yet, if any.
+    fn files_without_size(&self, dir: u64) -> Result<Option<(ObjectId, Files)>, FsError> {
         let Some(listing) = self.loaded_listing(dir)? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        Ok(listing
+        let missing: Vec<&inode::Entry> = listing
             .entries
             .iter()
-            .filter(|e| !e.kind.is_dir() && self.store.known_size(&e.oid).is_none())
-            .map(|e| (e.ino, e.oid))
-            .collect())
-    }
-
-    fn verified(
-        &self,
-        kind: ObjectKind,
-        oid: ObjectId,
-        path: &str,
-        bytes: &[u8],
-    ) -> Result<(), FsError> {
-        oid.verify(kind, bytes).map_err(|error| {
-            let server = self.source.describe();
-            error!(%server, %oid, %path, %error, "server sent bytes that do not match their object id");
-            FsError::Corrupt {
-                what: format!("{kind:?} {oid} at {path}").to_lowercase(),
-                server,
-                error,
-            }
-        })
-    }
-
-    fn count_fetch(&self, bytes: usize) {
-        self.offline.store(false, Ordering::Relaxed);
-        self.stats.fetched_objects.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .fetched_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+            .filter(|e| !e.kind.is_dir() && self.loader.known_size(&e.oid).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        let base = self.path_of(dir);
+        let files = missing
+            .into_iter()
+            .map(|e| (base.join(&e.name), e.oid))
+            .collect();
+        let tree = self.read_inodes().get(dir).map(|n| n.oid);
+        Ok(tree.map(|tree| (tree, files)))
     }
 }
 
-/// Resolves the source's commit and remembers it; where the source cannot be reached, falls
-/// back to the commit it last resolved to, if its root listing is cached (offline).
-async fn resolve_or_remember(
-    source: &dyn Source,
-    store: &Store,
-) -> Result<(Snapshot, bool), FsError> {
-    let key = source.describe();
-    match source.resolve().await {
-        Ok(snapshot) => {
-            store.save_snapshot(
-                &key,
-                &snapshot.commit,
-                &snapshot.root_tree,
-                snapshot.commit_time,
-            );
-            Ok((snapshot, false))
-        }
-        Err(e) if e.is_unavailable() => {
-            let Some((commit, root_tree, commit_time)) = store.load_snapshot(&key) else {
-                return Err(e.into());
-            };
-            if !store.contains(&root_tree) {
-                return Err(e.into());
-            }
-            tracing::warn!(source = %key, %commit, error = %e, "source unreachable: mounting the last known commit from the cache (offline)");
-            Ok((
-                Snapshot {
-                    commit,
-                    root_tree,
-                    commit_time,
-                    root_body: None,
-                },
-                true,
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Files by path and blob id.
+type Files = Vec<(RepoPath, ObjectId)>;
+
+/// Why entries could not become a listing.
+enum Refused {
+    /// The tree itself is unusable.
+    Tree(ObjectError),
+    Fs(FsError),
 }
 
 #[cfg(test)]

@@ -14,13 +14,25 @@ pub struct Pattern {
     parts: Vec<Part>,
 }
 
+/// A pattern that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("{0:?}: patterns stay inside the mount (no ..)")]
+    GoesUp(String),
+}
+
 impl Pattern {
+    /// The whole mount.
+    pub fn everything() -> Pattern {
+        Pattern { parts: Vec::new() }
+    }
+
     /// Parses `text` ("", "/" and "." mean the whole mount). Refuses `..`.
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
         let mut parts = Vec::new();
         for component in text.split('/').filter(|c| !c.is_empty() && *c != ".") {
             if component == ".." {
-                return Err(format!("{text:?}: patterns stay inside the mount (no ..)"));
+                return Err(PatternError::GoesUp(text.to_string()));
             }
             parts.push(if component == "**" {
                 Part::Any

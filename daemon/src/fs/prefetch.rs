@@ -13,6 +13,7 @@ use tracing::warn;
 use super::pattern::Pattern;
 use super::{FsError, MountFs, ROOT_INO};
 use crate::object::{EntryKind, ObjectId};
+use crate::repo_path::RepoPath;
 
 /// How many directories are listed and fetched at once.
 const DIRECTORY_PARALLELISM: usize = 4;
@@ -61,152 +62,134 @@ impl Seen {
     }
 }
 
-impl MountFs {
-    /// Fetches the listings and files `patterns` want (all of the mount if none), down to
-    /// `depth` levels below each pattern's base (0: no limit). Failures of single files are
-    /// counted and logged, not fatal; a base that does not exist is.
-    pub async fn prefetch(
-        self: &Arc<Self>,
-        patterns: &[Pattern],
-        depth: u32,
-        progress: &PrefetchProgress,
-    ) -> Result<(), FsError> {
-        let all = [Pattern::parse("").map_err(FsError::Internal)?];
-        let patterns = if patterns.is_empty() {
-            &all[..]
-        } else {
-            patterns
+/// Fetches the listings and files `patterns` want (all of the mount if none), down to
+/// `depth` levels below each pattern's base (0: no limit). Failures of single files are
+/// counted and logged, not fatal; a base that does not exist is.
+pub(super) async fn run(
+    fs: &Arc<MountFs>,
+    patterns: &[Pattern],
+    depth: u32,
+    progress: &PrefetchProgress,
+) -> Result<(), FsError> {
+    let all = [Pattern::everything()];
+    let patterns = if patterns.is_empty() {
+        &all[..]
+    } else {
+        patterns
+    };
+    let seen = Seen::default();
+    let mut level = Vec::new();
+    for pattern in patterns {
+        let base = resolve(fs, &pattern.base()).await?;
+        if fs.kind_of(base).is_some_and(|k| k.is_dir()) {
+            level.push(Dir {
+                ino: base,
+                level: 0,
+            });
+        } else if seen.first(base) {
+            let file = (fs.path_of(base), fs.file_oid(base)?);
+            fetch_wanted(fs, vec![file], progress).await;
+        }
+    }
+    while !level.is_empty() {
+        level.retain(|dir| seen.first(dir.ino));
+        let walked: Vec<Vec<Dir>> = stream::iter(level)
+            .map(|dir| prefetch_directory(fs, dir, patterns, depth, progress, &seen))
+            .buffer_unordered(DIRECTORY_PARALLELISM)
+            .collect()
+            .await;
+        level = walked.into_iter().flatten().collect();
+    }
+    progress.walk_done.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The inode at `path` (components) from the root.
+async fn resolve(fs: &Arc<MountFs>, path: &[Vec<u8>]) -> Result<u64, FsError> {
+    let mut ino = ROOT_INO;
+    for name in path {
+        ino = match fs.lookup(ino, name).await {
+            Ok(attr) => attr.ino,
+            Err(FsError::NotFound | FsError::NotDir) => {
+                let shown = RepoPath::from_components(path.iter().map(Vec::as_slice));
+                return Err(FsError::NoSuchPath(shown));
+            }
+            Err(e) => return Err(e),
         };
-        let seen = Seen::default();
-        let mut level = Vec::new();
-        for pattern in patterns {
-            let base = self.resolve(&pattern.base()).await?;
-            if self.attr_of(base)?.kind.is_dir() {
-                level.push(Dir {
-                    ino: base,
-                    level: 0,
-                });
-            } else if seen.first(base) {
-                let path = self.path_of(base);
-                self.fetch_wanted(vec![(path, self.file_oid(base)?)], progress)
-                    .await;
-            }
-        }
-        while !level.is_empty() {
-            level.retain(|dir| seen.first(dir.ino));
-            let walked: Vec<Vec<Dir>> = stream::iter(level)
-                .map(|dir| self.prefetch_directory(dir, patterns, depth, progress, &seen))
-                .buffer_unordered(DIRECTORY_PARALLELISM)
-                .collect()
-                .await;
-            level = walked.into_iter().flatten().collect();
-        }
-        progress.walk_done.store(true, Ordering::Relaxed);
-        Ok(())
     }
+    Ok(ino)
+}
 
-    /// The inode at `path` (components) from the root.
-    async fn resolve(self: &Arc<Self>, path: &[Vec<u8>]) -> Result<u64, FsError> {
-        let mut ino = ROOT_INO;
-        for name in path {
-            ino = match self.lookup(ino, name).await {
-                Ok(attr) => attr.ino,
-                Err(FsError::NotFound | FsError::NotDir) => {
-                    let shown: Vec<String> = path
-                        .iter()
-                        .map(|n| String::from_utf8_lossy(n).into_owned())
-                        .collect();
-                    return Err(FsError::NoSuchPath(shown.join("/")));
-                }
-                Err(e) => return Err(e),
-            };
+/// Lists `dir`, fetches its wanted files, and returns its subdirectories to walk next.
+async fn prefetch_directory(
+    fs: &Arc<MountFs>,
+    dir: Dir,
+    patterns: &[Pattern],
+    depth: u32,
+    progress: &PrefetchProgress,
+    seen: &Seen,
+) -> Vec<Dir> {
+    let dir_path = fs.path_of(dir.ino);
+    let listing = match fs.listing(dir.ino).await {
+        Ok(listing) => listing,
+        Err(e) => {
+            warn!(path = %dir_path, error = %e, "prefetch cannot list a directory");
+            progress.failed(format!("{dir_path}: {e}"));
+            return Vec::new();
         }
-        Ok(ino)
-    }
-
-    /// Lists `dir`, fetches its wanted files, and returns its subdirectories to walk next.
-    async fn prefetch_directory(
-        self: &Arc<Self>,
-        dir: Dir,
-        patterns: &[Pattern],
-        depth: u32,
-        progress: &PrefetchProgress,
-        seen: &Seen,
-    ) -> Vec<Dir> {
-        let dir_path = self.path_of(dir.ino);
-        let listing = match self.listing(dir.ino).await {
-            Ok(listing) => listing,
-            Err(e) => {
-                warn!(path = %format!("/{dir_path}"), error = %e, "prefetch cannot list a directory");
-                progress.failed(format!("/{dir_path}: {e}"));
-                return Vec::new();
-            }
-        };
-        let mut wanted = Vec::new();
-        let mut below = Vec::new();
-        for entry in &listing.entries {
-            match entry.kind {
-                EntryKind::Directory if depth == 0 || dir.level + 1 < depth => {
-                    if let Some(ino) = self.write_inodes().node_for(dir.ino, &entry.name) {
-                        below.push(Dir {
-                            ino,
-                            level: dir.level + 1,
-                        });
-                    }
+    };
+    let mut wanted = Vec::new();
+    let mut below = Vec::new();
+    for entry in &listing.entries {
+        match entry.kind {
+            EntryKind::Directory if depth == 0 || dir.level + 1 < depth => {
+                if let Some(ino) = fs.child(dir.ino, &entry.name) {
+                    below.push(Dir {
+                        ino,
+                        level: dir.level + 1,
+                    });
                 }
-                EntryKind::File | EntryKind::Executable | EntryKind::Symlink => {
-                    let name = String::from_utf8_lossy(&entry.name);
-                    let path = if dir_path.is_empty() {
-                        name.into_owned()
-                    } else {
-                        format!("{dir_path}/{name}")
-                    };
-                    let parts: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
-                    if patterns.iter().any(|p| p.matches(&parts)) && seen.first(entry.ino) {
-                        wanted.push((path, entry.oid));
-                    }
-                }
-                // Submodules have nothing to fetch; deeper directories are past `depth`.
-                _ => {}
             }
+            EntryKind::File | EntryKind::Executable | EntryKind::Symlink => {
+                let path = dir_path.join(&entry.name);
+                let parts: Vec<&[u8]> = path.components().collect();
+                if patterns.iter().any(|p| p.matches(&parts)) && seen.first(entry.ino) {
+                    wanted.push((path, entry.oid));
+                }
+            }
+            // Submodules have nothing to fetch; deeper directories are past `depth`.
+            _ => {}
         }
-        self.fetch_wanted(wanted, progress).await;
-        below
     }
+    fetch_wanted(fs, wanted, progress).await;
+    below
+}
 
-    /// Fetches the files not cached yet, in one batch; counts every one.
-    async fn fetch_wanted(&self, files: Vec<(String, ObjectId)>, progress: &PrefetchProgress) {
-        progress
-            .files_total
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
-        let mut missing = Vec::new();
-        for (path, oid) in files {
-            if self.store.contains(&oid) {
+/// Fetches the files not cached yet, in one batch; counts every one.
+async fn fetch_wanted(fs: &MountFs, files: Vec<(RepoPath, ObjectId)>, progress: &PrefetchProgress) {
+    progress
+        .files_total
+        .fetch_add(files.len() as u64, Ordering::Relaxed);
+    let loader = fs.loader();
+    let (cached, missing): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|(_, oid)| loader.contains(oid));
+    progress
+        .files_done
+        .fetch_add(cached.len() as u64, Ordering::Relaxed);
+    for (oid, result) in loader.blobs_into_cache(&missing).await {
+        match result {
+            Ok(len) => {
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
-            } else {
-                missing.push((path, oid));
+                progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let path = missing
+                    .iter()
+                    .find(|(_, o)| *o == oid)
+                    .map(|(p, _)| p.to_string())
+                    .unwrap_or_default();
+                progress.failed(format!("{path}: {e}"));
             }
         }
-        let oids: Vec<ObjectId> = missing.iter().map(|(_, oid)| *oid).collect();
-        for (oid, result) in self.fetch_batch_to_cache(&oids).await {
-            match result {
-                Ok(len) => {
-                    progress.files_done.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes_done.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    let path = missing
-                        .iter()
-                        .find(|(_, o)| *o == oid)
-                        .map(|(p, _)| p.as_str())
-                        .unwrap_or_default();
-                    progress.failed(format!("/{path}: {e}"));
-                }
-            }
-        }
-    }
-
-    fn path_of(&self, ino: u64) -> String {
-        self.read_inodes().path_of(ino)
     }
 }

@@ -34,11 +34,11 @@ impl Source for Recording {
     async fn resolve(&self) -> Result<Snapshot, SourceError> {
         self.inner.resolve().await
     }
-    async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+    async fn fetch_tree(&self, path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         self.tree_fetches
             .lock()
             .expect("lock")
-            .push(path.to_string());
+            .push(String::from_utf8_lossy(path.as_bytes()).into_owned());
         self.inner.fetch_tree(path, oid).await
     }
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
@@ -65,7 +65,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let fixture = fixture::build(&dir.path().join("repo")).expect("fixture");
-    let inner = LocalSource::open(fixture.path.to_str().expect("utf-8"), "").expect("open");
+    let inner = LocalSource::open(&fixture.path, "").expect("open");
     let store = Arc::new(Store::open(&dir.path().join("cache"), 0).expect("store"));
     Setup {
         _dir: dir,
@@ -201,6 +201,18 @@ async fn a_second_mount_reads_from_the_shared_cache() {
     assert_eq!(second.stats().fetched_objects.load(Ordering::Relaxed), 0);
 }
 
+/// Waits until file `path` holds at least `len` bytes (written in the background); its bytes.
+async fn until_len(path: &std::path::Path, len: usize) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        if bytes.len() >= len || tokio::time::Instant::now() > deadline {
+            return bytes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until the source has fetched the tree at `path` (background work has no other sign).
 async fn until_tree_fetched(source: &Recording, path: &str) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -295,7 +307,8 @@ async fn a_later_mount_of_the_commit_recalls_what_earlier_ones_listed() {
     }
     let root = first.snapshot().root_tree;
     let record_path = s.store.listings_record(&root);
-    let record = std::fs::read(&record_path).expect("a record");
+    // Records are written in the background.
+    let record = until_len(&record_path, 4 * 20).await;
     assert_eq!(record.len(), 4 * 20, "the root and three directories");
     assert_eq!(&record[..20], root.as_bytes(), "in the order listed");
 

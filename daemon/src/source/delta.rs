@@ -1,20 +1,41 @@
 //! git's delta format: the base's size, the result's size, then instructions that copy a
 //! range of the base or insert literal bytes. Pack entries that are deltas are applied here.
 
+/// Why a delta could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("a delta for a base of {expected} bytes, applied to {actual} bytes")]
+    WrongBase { expected: u64, actual: u64 },
+    #[error("a delta announces a result of {0} bytes, more than is built in memory")]
+    TooBig(u64),
+    #[error("a delta's size is cut short or too big")]
+    BadSize,
+    #[error("a delta copies from outside its base")]
+    CopyOutside,
+    #[error("a delta's copy is cut short")]
+    CopyCutShort,
+    #[error("a delta's insert runs past its end")]
+    InsertPastEnd,
+    #[error("a delta uses the reserved instruction 0")]
+    Reserved,
+    #[error("a delta builds more than its {0} bytes")]
+    TooLong(u64),
+    #[error("a delta builds {built} bytes, not its {announced}")]
+    WrongLength { built: u64, announced: u64 },
+}
+
 /// The result of applying `delta` to `base`.
-pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
+pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let (base_len, rest) = varint(delta)?;
     if base_len != base.len() as u64 {
-        return Err(format!(
-            "a delta for a base of {base_len} bytes, applied to {} bytes",
-            base.len()
-        ));
+        return Err(DeltaError::WrongBase {
+            expected: base_len,
+            actual: base.len() as u64,
+        });
     }
     let (result_len, mut rest) = varint(rest)?;
     if result_len > super::MAX_IN_MEMORY {
-        return Err(format!(
-            "a delta announces a result of {result_len} bytes, more than is built in memory"
-        ));
+        return Err(DeltaError::TooBig(result_len));
     }
     // The announced size is the server's word: reserve only what is sure to be needed soon.
     let mut out = Vec::with_capacity(result_len.min(1 << 20) as usize);
@@ -29,31 +50,31 @@ pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
                 .ok()
                 .zip(usize::try_from(offset.saturating_add(size)).ok())
                 .and_then(|(start, end)| base.get(start..end))
-                .ok_or("a delta copies from outside its base")?;
+                .ok_or(DeltaError::CopyOutside)?;
             out.extend_from_slice(range);
         } else if op != 0 {
             let n = usize::from(op);
-            let literal = rest.get(..n).ok_or("a delta's insert runs past its end")?;
+            let literal = rest.get(..n).ok_or(DeltaError::InsertPastEnd)?;
             out.extend_from_slice(literal);
             rest = &rest[n..];
         } else {
-            return Err("a delta uses the reserved instruction 0".into());
+            return Err(DeltaError::Reserved);
         }
         if out.len() as u64 > result_len {
-            return Err(format!("a delta builds more than its {result_len} bytes"));
+            return Err(DeltaError::TooLong(result_len));
         }
     }
     if out.len() as u64 != result_len {
-        return Err(format!(
-            "a delta builds {} bytes, not its {result_len}",
-            out.len()
-        ));
+        return Err(DeltaError::WrongLength {
+            built: out.len() as u64,
+            announced: result_len,
+        });
     }
     Ok(out)
 }
 
 /// A size at the start of a delta: seven bits a byte, least significant first.
-fn varint(data: &[u8]) -> Result<(u64, &[u8]), String> {
+fn varint(data: &[u8]) -> Result<(u64, &[u8]), DeltaError> {
     let mut value = 0u64;
     for (i, byte) in data.iter().enumerate().take(10) {
         let bits = u64::from(byte & 0x7f);
@@ -66,15 +87,15 @@ fn varint(data: &[u8]) -> Result<(u64, &[u8]), String> {
             return Ok((value, &data[i + 1..]));
         }
     }
-    Err("a delta's size is cut short or too big".into())
+    Err(DeltaError::BadSize)
 }
 
 /// The little-endian number whose bytes `op` announces with `count` bits from bit `first`.
-fn copy_field(mut data: &[u8], op: u8, first: u32, count: u32) -> Result<(u64, &[u8]), String> {
+fn copy_field(mut data: &[u8], op: u8, first: u32, count: u32) -> Result<(u64, &[u8]), DeltaError> {
     let mut value = 0u64;
     for i in 0..count {
         if op & (1 << (first + i)) != 0 {
-            let (&byte, rest) = data.split_first().ok_or("a delta's copy is cut short")?;
+            let (&byte, rest) = data.split_first().ok_or(DeltaError::CopyCutShort)?;
             value |= u64::from(byte) << (8 * i);
             data = rest;
         }
@@ -91,7 +112,7 @@ mod tests {
         // Base of 1 byte; result of 2^40 bytes (varint), then copy instructions would follow.
         let delta = [1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
         let err = apply(b"x", &delta).expect_err("too big");
-        assert!(err.contains("more than is built in memory"), "{err}");
+        assert_eq!(err, DeltaError::TooBig(1 << 40));
     }
 
     #[test]
@@ -110,18 +131,22 @@ mod tests {
     fn refuses_deltas_that_do_not_fit() {
         let base = b"0123456789";
         let wrong_base = [11, 1, 1, b'x'];
-        assert!(apply(base, &wrong_base).unwrap_err().contains("base of 11"));
-        let outside = [10, 4, 0x91, 8, 4];
-        assert!(apply(base, &outside).unwrap_err().contains("outside"));
-        let long_insert = [10, 3, 5, b'a'];
-        assert!(apply(base, &long_insert)
+        assert!(apply(base, &wrong_base)
             .unwrap_err()
-            .contains("past its end"));
+            .to_string()
+            .contains("base of 11"));
+        let outside = [10, 4, 0x91, 8, 4];
+        assert_eq!(apply(base, &outside), Err(DeltaError::CopyOutside));
+        let long_insert = [10, 3, 5, b'a'];
+        assert_eq!(apply(base, &long_insert), Err(DeltaError::InsertPastEnd));
         let too_much = [10, 1, 2, b'a', b'b'];
-        assert!(apply(base, &too_much).unwrap_err().contains("more than"));
+        assert_eq!(apply(base, &too_much), Err(DeltaError::TooLong(1)));
         let too_little = [10, 3, 1, b'a'];
-        assert!(apply(base, &too_little).unwrap_err().contains("not its 3"));
-        assert!(apply(base, &[10, 0, 0]).unwrap_err().contains("reserved"));
-        assert!(apply(base, &[0xff; 12]).unwrap_err().contains("too big"));
+        assert!(apply(base, &too_little)
+            .unwrap_err()
+            .to_string()
+            .contains("not its 3"));
+        assert_eq!(apply(base, &[10, 0, 0]), Err(DeltaError::Reserved));
+        assert_eq!(apply(base, &[0xff; 12]), Err(DeltaError::BadSize));
     }
 }

@@ -15,13 +15,13 @@ use reqwest::{Client, StatusCode};
 use tokio::sync::OnceCell;
 
 use super::fetch_answer::{AnswerError, FetchAnswer};
-use super::http::{self, ATTEMPTS};
-use super::pack::PackSink;
-use super::pack_sinks::{BlobsToStore, ObjectsInMemory, OneBlob};
+use super::http;
+use super::pack::{EntryError, PackError, PackSink};
+use super::pack_sinks::{BlobsToSink, ObjectsInMemory, OneBlob};
 use super::pktline::{self, Pkt};
-use super::{ByteStream, Snapshot, Source, SourceError, MAX_IN_MEMORY};
+use super::sink::BlobSink;
+use super::{ByteStream, RepoPath, Snapshot, Source, SourceError, MAX_IN_MEMORY};
 use crate::object::{ObjectId, ObjectKind};
-use crate::store::Store;
 
 /// Who to say we are to a git server.
 #[derive(Clone, PartialEq, Eq)]
@@ -104,47 +104,19 @@ impl GitSource {
         http::transport_error(&self.server, &e)
     }
 
-    /// GET or POST with retries on transport failures and 5xx; the whole body.
+    /// GET or POST, tried again where it failed for want of a healthy server; the whole body.
     async fn request(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
-        self.with_retries(what, || async {
+        http::retry(what, || async {
             let response = self.attempt(post.clone(), what).await?;
             http::body_within(response, MAX_IN_MEMORY, &self.server, what).await
         })
         .await
     }
 
-    /// POST with retries until the server answers with success; the body is the caller's to
+    /// POST, tried again until the server answers with success; the body is the caller's to
     /// read as it arrives.
     async fn respond(&self, post: Vec<u8>, what: &str) -> Result<reqwest::Response, SourceError> {
-        self.with_retries(what, || self.attempt(Some(post.clone()), what))
-            .await
-    }
-
-    /// Tries `once` until it succeeds, fails for good (4xx, a refusal) or runs out of attempts.
-    async fn with_retries<T, F, Fut>(&self, what: &str, once: F) -> Result<T, SourceError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, SourceError>>,
-    {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = once().await;
-            let retry = match &result {
-                Err(e) => {
-                    e.is_unavailable()
-                        && !matches!(e, SourceError::Server { detail, .. } if detail.starts_with("HTTP 4"))
-                }
-                Ok(_) => false,
-            };
-            if !retry || attempt >= ATTEMPTS {
-                return result;
-            }
-            if let Err(e) = &result {
-                tracing::debug!(what, attempt, error = %e, "retrying a git request");
-            }
-            tokio::time::sleep(http::backoff(attempt)).await;
-        }
+        http::retry(what, || self.attempt(Some(post.clone()), what)).await
     }
 
     /// One request (two where a 401 asks for credentials); a success, or the error it means.
@@ -223,7 +195,12 @@ impl GitSource {
             )));
         }
         if !status.is_success() {
-            return Err(self.error(what, format!("HTTP {status}")));
+            return Err(SourceError::Http {
+                server: self.server.clone(),
+                what: what.to_string(),
+                status,
+                detail: String::new(),
+            });
         }
         Ok(response)
     }
@@ -335,7 +312,7 @@ impl GitSource {
         wants: &[ObjectId],
         extra: &[&str],
     ) -> Result<ObjectsInMemory, SourceError> {
-        self.with_retries("fetch", || async {
+        http::retry("fetch", || async {
             let mut objects = ObjectsInMemory::default();
             self.fetch_into(wants, extra, &mut objects).await?;
             Ok(objects)
@@ -363,19 +340,19 @@ impl GitSource {
                 .map_err(|e| self.answer_error(wants, e))?;
         }
         if empty {
-            return Err(self.error("fetch", "empty answer (the server gave up on the request)"));
+            return Err(self.answer_error(wants, AnswerError::Empty));
         }
         answer.finish().map_err(|e| self.answer_error(wants, e))
     }
 
-    /// Blobs `wants` into `store` in one fetch; the ones kept, with their lengths.
+    /// Blobs `wants` into `sink` in one fetch; the ones kept, with their lengths.
     async fn fetch_blobs_once(
         &self,
         wants: &[ObjectId],
-        store: &Store,
+        sink: &dyn BlobSink,
     ) -> Result<HashMap<ObjectId, u64>, SourceError> {
-        self.with_retries("fetch", || async {
-            let mut blobs = BlobsToStore::new(store);
+        http::retry("fetch", || async {
+            let mut blobs = BlobsToSink::new(sink);
             self.fetch_into(wants, &["filter blob:none"], &mut blobs)
                 .await?;
             Ok(blobs.kept)
@@ -413,7 +390,8 @@ impl GitSource {
                 }
             }
             (AnswerError::Refused(message), _) => self.error("fetch", message),
-            (AnswerError::Malformed(detail), _) => self.error("fetch", detail),
+            (AnswerError::Pack(PackError::Entry(EntryError::Sink(e))), _) => SourceError::Sink(e),
+            (malformed, _) => self.error("fetch", malformed.to_string()),
         }
     }
 }
@@ -576,7 +554,7 @@ impl Source for GitSource {
         })
     }
 
-    async fn fetch_tree(&self, _path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+    async fn fetch_tree(&self, _path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         if let Some(body) = self
             .trees
             .lock()
@@ -597,7 +575,7 @@ impl Source for GitSource {
     async fn fetch_blobs_into(
         &self,
         oids: &[ObjectId],
-        store: &Store,
+        sink: &dyn BlobSink,
     ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
         let mut out = Vec::with_capacity(oids.len());
         // Halves of a batch that failed as a whole (one missing object fails a fetch) are
@@ -605,7 +583,7 @@ impl Source for GitSource {
         // be reached is not asked again.
         let mut pending: Vec<Vec<ObjectId>> = vec![oids.to_vec()];
         while let Some(batch) = pending.pop() {
-            match self.fetch_blobs_once(&batch, store).await {
+            match self.fetch_blobs_once(&batch, sink).await {
                 Ok(kept) => {
                     for oid in batch {
                         let result = kept.get(&oid).copied().ok_or_else(|| self.missing(oid));
@@ -651,9 +629,7 @@ impl Source for GitSource {
                     answer.feed(&chunk, &mut blob)
                 }
                 Some(Err(e)) => return Err(self.transport(e)),
-                None if empty => Err(AnswerError::Malformed(
-                    "empty answer (the server gave up on the request)".into(),
-                )),
+                None if empty => Err(AnswerError::Empty),
                 None => answer.finish(),
             }
             .map_err(|e| self.answer_error(&[oid], e))?;
@@ -670,12 +646,12 @@ impl Source for GitSource {
             async move {
                 let (mut body, mut answer, mut blob) = state?;
                 let step = match body.next().await {
-                    Some(Ok(chunk)) => answer.feed(&chunk, &mut blob).map(|_| true),
-                    Some(Err(e)) => Err(AnswerError::Malformed(format!(
-                        "the body broke off: {}",
-                        http::root_cause(&e)
-                    ))),
-                    None => answer.finish().map(|_| false),
+                    Some(Ok(chunk)) => answer
+                        .feed(&chunk, &mut blob)
+                        .map(|_| true)
+                        .map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(format!("the body broke off: {}", http::root_cause(&e))),
+                    None => answer.finish().map(|_| false).map_err(|e| e.to_string()),
                 };
                 let mut items: Vec<Result<bytes::Bytes, SourceError>> =
                     blob.pieces.drain(..).map(Ok).collect();
@@ -683,7 +659,7 @@ impl Source for GitSource {
                     Ok(true) => Some((items, Some((body, answer, blob)))),
                     Ok(false) => Some((items, None)),
                     Err(e) => {
-                        items.push(Err(broke(e.to_string())));
+                        items.push(Err(broke(e)));
                         Some((items, None))
                     }
                 }
@@ -754,7 +730,7 @@ mod tests {
         let batch = s.answer_error(&[oid, oid], refused("upload-pack: not our ref 4b82"));
         assert!(matches!(batch, SourceError::Server { .. }), "{batch:?}");
         assert!(!is_unreachable(&batch));
-        let broken = s.answer_error(&[oid], AnswerError::Malformed("the pack broke off".into()));
+        let broken = s.answer_error(&[oid], AnswerError::Pack(PackError::BrokeOff));
         assert!(
             broken.to_string().contains("the pack broke off"),
             "{broken}"

@@ -10,6 +10,54 @@ use super::SourceError;
 /// How many times an idempotent request is tried.
 pub const ATTEMPTS: u32 = 3;
 
+/// The longest error body kept for its message.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// Runs `once` until it succeeds, fails for good or has been tried [`ATTEMPTS`] times, with
+/// growing, jittered pauses between tries. Every request megafs makes is idempotent; which
+/// failures are worth another try is [`SourceError::is_retryable`]'s to say, for every source.
+pub async fn retry<T, F, Fut>(what: &str, mut once: F) -> Result<T, SourceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match once().await {
+            Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                let pause = backoff(attempt);
+                tracing::debug!(what, attempt, ?pause, error = %e, "retrying a request");
+                tokio::time::sleep(pause).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// `response` if its status is a success; else the HTTP error it is, with the server's own
+/// words from its (bounded) body.
+pub async fn success(
+    response: reqwest::Response,
+    server: &str,
+    what: &str,
+    words: impl FnOnce(&[u8]) -> String,
+) -> Result<reqwest::Response, SourceError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = body_within(response, MAX_ERROR_BODY, server, what)
+        .await
+        .unwrap_or_default();
+    Err(SourceError::Http {
+        server: server.to_string(),
+        what: what.to_string(),
+        status,
+        detail: words(&body),
+    })
+}
+
 /// A client whose connects and stalled reads are bounded. No deadline on a whole response: a
 /// big file may take longer than any one read may stall; fetches are bounded above this.
 pub fn client(timeout: Duration, connect_timeout: Duration) -> Result<Client, SourceError> {
@@ -110,16 +158,12 @@ pub fn root_cause(e: &dyn std::error::Error) -> String {
 
 /// A URL fit for logs and status (any password replaced); text that is no URL as is.
 pub fn display_url(url: &str) -> String {
-    Url::parse(url).map_or_else(|_| url.to_string(), |u| redacted(&u))
+    megafs_proto::location::redacted(url)
 }
 
 /// A URL fit for logs and status: any password replaced.
 pub fn redacted(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.as_str().trim_end_matches('/').to_string()
+    display_url(url.as_str())
 }
 
 #[cfg(test)]

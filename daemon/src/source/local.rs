@@ -1,13 +1,13 @@
 //! A git repository on this machine, read through gitoxide. Also the demo's source.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::{ByteStream, Snapshot, Source, SourceError};
+use super::{ByteStream, RepoPath, Snapshot, Source, SourceError};
 use crate::object::ObjectId;
 
 /// Blobs at least this big are streamed out of the repository by `git cat-file` (gitoxide
@@ -24,10 +24,10 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
-    /// Opens the repository at `location` (a path, bare or not, or a `file://` URL).
-    /// `reference` names a branch, tag or commit; empty means HEAD.
-    pub fn open(location: &str, reference: &str) -> Result<Self, SourceError> {
-        let path = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
+    /// Opens the repository at `path` (bare or not). `reference` names a branch, tag or
+    /// commit; empty means HEAD.
+    pub fn open(path: &Path, reference: &str) -> Result<Self, SourceError> {
+        let path = path.to_path_buf();
         if !path.is_dir() {
             return Err(SourceError::RepoNotFound(format!(
                 "{} does not exist or is not a directory",
@@ -179,7 +179,7 @@ impl Source for LocalSource {
         .map_err(|e| self.local_error(e))?
     }
 
-    async fn fetch_tree(&self, _path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+    async fn fetch_tree(&self, _path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         self.read_object(oid, gix::object::Kind::Tree).await
     }
 

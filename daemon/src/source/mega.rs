@@ -8,10 +8,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, Response, StatusCode};
-use tracing::debug;
 
-use super::http::{self, backoff, redacted, root_cause, ATTEMPTS};
-use super::{ByteStream, Snapshot, Source, SourceError, MAX_IN_MEMORY};
+use megafs_proto::location::normalize_mega_path;
+
+use super::http::{self, redacted, root_cause};
+use super::{ByteStream, RepoPath, Snapshot, Source, SourceError, MAX_IN_MEMORY};
 use crate::object::ObjectId;
 
 pub struct MegaSource {
@@ -38,168 +39,134 @@ impl MegaSource {
             client,
             server: redacted(&parsed),
             base,
-            repo: normalize_repo_path(repo)?,
+            repo: normalize_mega_path(repo).map_err(|e| SourceError::Unsupported(e.to_string()))?,
         })
     }
 
-    fn full_path(&self, path: &str) -> String {
-        match (self.repo.as_str(), path) {
+    /// The monorepo path of `path` in the repository. Mega's API takes paths as text: a name
+    /// that is not UTF-8 cannot be asked for.
+    fn full_path(&self, path: &RepoPath) -> Result<String, SourceError> {
+        let text = path.to_str().ok_or_else(|| {
+            SourceError::Unsupported(format!(
+                "{path} is not UTF-8, and Mega's API takes paths as text"
+            ))
+        })?;
+        Ok(match (self.repo.as_str(), text) {
             (repo, "") => repo.to_string(),
             ("/", p) => format!("/{p}"),
             (repo, p) => format!("{repo}/{p}"),
-        }
+        })
     }
 
-    /// One request, whole body included. Every request megafs makes is idempotent, so a
-    /// dropped connection, a timeout or a 5xx is tried again (with growing, jittered pauses);
-    /// a 4xx is an answer and is not.
-    async fn send(
+    /// A GET answered with success: its whole body (bounded). Every request megafs makes is
+    /// idempotent, so one that fails for want of a healthy server is tried again.
+    async fn get(
         &self,
-        method: Method,
         endpoint: &str,
         query: &[(&str, &str)],
-    ) -> Result<Answer, SourceError> {
+        what: &str,
+    ) -> Result<Vec<u8>, SourceError> {
         let url = format!("{}{endpoint}", self.base);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.attempt(method.clone(), &url, query).await;
-            let retryable = match &result {
-                Ok(answer) => answer.status.is_server_error(),
-                Err(SourceError::Unreachable { .. })
-                | Err(SourceError::Timeout { .. })
-                | Err(SourceError::Server { .. }) => true,
-                Err(_) => false,
-            };
-            if !retryable || attempt >= ATTEMPTS {
-                return result;
-            }
-            let pause = backoff(attempt);
-            debug!(url = %endpoint, attempt, ?pause, "retrying a failed request");
-            tokio::time::sleep(pause).await;
-        }
+        http::retry(what, || async {
+            let response = self.send(Method::GET, &url, query, what).await?;
+            http::body_within(response, MAX_IN_MEMORY, &self.server, what).await
+        })
+        .await
     }
 
-    /// Like `send`, but hands back the response once its headers are in, body unread.
-    async fn open(&self, endpoint: &str) -> Result<Response, SourceError> {
+    /// A GET answered with success, its body unread (to stream it).
+    async fn open(&self, endpoint: &str, what: &str) -> Result<Response, SourceError> {
         let url = format!("{}{endpoint}", self.base);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self
-                .client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| self.transport_error(e));
-            let retryable = match &result {
-                Ok(response) => response.status().is_server_error(),
-                Err(e) => e.is_unavailable(),
-            };
-            if !retryable || attempt >= ATTEMPTS {
-                return result;
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
+        http::retry(what, || self.send(Method::GET, &url, &[], what)).await
     }
 
-    async fn attempt(
+    /// A HEAD answered with success: its headers. A HEAD answer announces the size of a
+    /// body it does not send (a blob's, however big), so its length is never held against
+    /// the in-memory limit.
+    async fn head(&self, endpoint: &str, what: &str) -> Result<HeaderMap, SourceError> {
+        let url = format!("{}{endpoint}", self.base);
+        http::retry(what, || async {
+            let response = self.send(Method::HEAD, &url, &[], what).await?;
+            Ok(response.headers().clone())
+        })
+        .await
+    }
+
+    /// One request; a success, or the error it means.
+    async fn send(
         &self,
         method: Method,
         url: &str,
         query: &[(&str, &str)],
-    ) -> Result<Answer, SourceError> {
-        // A HEAD answer announces the size of a body it does not send (a blob's, however big).
-        let head = method == Method::HEAD;
+        what: &str,
+    ) -> Result<Response, SourceError> {
         let response = self
             .client
             .request(method, url)
             .query(query)
             .send()
             .await
-            .map_err(|e| self.transport_error(e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        if head {
-            return Ok(Answer {
-                status,
-                headers,
-                body: Vec::new(),
-            });
-        }
-        let body = http::body_within(
-            response,
-            MAX_IN_MEMORY,
-            &self.server,
-            &http::display_url(url),
-        )
-        .await?;
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+            .map_err(|e| http::transport_error(&self.server, &e))?;
+        http::success(response, &self.server, what, error_text).await
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> SourceError {
-        http::transport_error(&self.server, &e)
-    }
-
-    /// The body of a 200 answer, or the server's error text.
-    fn body_of(&self, what: &str, answer: Answer) -> Result<Vec<u8>, SourceError> {
-        if answer.status != StatusCode::OK {
-            return Err(SourceError::Server {
-                server: self.server.clone(),
-                what: what.to_string(),
-                detail: format!("HTTP {}: {}", answer.status, error_text(&answer.body)),
-            });
+    /// A 404 from the server as the caller's own meaning of it.
+    fn not_found_as(e: SourceError, meaning: impl FnOnce(String) -> SourceError) -> SourceError {
+        match e {
+            SourceError::Http { status, detail, .. } if status == StatusCode::NOT_FOUND => {
+                meaning(detail)
+            }
+            other => other,
         }
-        Ok(answer.body)
     }
 
     async fn latest_commit(&self) -> Result<(ObjectId, i64), SourceError> {
         let what = format!("latest-commit of {}", self.repo);
-        let response = self
-            .send(
-                Method::GET,
-                "/api/v1/latest-commit",
-                &[("path", &self.repo)],
-            )
-            .await?;
-        if response.status == StatusCode::NOT_FOUND {
-            return Err(SourceError::RepoNotFound(format!(
-                "{} on {}",
-                self.repo, self.server
-            )));
-        }
-        let body = self.body_of(&what, response)?;
-        let bad = |detail: String| SourceError::Server {
+        let body = self
+            .get("/api/v1/latest-commit", &[("path", &self.repo)], &what)
+            .await
+            .map_err(|e| {
+                Self::not_found_as(e, |_| {
+                    SourceError::RepoNotFound(format!("{} on {}", self.repo, self.server))
+                })
+            })?;
+        parse_latest_commit(&body).map_err(|e| SourceError::Server {
             server: self.server.clone(),
             what: what.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn blob_missing(&self, oid: ObjectId) -> impl FnOnce(String) -> SourceError + '_ {
+        move |detail| SourceError::ObjectMissing {
+            server: self.server.clone(),
+            oid,
             detail,
-        };
-        parse_latest_commit(&body).map_err(bad)
+        }
     }
 }
 
+/// Why Mega's `latest-commit` answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LatestCommitError {
+    #[error("unreadable JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Id(#[from] crate::object::ObjectError),
+    #[error("unreadable date {0:?}")]
+    Date(String),
+}
+
 /// The commit and its time from Mega's `latest-commit` answer.
-pub fn parse_latest_commit(body: &[u8]) -> Result<(ObjectId, i64), String> {
-    let info: LatestCommit =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable JSON: {e}"))?;
-    let oid = ObjectId::from_hex(&info.oid).map_err(|e| e.to_string())?;
+pub fn parse_latest_commit(body: &[u8]) -> Result<(ObjectId, i64), LatestCommitError> {
+    let info: LatestCommit = serde_json::from_slice(body)?;
+    let oid = ObjectId::from_hex(&info.oid)?;
     let time = info
         .date
         .trim()
         .parse::<i64>()
-        .map_err(|_| format!("unreadable date {:?}", info.date))?;
+        .map_err(|_| LatestCommitError::Date(info.date.clone()))?;
     Ok((oid, time))
-}
-
-/// A whole HTTP answer.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
 }
 
 #[derive(serde::Deserialize)]
@@ -215,10 +182,10 @@ impl Source for MegaSource {
     }
 
     async fn resolve(&self) -> Result<Snapshot, SourceError> {
-        let response = self
-            .send(Method::GET, "/api/v1/file/tree", &[("path", &self.repo)])
+        let what = format!("tree {}", self.repo);
+        let root_body = self
+            .get("/api/v1/file/tree", &[("path", &self.repo)], &what)
             .await?;
-        let root_body = self.body_of(&format!("tree {}", self.repo), response)?;
         if root_body.is_empty() {
             return Err(SourceError::RepoNotFound(format!(
                 "{} is not a directory on {}",
@@ -234,17 +201,16 @@ impl Source for MegaSource {
         })
     }
 
-    async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
-        let full = self.full_path(path);
+    async fn fetch_tree(&self, path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
+        let full = self.full_path(path)?;
         let hex = oid.to_hex();
-        let response = self
-            .send(
-                Method::GET,
+        let body = self
+            .get(
                 "/api/v1/file/tree",
                 &[("path", &full), ("oid", &hex)],
+                &format!("tree {full}"),
             )
             .await?;
-        let body = self.body_of(&format!("tree {full}"), response)?;
         // An empty answer means the path's tree is no longer `oid`: the trunk moved.
         if body.is_empty() && oid != ObjectId::EMPTY_TREE {
             return Err(SourceError::TrunkMoved {
@@ -258,38 +224,18 @@ impl Source for MegaSource {
 
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         let endpoint = format!("/api/v1/file/blob/{oid}");
-        let response = self.send(Method::GET, &endpoint, &[]).await?;
-        if response.status == StatusCode::NOT_FOUND {
-            return Err(SourceError::ObjectMissing {
-                server: self.server.clone(),
-                oid,
-                detail: error_text(&response.body),
-            });
-        }
-        self.body_of(&format!("blob {oid}"), response)
+        self.get(&endpoint, &[], &format!("blob {oid}"))
+            .await
+            .map_err(|e| Self::not_found_as(e, self.blob_missing(oid)))
     }
 
     async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
         let endpoint = format!("/api/v1/file/blob/{oid}");
-        let response = self.open(&endpoint).await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(SourceError::ObjectMissing {
-                server: self.server.clone(),
-                oid,
-                detail: error_text(&body),
-            });
-        }
         let what = format!("blob {oid}");
-        if status != StatusCode::OK {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(SourceError::Server {
-                server: self.server.clone(),
-                what,
-                detail: format!("HTTP {status}: {}", error_text(&body)),
-            });
-        }
+        let response = self
+            .open(&endpoint, &what)
+            .await
+            .map_err(|e| Self::not_found_as(e, self.blob_missing(oid)))?;
         let len = response
             .content_length()
             .ok_or_else(|| SourceError::Server {
@@ -313,43 +259,18 @@ impl Source for MegaSource {
 
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
         let endpoint = format!("/api/v1/file/blob/{oid}");
-        let response = self.send(Method::HEAD, &endpoint, &[]).await?;
-        let status = response.status;
-        if status != StatusCode::OK {
-            return Err(SourceError::Server {
-                server: self.server.clone(),
-                what: format!("HEAD blob {oid}"),
-                detail: format!("HTTP {status}"),
-            });
-        }
-        response
-            .headers
+        let what = format!("HEAD blob {oid}");
+        let headers = self.head(&endpoint, &what).await?;
+        headers
             .get(reqwest::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| SourceError::Server {
                 server: self.server.clone(),
-                what: format!("HEAD blob {oid}"),
+                what,
                 detail: "no Content-Length".into(),
             })
     }
-}
-
-/// Single slashes, no trailing slash, no `.` or `..`: the server mis-routes anything else.
-pub fn normalize_repo_path(path: &str) -> Result<String, SourceError> {
-    let mut parts = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                return Err(SourceError::Unsupported(format!(
-                    "repository path {path:?} must not contain '..'"
-                )))
-            }
-            p => parts.push(p),
-        }
-    }
-    Ok(format!("/{}", parts.join("/")))
 }
 
 /// The `err_message` of a Mega JSON error, else the body as text.
@@ -367,20 +288,6 @@ pub fn error_text(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalises_paths() {
-        assert_eq!(
-            normalize_repo_path("//third-party//rg/").unwrap(),
-            "/third-party/rg"
-        );
-        assert_eq!(
-            normalize_repo_path("third-party/./rg").unwrap(),
-            "/third-party/rg"
-        );
-        assert_eq!(normalize_repo_path("/").unwrap(), "/");
-        assert!(normalize_repo_path("/a/../b").is_err());
-    }
 
     #[test]
     fn reads_mega_error_messages() {
@@ -401,8 +308,11 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        assert_eq!(s.full_path(""), "/third-party/rg");
-        assert_eq!(s.full_path("src/a"), "/third-party/rg/src/a");
+        let path =
+            |p: &str| s.full_path(&RepoPath::from_components(p.split('/').map(str::as_bytes)));
+        assert_eq!(path("").unwrap(), "/third-party/rg");
+        assert_eq!(path("src/a").unwrap(), "/third-party/rg/src/a");
+        assert!(s.full_path(&RepoPath::root().join(b"\xff")).is_err());
         assert!(MegaSource::new(
             "ftp://x",
             "/r",

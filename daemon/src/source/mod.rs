@@ -1,7 +1,8 @@
 //! Where a mount's objects come from. One trait, one implementation per kind of server; the
-//! filesystem never knows which it talks to. Sources return raw bytes, which the caller
-//! verifies against their object id; a batch of blobs goes straight into the cache, where the
-//! store keeps each only under the id its bytes hash to.
+//! filesystem never knows which it talks to. Sources only produce bytes: trees and blobs
+//! returned or streamed, which the caller (the filesystem's loader) verifies against their
+//! id, and batches of blobs written into a [`BlobSink`] (the cache, which keeps each only
+//! under the id its bytes hash to). Nothing here knows the cache itself.
 
 pub mod delta;
 pub mod fetch_answer;
@@ -12,12 +13,14 @@ pub mod mega;
 pub mod pack;
 pub mod pack_sinks;
 pub mod pktline;
+pub mod sink;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::object::ObjectId;
-use crate::store::Store;
+pub use crate::repo_path::RepoPath;
+pub use sink::{BlobSink, PendingBlob, SinkError};
 
 /// The most one answer of a server may make the daemon hold in memory: a listing, a JSON
 /// answer, a blob fetched whole, an object of a pack kept in memory, a delta's result. Bigger
@@ -70,14 +73,30 @@ pub enum SourceError {
         oid: ObjectId,
         detail: String,
     },
+    /// An answer that broke off or made no sense.
     #[error("server {server} answered {what} with an error: {detail}")]
     Server {
         server: String,
         what: String,
         detail: String,
     },
+    /// An answer with an HTTP error status.
+    #[error(
+        "server {server} answered {what} with HTTP {status}{}",
+        colon_then(detail)
+    )]
+    Http {
+        server: String,
+        what: String,
+        status: reqwest::StatusCode,
+        detail: String,
+    },
     #[error("reading {repo}: {detail}")]
     Local { repo: String, detail: String },
+    /// What the source wrote into refused it: the cache failing, or bytes that do not hash
+    /// to the id they came under.
+    #[error("{0}")]
+    Sink(#[from] SinkError),
     /// An answer past what the daemon holds: refused, and not asked for again.
     #[error("server {server} answered {what} with {size}, more than the {limit} bytes allowed")]
     TooBig {
@@ -90,14 +109,29 @@ pub enum SourceError {
 
 impl SourceError {
     /// Trouble reaching a healthy server, as opposed to an answer (not found, bad ref):
-    /// the kind of failure that cached data may stand in for.
+    /// the kind of failure that cached data may stand in for, and that is worth trying again.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             SourceError::Unreachable { .. }
-                | SourceError::Timeout { .. }
-                | SourceError::Server { .. }
-        )
+            | SourceError::Timeout { .. }
+            | SourceError::Server { .. } => true,
+            SourceError::Http { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+
+    /// Whether a request that failed so is worth sending again: the same as unavailable (a
+    /// 4xx is an answer, a too-big answer would come as big again).
+    pub fn is_retryable(&self) -> bool {
+        self.is_unavailable()
+    }
+}
+
+fn colon_then(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
     }
 }
 
@@ -110,9 +144,8 @@ pub trait Source: Send + Sync {
     /// Resolves what the mount shows: the commit and its root tree.
     async fn resolve(&self) -> Result<Snapshot, SourceError>;
 
-    /// The raw body of tree `oid`, found at `path` (repository-relative, `/`-separated, empty
-    /// for the root).
-    async fn fetch_tree(&self, path: &str, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
+    /// The raw body of tree `oid`, found at `path`.
+    async fn fetch_tree(&self, path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
 
     /// The raw content of blob `oid`.
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
@@ -120,41 +153,27 @@ pub trait Source: Send + Sync {
     /// The size of blob `oid`, without its content where the source allows.
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError>;
 
-    /// Several blobs at once, where the source can batch them (default: one by one), each
-    /// written into `store` as it arrives and kept only under the id it hashes to. Returns each
-    /// blob's length, or why it did not come: one failing does not stop the others.
+    /// Several blobs at once, where the source can batch them (default: a few at a time),
+    /// each written into `sink` as it arrives and kept only under the id it hashes to.
+    /// Returns each blob's length, or why it did not come: one failing does not stop the
+    /// others. A blob the source sent but that does not hash to the id asked for is a
+    /// [`SinkError::Corrupt`].
     async fn fetch_blobs_into(
         &self,
         oids: &[ObjectId],
-        store: &Store,
+        sink: &dyn BlobSink,
     ) -> Vec<(ObjectId, Result<u64, SourceError>)> {
         let fetches = oids.iter().map(|&oid| async move {
-            let result = self.fetch_blob_into(oid, store).await;
-            (oid, result)
+            let result = async {
+                let (len, pieces) = self.fetch_blob_stream(oid).await?;
+                write_stream(sink, oid, len, pieces).await
+            };
+            (oid, result.await)
         });
         futures::stream::iter(fetches.collect::<Vec<_>>())
             .buffer_unordered(BLOB_PARALLELISM)
             .collect()
             .await
-    }
-
-    /// One blob into `store`, as it arrives.
-    async fn fetch_blob_into(&self, oid: ObjectId, store: &Store) -> Result<u64, SourceError> {
-        let (len, mut pieces) = self.fetch_blob_stream(oid).await?;
-        let cache = |e: &dyn std::fmt::Display| SourceError::Local {
-            repo: "the cache".into(),
-            detail: e.to_string(),
-        };
-        let mut pending = store.begin(&oid, len).map_err(|e| cache(&e))?;
-        while let Some(piece) = pieces.next().await {
-            pending.write(&piece?).map_err(|e| cache(&e))?;
-        }
-        store.commit(pending).map_err(|e| SourceError::Server {
-            server: self.describe(),
-            what: format!("blob {oid}"),
-            detail: e.to_string(),
-        })?;
-        Ok(len)
     }
 
     /// Whether learning a blob's size costs fetching its content anyway (then the content is
@@ -171,4 +190,19 @@ pub trait Source: Send + Sync {
         let chunk = bytes::Bytes::from(bytes);
         Ok((len, futures::stream::once(async move { Ok(chunk) }).boxed()))
     }
+}
+
+/// Writes blob `oid` of `len` bytes into `sink` as its pieces arrive; its length once kept.
+pub async fn write_stream(
+    sink: &dyn BlobSink,
+    oid: ObjectId,
+    len: u64,
+    mut pieces: ByteStream,
+) -> Result<u64, SourceError> {
+    let mut pending = sink.begin_blob(Some(oid), len)?;
+    while let Some(piece) = pieces.next().await {
+        pending.write(&piece?)?;
+    }
+    pending.finish()?;
+    Ok(len)
 }

@@ -6,6 +6,8 @@
 use gix::zlib::{Decompress, FlushDecompress, Status};
 use sha1::{Digest, Sha1};
 
+use super::delta::DeltaError;
+use super::sink::SinkError;
 use crate::object::ObjectId;
 
 /// The most inflated bytes handed to the sink at once.
@@ -39,11 +41,66 @@ pub struct Entry {
     pub size: u64,
 }
 
+/// Why a pack was refused: its bytes, or what a sink made of an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("the pack does not start with PACK")]
+    NotAPack,
+    #[error("unknown pack version {0}")]
+    Version(u32),
+    #[error("a pack entry header runs too long")]
+    HeaderTooLong,
+    #[error("unknown pack entry type {0}")]
+    EntryType(u8),
+    #[error("a pack entry size beyond 64 bits")]
+    SizeOverflow,
+    #[error("a delta's base offset beyond 64 bits")]
+    OffsetOverflow,
+    #[error("a delta's base is outside the pack ({0} back)")]
+    BaseOutside(u64),
+    #[error("a pack entry does not inflate: {0}")]
+    Inflate(String),
+    #[error("a pack entry inflates past its {0} bytes")]
+    InflatesPast(u64),
+    #[error("a pack entry inflates to {produced} bytes, not its {size}")]
+    InflatesShort { produced: u64, size: u64 },
+    #[error("a pack entry's deflated body makes no progress")]
+    NoProgress,
+    #[error("the pack's checksum does not match its bytes")]
+    Checksum,
+    #[error("bytes after the end of the pack")]
+    TrailingBytes,
+    #[error("the pack broke off after {produced} of an entry's {size} bytes")]
+    BrokeOffInEntry { produced: u64, size: u64 },
+    #[error("the pack broke off")]
+    BrokeOff,
+    #[error("{0}")]
+    Entry(#[from] EntryError),
+}
+
+/// Why a sink refused an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// The pack holds what was not asked for.
+    #[error("{0}")]
+    Unwanted(String),
+    #[error("an object of {0} bytes, more than is kept in memory")]
+    TooBig(u64),
+    #[error("the pack holds more than is kept in memory")]
+    PackTooBig,
+    #[error("a delta whose base is not in the pack")]
+    MissingBase,
+    #[error("{0}")]
+    Delta(#[from] DeltaError),
+    #[error("{0}")]
+    Sink(#[from] SinkError),
+}
+
 /// Where a pack's entries go: each begun, given its inflated bytes in pieces, then ended.
 pub trait PackSink {
-    fn begin(&mut self, entry: &Entry) -> Result<(), String>;
-    fn data(&mut self, piece: &[u8]) -> Result<(), String>;
-    fn end(&mut self) -> Result<(), String>;
+    fn begin(&mut self, entry: &Entry) -> Result<(), EntryError>;
+    fn data(&mut self, piece: &[u8]) -> Result<(), EntryError>;
+    fn end(&mut self) -> Result<(), EntryError>;
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -89,7 +146,7 @@ impl Default for PackParser {
 
 impl PackParser {
     /// Takes the next bytes of the pack, handing the entries they complete to `sink`.
-    pub fn feed(&mut self, mut data: &[u8], sink: &mut dyn PackSink) -> Result<(), String> {
+    pub fn feed(&mut self, mut data: &[u8], sink: &mut dyn PackSink) -> Result<(), PackError> {
         loop {
             match self.phase {
                 Phase::Header => {
@@ -117,7 +174,7 @@ impl PackParser {
                         let offset = self.entry_offset;
                         sink.begin(&Entry { offset, kind, size })?;
                     } else if self.pending.len() > MAX_ENTRY_HEADER {
-                        return Err("a pack entry header runs too long".into());
+                        return Err(PackError::HeaderTooLong);
                     }
                 }
                 Phase::Body => {
@@ -136,25 +193,25 @@ impl PackParser {
                     }
                     let expected = std::mem::take(&mut self.checksum).finalize();
                     if self.pending[..] != expected[..] {
-                        return Err("the pack's checksum does not match its bytes".into());
+                        return Err(PackError::Checksum);
                     }
                     self.phase = Phase::Done;
                 }
                 Phase::Done if data.is_empty() => return Ok(()),
-                Phase::Done => return Err("bytes after the end of the pack".into()),
+                Phase::Done => return Err(PackError::TrailingBytes),
             }
         }
     }
 
     /// Checks, once no more bytes will come, that the pack was whole.
-    pub fn finish(&self) -> Result<(), String> {
+    pub fn finish(&self) -> Result<(), PackError> {
         match self.phase {
             Phase::Done => Ok(()),
-            Phase::Body => Err(format!(
-                "the pack broke off after {} of an entry's {} bytes",
-                self.produced, self.size
-            )),
-            _ => Err("the pack broke off".into()),
+            Phase::Body => Err(PackError::BrokeOffInEntry {
+                produced: self.produced,
+                size: self.size,
+            }),
+            _ => Err(PackError::BrokeOff),
         }
     }
 
@@ -167,14 +224,14 @@ impl PackParser {
         &data[take..]
     }
 
-    fn pack_header(&mut self) -> Result<(), String> {
+    fn pack_header(&mut self) -> Result<(), PackError> {
         let h = std::mem::take(&mut self.pending);
         if &h[..4] != b"PACK" {
-            return Err("the pack does not start with PACK".into());
+            return Err(PackError::NotAPack);
         }
         let version = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         if version != 2 && version != 3 {
-            return Err(format!("unknown pack version {version}"));
+            return Err(PackError::Version(version));
         }
         self.entries_left = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
         self.next_entry();
@@ -196,7 +253,7 @@ impl PackParser {
         &mut self,
         data: &[u8],
         sink: &mut dyn PackSink,
-    ) -> Result<(usize, bool), String> {
+    ) -> Result<(usize, bool), PackError> {
         // One spare byte: output past the announced size must show, not hide in a full piece.
         let room = (self.size - self.produced)
             .saturating_add(1)
@@ -206,33 +263,30 @@ impl PackParser {
         let status = self
             .inflate
             .decompress(data, &mut self.piece[..room], FlushDecompress::None)
-            .map_err(|e| format!("a pack entry does not inflate: {e}"))?;
+            .map_err(|e| PackError::Inflate(e.to_string()))?;
         let used = (self.inflate.total_in() - before_in) as usize;
         let written = (self.inflate.total_out() - before_out) as usize;
         self.checksum.update(&data[..used]);
         self.taken += used as u64;
         self.produced += written as u64;
         if self.produced > self.size {
-            return Err(format!(
-                "a pack entry inflates past its {} bytes",
-                self.size
-            ));
+            return Err(PackError::InflatesPast(self.size));
         }
         if written > 0 {
             sink.data(&self.piece[..written])?;
         }
         if status == Status::StreamEnd {
             if self.produced != self.size {
-                return Err(format!(
-                    "a pack entry inflates to {} bytes, not its {}",
-                    self.produced, self.size
-                ));
+                return Err(PackError::InflatesShort {
+                    produced: self.produced,
+                    size: self.size,
+                });
             }
             sink.end()?;
             self.entries_left -= 1;
             self.next_entry();
         } else if used == 0 && written == 0 && !data.is_empty() {
-            return Err("a pack entry's deflated body makes no progress".into());
+            return Err(PackError::NoProgress);
         }
         Ok((used, written == room))
     }
@@ -240,7 +294,7 @@ impl PackParser {
 
 /// An entry's kind and inflated size from its header `h` (of the entry at `offset`), or None
 /// if `h` is not whole yet.
-fn parse_entry_header(h: &[u8], offset: u64) -> Result<Option<(EntryKind, u64)>, String> {
+fn parse_entry_header(h: &[u8], offset: u64) -> Result<Option<(EntryKind, u64)>, PackError> {
     let Some((size, mut at)) = size_varint(h)? else {
         return Ok(None);
     };
@@ -261,7 +315,7 @@ fn parse_entry_header(h: &[u8], offset: u64) -> Result<Option<(EntryKind, u64)>,
                     distance = distance
                         .checked_add(1)
                         .and_then(|d| d.checked_mul(128))
-                        .ok_or("a delta's base offset beyond 64 bits")?;
+                        .ok_or(PackError::OffsetOverflow)?;
                 }
                 distance |= u64::from(byte & 0x7f);
                 at += 1;
@@ -270,9 +324,7 @@ fn parse_entry_header(h: &[u8], offset: u64) -> Result<Option<(EntryKind, u64)>,
                 }
             }
             if distance == 0 || distance > offset {
-                return Err(format!(
-                    "a delta's base is outside the pack ({distance} back)"
-                ));
+                return Err(PackError::BaseOutside(distance));
             }
             EntryKind::OfsDelta {
                 base_offset: offset - distance,
@@ -288,13 +340,13 @@ fn parse_entry_header(h: &[u8], offset: u64) -> Result<Option<(EntryKind, u64)>,
                 base: ObjectId::from_bytes(bytes),
             }
         }
-        other => return Err(format!("unknown pack entry type {other}")),
+        other => return Err(PackError::EntryType(other)),
     };
     Ok(Some((kind, size)))
 }
 
 /// The size at the start of an entry header, and the bytes it takes.
-fn size_varint(h: &[u8]) -> Result<Option<(u64, usize)>, String> {
+fn size_varint(h: &[u8]) -> Result<Option<(u64, usize)>, PackError> {
     let Some(&first) = h.first() else {
         return Ok(None);
     };
@@ -308,7 +360,7 @@ fn size_varint(h: &[u8]) -> Result<Option<(u64, usize)>, String> {
         let shift = 4 + 7 * (at as u32 - 1);
         let bits = u64::from(next & 0x7f);
         if shift >= 64 || (shift > 57 && bits >> (64 - shift) != 0) {
-            return Err("a pack entry size beyond 64 bits".into());
+            return Err(PackError::SizeOverflow);
         }
         size |= bits << shift;
         byte = next;
@@ -348,21 +400,24 @@ pub mod tests {
     }
 
     impl PackSink for Recorder {
-        fn begin(&mut self, entry: &Entry) -> Result<(), String> {
+        fn begin(&mut self, entry: &Entry) -> Result<(), EntryError> {
             self.entries.push((*entry, Vec::new()));
             Ok(())
         }
-        fn data(&mut self, piece: &[u8]) -> Result<(), String> {
-            let last = self.entries.last_mut().ok_or("data before an entry")?;
+        fn data(&mut self, piece: &[u8]) -> Result<(), EntryError> {
+            let last = self
+                .entries
+                .last_mut()
+                .ok_or_else(|| EntryError::Unwanted("data before an entry".into()))?;
             last.1.extend_from_slice(piece);
             Ok(())
         }
-        fn end(&mut self) -> Result<(), String> {
+        fn end(&mut self) -> Result<(), EntryError> {
             Ok(())
         }
     }
 
-    fn parse(pack: &[u8], chunk: usize) -> Result<Vec<(Entry, Vec<u8>)>, String> {
+    fn parse(pack: &[u8], chunk: usize) -> Result<Vec<(Entry, Vec<u8>)>, PackError> {
         let mut parser = PackParser::default();
         let mut sink = Recorder::default();
         for part in pack.chunks(chunk) {
@@ -429,7 +484,7 @@ pub mod tests {
     #[test]
     fn refuses_broken_packs() {
         let pack = pack_of(&[(3, vec![], b"some content here".to_vec())]);
-        let err = |bytes: &[u8]| parse(bytes, 3).unwrap_err();
+        let err = |bytes: &[u8]| parse(bytes, 3).unwrap_err().to_string();
         assert!(err(&pack[..pack.len() - 5]).contains("broke off"));
         assert!(err(&pack[..20]).contains("broke off"));
         let mut bad_sum = pack.clone();

@@ -1,15 +1,15 @@
 //! Where the entries of a pack go ([`PackSink`]s): the one blob a fetch asked for, as it
-//! arrives ([`OneBlob`]); a batch of blobs, written into the cache as they arrive
-//! ([`BlobsToStore`]); or a small pack's objects, in memory ([`ObjectsInMemory`]).
+//! arrives ([`OneBlob`]); a batch of blobs, written into a [`BlobSink`] (the cache) as they
+//! arrive ([`BlobsToSink`]); or a small pack's objects, in memory ([`ObjectsInMemory`]).
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::pack::{Entry, EntryKind, PackSink};
+use super::pack::{Entry, EntryError, EntryKind, PackSink};
+use super::sink::{BlobSink, PendingBlob};
 use super::{delta, MAX_IN_MEMORY, MAX_PACK_IN_MEMORY};
 use crate::object::{ObjectId, ObjectKind};
-use crate::store::{PendingObject, Store};
 
 /// Collects the one blob a fetch asked for, piece by piece; refuses anything else.
 #[derive(Default)]
@@ -21,26 +21,28 @@ pub struct OneBlob {
 }
 
 impl PackSink for OneBlob {
-    fn begin(&mut self, entry: &Entry) -> Result<(), String> {
+    fn begin(&mut self, entry: &Entry) -> Result<(), EntryError> {
         if self.size.is_some() {
-            return Err("more than one object in the pack, one was asked for".into());
+            return Err(EntryError::Unwanted(
+                "more than one object in the pack, one was asked for".into(),
+            ));
         }
         if entry.kind != EntryKind::Blob {
-            return Err(format!(
+            return Err(EntryError::Unwanted(format!(
                 "the pack holds a {:?} entry, a blob was asked for",
                 entry.kind
-            ));
+            )));
         }
         self.size = Some(entry.size);
         Ok(())
     }
 
-    fn data(&mut self, piece: &[u8]) -> Result<(), String> {
+    fn data(&mut self, piece: &[u8]) -> Result<(), EntryError> {
         self.pieces.push(Bytes::copy_from_slice(piece));
         Ok(())
     }
 
-    fn end(&mut self) -> Result<(), String> {
+    fn end(&mut self) -> Result<(), EntryError> {
         Ok(())
     }
 }
@@ -61,19 +63,25 @@ impl ObjectsInMemory {
         self.objects.remove(oid).map(|(_, data)| data)
     }
 
-    fn base(&self, id: Option<&ObjectId>) -> Result<&(ObjectKind, Vec<u8>), String> {
+    fn base(&self, id: Option<&ObjectId>) -> Result<&(ObjectKind, Vec<u8>), EntryError> {
         id.and_then(|id| self.objects.get(id))
-            .ok_or_else(|| "a delta whose base is not in the pack".to_string())
+            .ok_or(EntryError::MissingBase)
+    }
+
+    /// Counts `bytes` more against [`MAX_PACK_IN_MEMORY`].
+    fn hold(&mut self, bytes: u64) -> Result<(), EntryError> {
+        self.held += bytes;
+        if self.held > MAX_PACK_IN_MEMORY {
+            return Err(EntryError::PackTooBig);
+        }
+        Ok(())
     }
 }
 
 impl PackSink for ObjectsInMemory {
-    fn begin(&mut self, entry: &Entry) -> Result<(), String> {
+    fn begin(&mut self, entry: &Entry) -> Result<(), EntryError> {
         if entry.size > MAX_IN_MEMORY {
-            return Err(format!(
-                "an object of {} bytes, more than is kept in memory",
-                entry.size
-            ));
+            return Err(EntryError::TooBig(entry.size));
         }
         // The size is the server's word: reserve no more than a little up front.
         let reserve = entry.size.min(1 << 20) as usize;
@@ -81,18 +89,15 @@ impl PackSink for ObjectsInMemory {
         Ok(())
     }
 
-    fn data(&mut self, piece: &[u8]) -> Result<(), String> {
-        self.held += piece.len() as u64;
-        if self.held > MAX_PACK_IN_MEMORY {
-            return Err("the pack holds more than is kept in memory".into());
-        }
+    fn data(&mut self, piece: &[u8]) -> Result<(), EntryError> {
+        self.hold(piece.len() as u64)?;
         if let Some((_, data)) = &mut self.current {
             data.extend_from_slice(piece);
         }
         Ok(())
     }
 
-    fn end(&mut self) -> Result<(), String> {
+    fn end(&mut self) -> Result<(), EntryError> {
         let Some((entry, data)) = self.current.take() else {
             return Ok(());
         };
@@ -115,10 +120,7 @@ impl PackSink for ObjectsInMemory {
             entry.kind,
             EntryKind::OfsDelta { .. } | EntryKind::RefDelta { .. }
         ) {
-            self.held += content.len() as u64;
-            if self.held > MAX_PACK_IN_MEMORY {
-                return Err("the pack holds more than is kept in memory".into());
-            }
+            self.hold(content.len() as u64)?;
         }
         let oid = ObjectId::hash(kind, &content);
         self.by_offset.insert(entry.offset, oid);
@@ -127,24 +129,24 @@ impl PackSink for ObjectsInMemory {
     }
 }
 
-/// Blob entries of a pack written into the cache as they arrive. Each is hashed on the way and
-/// kept under the id it hashes to, so nothing unverified enters the cache and no blob has to
-/// be in memory whole. A delta is applied in memory to its base, read back from the cache; git
-/// rarely deltifies big files, so this is the uncommon case.
-pub struct BlobsToStore<'a> {
-    store: &'a Store,
+/// Blob entries of a pack written into a sink (the cache) as they arrive. Each is hashed on
+/// the way and kept under the id it hashes to, so nothing unverified is kept and no blob has
+/// to be in memory whole. A delta is applied in memory to its base, read back from the sink;
+/// git rarely deltifies big files, so this is the uncommon case.
+pub struct BlobsToSink<'a> {
+    sink: &'a dyn BlobSink,
     /// The id of each blob kept so far, by its pack offset (the bases of ofs-deltas).
     by_offset: HashMap<u64, ObjectId>,
     /// Every blob kept, with its length.
     pub kept: HashMap<ObjectId, u64>,
-    current: Current,
+    current: Current<'a>,
 }
 
-enum Current {
+enum Current<'a> {
     Nothing,
     Blob {
         offset: u64,
-        pending: PendingObject,
+        pending: Box<dyn PendingBlob + 'a>,
     },
     Delta {
         offset: u64,
@@ -153,10 +155,10 @@ enum Current {
     },
 }
 
-impl<'a> BlobsToStore<'a> {
-    pub fn new(store: &'a Store) -> Self {
-        BlobsToStore {
-            store,
+impl<'a> BlobsToSink<'a> {
+    pub fn new(sink: &'a dyn BlobSink) -> Self {
+        BlobsToSink {
+            sink,
             by_offset: HashMap::new(),
             kept: HashMap::new(),
             current: Current::Nothing,
@@ -174,31 +176,28 @@ impl<'a> BlobsToStore<'a> {
         offset: u64,
         base: Option<ObjectId>,
         instructions: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), EntryError> {
         // A delta on something else is left out: its blob is then reported missing.
         let Some(base) = base else { return Ok(()) };
-        let Some(base_bytes) = self.store.read(&base).map_err(cache_error)? else {
+        let Some(base_bytes) = self.sink.blob(&base)? else {
             return Ok(());
         };
         let content = delta::apply(&base_bytes, instructions)?;
-        let oid = ObjectId::hash(ObjectKind::Blob, &content);
-        self.store.insert(&oid, &content).map_err(cache_error)?;
+        let mut pending = self.sink.begin_blob(None, content.len() as u64)?;
+        pending.write(&content)?;
+        let oid = pending.finish()?;
         self.keep(offset, oid, content.len() as u64);
         Ok(())
     }
 }
 
-fn cache_error(e: std::io::Error) -> String {
-    format!("cache: {e}")
-}
-
-impl PackSink for BlobsToStore<'_> {
-    fn begin(&mut self, entry: &Entry) -> Result<(), String> {
+impl PackSink for BlobsToSink<'_> {
+    fn begin(&mut self, entry: &Entry) -> Result<(), EntryError> {
         let offset = entry.offset;
         self.current = match entry.kind {
             EntryKind::Blob => Current::Blob {
                 offset,
-                pending: self.store.begin_unnamed(entry.size).map_err(cache_error)?,
+                pending: self.sink.begin_blob(None, entry.size)?,
             },
             EntryKind::OfsDelta { base_offset } => Current::Delta {
                 offset,
@@ -216,9 +215,9 @@ impl PackSink for BlobsToStore<'_> {
         Ok(())
     }
 
-    fn data(&mut self, piece: &[u8]) -> Result<(), String> {
+    fn data(&mut self, piece: &[u8]) -> Result<(), EntryError> {
         match &mut self.current {
-            Current::Blob { pending, .. } => pending.write(piece).map_err(cache_error),
+            Current::Blob { pending, .. } => Ok(pending.write(piece)?),
             Current::Delta { instructions, .. } => {
                 instructions.extend_from_slice(piece);
                 Ok(())
@@ -227,11 +226,11 @@ impl PackSink for BlobsToStore<'_> {
         }
     }
 
-    fn end(&mut self) -> Result<(), String> {
+    fn end(&mut self) -> Result<(), EntryError> {
         match std::mem::replace(&mut self.current, Current::Nothing) {
             Current::Blob { offset, pending } => {
                 let len = pending.written();
-                let oid = self.store.commit(pending).map_err(|e| e.to_string())?;
+                let oid = pending.finish()?;
                 self.keep(offset, oid, len);
                 Ok(())
             }
@@ -249,7 +248,8 @@ impl PackSink for BlobsToStore<'_> {
 mod tests {
     use super::*;
     use crate::source::pack::tests::pack_of;
-    use crate::source::pack::PackParser;
+    use crate::source::pack::{PackError, PackParser};
+    use crate::source::sink::memory::MemorySink;
 
     #[test]
     fn small_packs_resolve_their_deltas_in_memory() {
@@ -276,17 +276,19 @@ mod tests {
             size: MAX_IN_MEMORY + 1,
         };
         let err = sink.begin(&huge).expect_err("too big");
-        assert!(err.contains("more than is kept in memory"), "{err}");
+        assert!(matches!(err, EntryError::TooBig(_)), "{err}");
         let orphan = pack_of(&[(7, [9u8; 20].to_vec(), b"x".to_vec())]);
         let mut parser = PackParser::default();
         let err = parser.feed(&orphan, &mut ObjectsInMemory::default());
-        assert!(err.unwrap_err().contains("base is not in the pack"));
+        assert!(matches!(
+            err,
+            Err(PackError::Entry(EntryError::MissingBase))
+        ));
     }
 
     #[test]
-    fn blobs_and_deltas_land_in_the_cache_under_their_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 0).unwrap();
+    fn blobs_and_deltas_land_in_the_sink_under_their_ids() {
+        let store = MemorySink::default();
         let base = b"0123456789abcdef".to_vec();
         let base_id = ObjectId::hash(ObjectKind::Blob, &base);
         // "abcdXYZ01": copy 4 from 10, insert XYZ, copy 2 from 0.
@@ -300,7 +302,7 @@ mod tests {
             (7, base_id.as_bytes().to_vec(), delta),
             (2, vec![], b"not a blob".to_vec()),
         ]);
-        let mut sink = BlobsToStore::new(&store);
+        let mut sink = BlobsToSink::new(&store);
         let mut parser = PackParser::default();
         for part in pack.chunks(10) {
             parser.feed(part, &mut sink).expect("feed");
@@ -309,7 +311,7 @@ mod tests {
         assert_eq!(sink.kept.len(), 2);
         assert_eq!(sink.kept[&base_id], 16);
         assert_eq!(sink.kept[&derived_id], 9);
-        assert_eq!(store.read(&derived_id).unwrap().unwrap(), b"abcdXYZ01");
-        assert_eq!(store.read(&base_id).unwrap().unwrap(), base);
+        assert_eq!(store.get(&derived_id).unwrap(), b"abcdXYZ01");
+        assert_eq!(store.get(&base_id).unwrap(), base);
     }
 }

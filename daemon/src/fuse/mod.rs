@@ -24,6 +24,9 @@ use tracing::{debug, warn, Instrument};
 use crate::fs::{Attr, FsError, MountFs};
 use crate::object::EntryKind;
 
+mod notifier;
+pub use notifier::KernelNotifier;
+
 /// How long the kernel may cache entries and attributes. A mount shows one immutable commit,
 /// and a refresh gives whatever changed new inodes and invalidates the root's stale entries.
 const TTL: Duration = Duration::from_secs(3600);
@@ -462,10 +465,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        if let (Some(entries), Ok(parent)) =
-            (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0))
-        {
-            return fill_listing(reply, ino.0, parent, &entries, offset);
+        match (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0)) {
+            (Some(Ok(entries)), Ok(parent)) => {
+                return fill_listing(reply, ino.0, parent, &entries, offset);
+            }
+            (Some(Err(e)), _) => return reply.error(Errno::from_i32(e.errno())),
+            _ => {}
         }
         let fs = self.fs.clone();
         self.spawn(
@@ -491,10 +496,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        if let (Some(entries), Ok(parent)) =
-            (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0))
-        {
-            return fill_plus(reply, &self.fs, ino.0, parent, &entries, offset);
+        match (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0)) {
+            (Some(Ok(entries)), Ok(parent)) => {
+                return fill_plus(reply, &self.fs, ino.0, parent, &entries, offset);
+            }
+            (Some(Err(e)), _) => return reply.error(Errno::from_i32(e.errno())),
+            _ => {}
         }
         let fs = self.fs.clone();
         let filler = self.fs.clone();

@@ -1,0 +1,492 @@
+//! The one place a mount's objects are loaded: from the shared cache when they are there,
+//! else from the source, verified against their id before anything uses or keeps them. It
+//! owns the source and the store, runs each fetch once however many requests want it
+//! (single-flight), bounds each fetch by its deadline, counts what it fetched, and turns
+//! every failure into one [`FsError`] and one log line naming path, object and server.
+//!
+//! It answers: a tree's entries, a blob's cache file (fetched first if needed), many blobs
+//! into the cache at once, and sizes. Nothing above it touches the source or the store.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tracing::{error, info, warn};
+
+use super::arrival::Arrival;
+use super::error::FsError;
+use super::flight::Flights;
+use crate::object::{parse_tree, ObjectError, ObjectId, ObjectKind, TreeEntry};
+use crate::repo_path::RepoPath;
+use crate::source::{SinkError, Snapshot, Source, SourceError};
+use crate::store::{Pin, Store};
+
+/// How many size queries one directory may have in flight at once.
+const SIZE_QUERY_PARALLELISM: usize = 16;
+
+/// What a mount has cost and saved.
+#[derive(Default)]
+pub struct Counters {
+    pub fetched_objects: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+pub struct Loader {
+    source: Arc<dyn Source>,
+    store: Arc<Store>,
+    /// The source as logs and errors name it.
+    server: String,
+    trees: Flights<ObjectId, Arc<[u8]>>,
+    blobs: Flights<ObjectId>,
+    /// Size queries by the tree of the directory whose files they are for.
+    sizes: Flights<ObjectId>,
+    counters: Counters,
+    /// Mounted from the last known commit because the source was unreachable; cleared by the
+    /// first successful fetch.
+    offline: AtomicBool,
+    /// The longest one fetch (retries included) may take.
+    fetch_timeout: Duration,
+}
+
+impl Loader {
+    pub fn new(source: Arc<dyn Source>, store: Arc<Store>, fetch_timeout: Duration) -> Loader {
+        Loader {
+            server: source.describe(),
+            source,
+            store,
+            trees: Flights::new(),
+            blobs: Flights::new(),
+            sizes: Flights::new(),
+            counters: Counters::default(),
+            offline: AtomicBool::new(false),
+            fetch_timeout,
+        }
+    }
+
+    /// The source, as `status` and logs show it.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
+    }
+
+    // The commit shown.
+
+    /// Resolves the commit the source shows and remembers it, with its root tree in the
+    /// cache; where the source cannot be reached, falls back to the commit it last resolved
+    /// to, if its root tree is cached (the mount is then offline).
+    pub async fn resolve(&self) -> Result<Snapshot, FsError> {
+        match self.source.resolve().await {
+            Ok(snapshot) => {
+                self.adopt(&snapshot).await?;
+                Ok(snapshot)
+            }
+            Err(e) if e.is_unavailable() => match self.remembered(&e) {
+                Some(snapshot) => Ok(snapshot),
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What the source shows now, without adopting it.
+    pub async fn latest(&self) -> Result<Snapshot, FsError> {
+        Ok(self.source.resolve().await?)
+    }
+
+    /// Makes `snapshot` the one to mount from: its root tree verified and cached, and
+    /// remembered for mounting while the source is unreachable.
+    pub async fn adopt(&self, snapshot: &Snapshot) -> Result<(), FsError> {
+        let root = RepoPath::root();
+        match &snapshot.root_body {
+            Some(body) => {
+                // Already fetched to resolve (Mega lists the root to learn it).
+                self.verify(ObjectKind::Tree, snapshot.root_tree, &root, body)?;
+                self.count_fetch(body.len() as u64);
+                self.store.insert(&snapshot.root_tree, body)?;
+            }
+            None if self.store.contains(&snapshot.root_tree) => {}
+            None => {
+                self.fetch_tree_now(&root, snapshot.root_tree).await?;
+            }
+        }
+        self.store.save_snapshot(
+            &self.server,
+            &snapshot.commit,
+            &snapshot.root_tree,
+            snapshot.commit_time,
+        );
+        Ok(())
+    }
+
+    /// The commit last resolved to, if its root tree is cached, for when resolving failed
+    /// with `error`.
+    fn remembered(&self, error: &SourceError) -> Option<Snapshot> {
+        let (commit, root_tree, commit_time) = self.store.load_snapshot(&self.server)?;
+        if !self.store.contains(&root_tree) {
+            return None;
+        }
+        warn!(source = %self.server, %commit, %error, "source unreachable: mounting the last known commit from the cache (offline)");
+        self.offline.store(true, Ordering::Relaxed);
+        Some(Snapshot {
+            commit,
+            root_tree,
+            commit_time,
+            root_body: None,
+        })
+    }
+
+    // Trees.
+
+    /// The entries of tree `oid` if it is in the cache and parses: a local read, for the
+    /// asking thread to do itself. None where the source is needed or the tree is malformed
+    /// ([`Loader::entries`] then says why).
+    pub fn entries_at_hand(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
+        let body = self.store.read(oid).ok()??;
+        let entries = parse_tree(&body).ok()?;
+        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(entries)
+    }
+
+    /// The entries of tree `oid`, found at `path`: from the cache, else fetched (once, for
+    /// every request that wants it) and verified.
+    pub async fn entries(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Vec<TreeEntry>, FsError> {
+        let body = match self.store.read(&oid)? {
+            Some(body) => {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                Arc::from(body)
+            }
+            None => self.fetch_tree(path, oid).await?,
+        };
+        parse_tree(&body).map_err(|error| self.refuse_tree(path, oid, error))
+    }
+
+    /// Fetches tree `oid` into the cache (once, however many want it).
+    pub async fn fetch_tree(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Arc<[u8]>, FsError> {
+        let this = Arc::clone(self);
+        let path = path.clone();
+        self.trees
+            .run(oid, async move { this.fetch_tree_now(&path, oid).await })
+            .await
+    }
+
+    async fn fetch_tree_now(&self, path: &RepoPath, oid: ObjectId) -> Result<Arc<[u8]>, FsError> {
+        let fetch = self.source.fetch_tree(path, oid);
+        let body = self
+            .within_deadline(fetch)
+            .await
+            .map_err(|e| self.failed("a directory", path, oid, e))?;
+        self.count_fetch(body.len() as u64);
+        self.verify(ObjectKind::Tree, oid, path, &body)?;
+        self.store.insert(&oid, &body)?;
+        Ok(Arc::from(body))
+    }
+
+    /// Warms the page cache with tree `oid`'s cache file without reading it (nor touching its
+    /// place in the cache's eviction order). Blocking: for a blocking thread.
+    pub fn warm(&self, oid: &ObjectId) -> bool {
+        self.store.warm(oid)
+    }
+
+    pub fn contains(&self, oid: &ObjectId) -> bool {
+        self.store.contains(oid)
+    }
+
+    /// A tree of directory `path` whose entries cannot be used: refused, logged once.
+    pub fn refuse_tree(&self, path: &RepoPath, oid: ObjectId, error: ObjectError) -> FsError {
+        error!(server = %self.server, %oid, %path, %error, "refusing a malformed tree");
+        FsError::Corrupt {
+            what: format!("tree {oid} at {path}"),
+            server: self.server.clone(),
+            error,
+        }
+    }
+
+    // Blobs.
+
+    /// The cache file of blob `oid`, if it is cached.
+    pub fn cached_blob(&self, oid: &ObjectId) -> Option<File> {
+        if !self.store.contains(oid) {
+            return None;
+        }
+        self.store.open_object(oid).ok().flatten()
+    }
+
+    /// The cache file of blob `oid` if it is cached, counted as a hit.
+    pub fn open_cached(&self, oid: &ObjectId) -> Result<Option<File>, FsError> {
+        let file = self.store.open_object(oid)?;
+        if file.is_some() {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(file)
+    }
+
+    /// The cache file of blob `oid` (the file at `path`), fetched first if needed.
+    pub async fn open_blob(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<File, FsError> {
+        if let Some(file) = self.open_cached(&oid)? {
+            return Ok(file);
+        }
+        self.ensure_blob(path, oid, None).await?;
+        self.store
+            .open_object(&oid)?
+            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+    }
+
+    /// The whole content of blob `oid` (a symlink's target), fetched first if needed.
+    pub async fn blob_bytes(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Vec<u8>, FsError> {
+        self.ensure_blob(path, oid, None).await?;
+        self.store
+            .read(&oid)?
+            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+    }
+
+    /// Makes sure blob `oid` is in the cache, fetching it once however many want it, and
+    /// telling `arrival` (if any) how the fetch comes along.
+    pub async fn ensure_blob(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+        arrival: Option<Arc<Arrival>>,
+    ) -> Result<(), FsError> {
+        if self.store.contains(&oid) {
+            return Ok(());
+        }
+        let this = Arc::clone(self);
+        let path = path.clone();
+        self.blobs
+            .run(oid, async move {
+                if this.store.contains(&oid) {
+                    return Ok(());
+                }
+                let fetch = this.stream_blob(oid, arrival.as_deref());
+                let bytes = this
+                    .within_deadline(fetch)
+                    .await
+                    .map_err(|e| this.failed("a file", &path, oid, e))?;
+                info!(%oid, %path, bytes, "fetched blob");
+                Ok(())
+            })
+            .await
+    }
+
+    /// Streams blob `oid` into the cache as it arrives (memory does not grow with its size);
+    /// the cache keeps it only whole and hashing to its id. Its length.
+    async fn stream_blob(
+        &self,
+        oid: ObjectId,
+        arrival: Option<&Arrival>,
+    ) -> Result<u64, SourceError> {
+        let (len, mut chunks) = self.source.fetch_blob_stream(oid).await?;
+        let mut pending = self.store.begin(Some(oid), len)?;
+        if let Some(arrival) = arrival {
+            arrival.started(pending.reader().map_err(SinkError::Io)?);
+        }
+        while let Some(chunk) = chunks.next().await {
+            pending.write(&chunk?)?;
+            if let Some(arrival) = arrival {
+                arrival.advanced(pending.written());
+            }
+        }
+        self.count_fetch(len);
+        pending.commit()?;
+        Ok(len)
+    }
+
+    /// Fetches the files of `files` not cached yet in one go (where the source batches) into
+    /// the cache. Each failure is logged and returned; one does not stop the others.
+    pub async fn blobs_into_cache(
+        &self,
+        files: &[(RepoPath, ObjectId)],
+    ) -> Vec<(ObjectId, Result<u64, FsError>)> {
+        let wanted: Vec<&(RepoPath, ObjectId)> = files
+            .iter()
+            .filter(|(_, oid)| !self.store.contains(oid))
+            .collect();
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let oids: Vec<ObjectId> = wanted.iter().map(|(_, oid)| *oid).collect();
+        // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
+        let results = self
+            .source
+            .fetch_blobs_into(&oids, self.store.as_ref())
+            .await;
+        results
+            .into_iter()
+            .map(|(oid, result)| {
+                let result = match result {
+                    Ok(len) => {
+                        self.count_fetch(len);
+                        Ok(len)
+                    }
+                    Err(e) => {
+                        let path = wanted
+                            .iter()
+                            .find(|(_, o)| *o == oid)
+                            .map(|(path, _)| path.clone())
+                            .unwrap_or_default();
+                        Err(self.failed("a file", &path, oid, e))
+                    }
+                };
+                (oid, result)
+            })
+            .collect()
+    }
+
+    /// Keeps `oid` (cached or still to come) from eviction until the pin drops.
+    pub fn pin(&self, oid: &ObjectId) -> Pin {
+        self.store.pin(oid)
+    }
+
+    // Sizes.
+
+    pub fn known_size(&self, oid: &ObjectId) -> Option<u64> {
+        self.store.known_size(oid)
+    }
+
+    /// Learns the sizes of `files` (of directory `dir`, tree `tree`) not known yet, in
+    /// parallel: the kernel asks for them together (`ls -l`), and one query each is all a
+    /// Mega server offers. Where sizes cost the contents anyway, the contents are fetched
+    /// into the cache instead, in one batch. Once per directory tree, however many ask.
+    pub async fn learn_sizes(
+        self: &Arc<Self>,
+        tree: ObjectId,
+        files: Vec<(RepoPath, ObjectId)>,
+    ) -> Result<(), FsError> {
+        let this = Arc::clone(self);
+        self.sizes
+            .run(tree, async move {
+                if this.source.sizes_need_content() {
+                    this.blobs_into_cache(&files).await;
+                }
+                let missing = files
+                    .into_iter()
+                    .filter(|(_, oid)| this.store.known_size(oid).is_none());
+                let sizes: Vec<Result<(), FsError>> = stream::iter(missing)
+                    .map(|(path, oid)| {
+                        let this = this.clone();
+                        async move {
+                            let size = this
+                                .within_deadline(this.source.blob_size(oid))
+                                .await
+                                .map_err(|e| this.failed("a file's size", &path, oid, e))?;
+                            this.store.record_size(&oid, size);
+                            Ok(())
+                        }
+                    })
+                    .buffer_unordered(SIZE_QUERY_PARALLELISM)
+                    .collect()
+                    .await;
+                sizes.into_iter().collect()
+            })
+            .await
+    }
+
+    // Listing records (see `recall`).
+
+    /// The trees listed under root tree `root` by earlier mounts, in the order first listed.
+    /// Blocking: for a blocking thread.
+    pub fn listing_record(&self, root: &ObjectId) -> Vec<ObjectId> {
+        self.store.listing_record(root)
+    }
+
+    /// Adds trees to the record of root tree `root`. Blocking: for a blocking thread.
+    pub fn record_listings(&self, root: &ObjectId, trees: &[ObjectId]) {
+        self.store.append_listing_record(root, trees);
+    }
+
+    // Failures, each mapped and logged here once.
+
+    async fn within_deadline<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
+        tokio::time::timeout(self.fetch_timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SourceError::Timeout {
+                    server: self.server.clone(),
+                })
+            })
+    }
+
+    fn verify(
+        &self,
+        kind: ObjectKind,
+        oid: ObjectId,
+        path: &RepoPath,
+        bytes: &[u8],
+    ) -> Result<(), FsError> {
+        oid.verify(kind, bytes)
+            .map_err(|error| self.corrupt(kind, oid, path, error))
+    }
+
+    fn corrupt(
+        &self,
+        kind: ObjectKind,
+        oid: ObjectId,
+        path: &RepoPath,
+        error: ObjectError,
+    ) -> FsError {
+        error!(server = %self.server, %oid, %path, %error, "server sent bytes that do not match their object id");
+        FsError::Corrupt {
+            what: format!("{kind:?} {oid} at {path}").to_lowercase(),
+            server: self.server.clone(),
+            error,
+        }
+    }
+
+    /// What fetching `what` (at `path`, object `oid`) failing with `e` means, logged.
+    fn failed(&self, what: &str, path: &RepoPath, oid: ObjectId, e: SourceError) -> FsError {
+        match e {
+            SourceError::Sink(SinkError::Corrupt(error)) => {
+                self.corrupt(ObjectKind::Blob, oid, path, error)
+            }
+            SourceError::Sink(SinkError::Io(io)) => {
+                error!(%oid, %path, error = %io, "cannot write into the cache");
+                FsError::Cache(Arc::new(io))
+            }
+            // Not a failure: the mount moves with the trunk (see `fs`).
+            e @ SourceError::TrunkMoved { .. } => e.into(),
+            e => {
+                warn!(server = %self.server, %path, %oid, error = %e, "cannot fetch {what}");
+                e.into()
+            }
+        }
+    }
+
+    fn count_fetch(&self, bytes: u64) {
+        self.offline.store(false, Ordering::Relaxed);
+        self.counters
+            .fetched_objects
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .fetched_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,706 @@
+//! The table of mounts and their lifecycle: connect (check, resolve, mount), disconnect,
+//! refresh, status, and unmounting everything at shutdown. Configured mounts and their
+//! retries are `reconcile`'s; the FUSE session is `session`'s; mountpoints are `mountpoint`'s.
+
+mod mountpoint;
+mod reconcile;
+mod session;
+
+use std::collections::HashSet;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::BackgroundSession;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+pub use crate::access::Caller;
+use crate::access::{Access, Policy, Refusal};
+use crate::config::MountConfig;
+use crate::fs::{FsError, FsOptions, MountFs};
+use crate::fuse::{FuseAdapter, KernelNotifier, ReadPath};
+pub use crate::location::Timeouts;
+use crate::location::{self, default_name_of, Location, LocationError};
+use crate::mount_name::{MountName, NameError};
+use crate::source::git::Credentials;
+use crate::source::SourceError;
+use crate::store::Store;
+use crate::{mounts, sys};
+use reconcile::Retrying;
+pub use session::KernelOptions;
+
+/// What a client asks to mount.
+#[derive(Clone, Debug)]
+pub struct ConnectSpec {
+    pub location: Location,
+    pub mountpoint: PathBuf,
+    pub git_ref: String,
+    /// The name asked for; empty for the repository's default.
+    pub name: String,
+    /// Let users other than the owner in (for users, where the configuration allows).
+    pub allow_other: bool,
+    /// Git server credentials from the configuration.
+    pub credentials: Option<Credentials>,
+}
+
+impl From<&MountConfig> for ConnectSpec {
+    fn from(c: &MountConfig) -> Self {
+        ConnectSpec {
+            location: c.location.clone(),
+            mountpoint: c.mountpoint.clone(),
+            git_ref: c.git_ref.clone(),
+            name: c.name.to_string(),
+            allow_other: c.allow_other,
+            credentials: c.password.as_ref().map(|p| Credentials {
+                user: c.username.clone().unwrap_or_else(|| "git".into()),
+                secret: p.0.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Location(#[from] LocationError),
+    #[error("{0}: give one with --name")]
+    Name(#[from] NameError),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error("mountpoint {0} does not exist (create it first)")]
+    MountpointMissing(PathBuf),
+    #[error("mountpoint {0} is not a directory")]
+    MountpointNotDir(PathBuf),
+    #[error("mountpoint {0} is not empty")]
+    MountpointNotEmpty(PathBuf),
+    #[error("{0} is already a mount point")]
+    AlreadyMounted(PathBuf),
+    #[error("a mount named {0:?} already exists; choose another name with --name")]
+    NameInUse(String),
+    #[error("no mount is named {0:?} or mounted there")]
+    UnknownMount(String),
+    #[error("{0} is busy (files are open in it); close them, or disconnect with --force")]
+    Busy(PathBuf),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Fs(FsError),
+    #[error("timed out after {0:?} waiting for the source")]
+    Timeout(Duration),
+    #[error("mounting {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unmounting {path}: {source}")]
+    Unmount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A task of the daemon's own failed (it panicked or was cancelled): not the caller's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<FsError> for SupervisorError {
+    fn from(e: FsError) -> Self {
+        // Surface source errors (unreachable, not found, unknown ref) as themselves.
+        match e {
+            FsError::Source(source) => match Arc::try_unwrap(source) {
+                Ok(source) => SupervisorError::Source(source),
+                Err(shared) => SupervisorError::Fs(FsError::Source(shared)),
+            },
+            other => SupervisorError::Fs(other),
+        }
+    }
+}
+
+/// A task of the supervisor's that did not finish (panicked, cancelled).
+fn task_failed(what: &str, e: tokio::task::JoinError) -> SupervisorError {
+    SupervisorError::Internal(format!("{what}: {e}"))
+}
+
+/// Where a mount stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountState {
+    Mounted,
+    /// Mounted from the last known commit: the source was unreachable.
+    Offline,
+    /// A configured mount that failed, tried again with growing pauses.
+    Retrying,
+    /// A run-time mount whose filesystem went away without a disconnect.
+    Lost,
+    /// In a disconnect's reply.
+    Unmounted,
+}
+
+impl MountState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountState::Mounted => "mounted",
+            MountState::Offline => "offline",
+            MountState::Retrying => "retrying",
+            MountState::Lost => "lost",
+            MountState::Unmounted => "unmounted",
+        }
+    }
+}
+
+/// A mount as `status` reports it.
+#[derive(Clone, Debug)]
+pub struct MountStatus {
+    pub name: MountName,
+    pub mountpoint: PathBuf,
+    pub source: String,
+    pub repo: String,
+    pub git_ref: String,
+    pub commit: String,
+    pub commit_time: i64,
+    pub state: MountState,
+    pub fetched_objects: u64,
+    pub fetched_bytes: u64,
+    pub cache_hits: u64,
+    pub owner_uid: u32,
+    pub from_config: bool,
+    /// Why a mount is retrying or lost.
+    pub error: String,
+    pub refreshed_at: i64,
+    /// How cached files are read: "passthrough", "daemon", or "" if not mounted.
+    pub read_path: &'static str,
+}
+
+/// A mount the daemon serves.
+struct MountEntry {
+    name: MountName,
+    mountpoint: PathBuf,
+    location: Location,
+    git_ref: String,
+    owner_uid: u32,
+    /// The configuration entry it was mounted from, if any.
+    config: Option<MountConfig>,
+    fs: Arc<MountFs>,
+    session: BackgroundSession,
+    /// Tells the kernel which cached entries a refresh made stale.
+    notifier: KernelNotifier,
+    /// How the kernel reads its cached files (told by the FUSE adapter).
+    read_path: Arc<ReadPath>,
+    /// Unix seconds of the last refresh, 0 for none.
+    refreshed_at: Arc<AtomicI64>,
+    /// When a configured `refresh_interval` next falls due.
+    next_refresh: Option<Instant>,
+}
+
+impl MountEntry {
+    /// The session thread ends when the kernel drops the mount behind our back.
+    fn is_lost(&self) -> bool {
+        self.session.guard.is_finished()
+    }
+
+    fn status(&self) -> MountStatus {
+        let stats = self.fs.stats();
+        let snapshot = self.fs.snapshot();
+        MountStatus {
+            name: self.name.clone(),
+            mountpoint: self.mountpoint.clone(),
+            source: self.fs.source_description(),
+            repo: self.location.repo(),
+            git_ref: self.git_ref.clone(),
+            commit: snapshot.commit.to_hex(),
+            commit_time: snapshot.commit_time,
+            state: if self.is_lost() {
+                MountState::Lost
+            } else if self.fs.is_offline() {
+                MountState::Offline
+            } else {
+                MountState::Mounted
+            },
+            fetched_objects: stats.fetched_objects.load(Ordering::Relaxed),
+            fetched_bytes: stats.fetched_bytes.load(Ordering::Relaxed),
+            cache_hits: stats.cache_hits.load(Ordering::Relaxed),
+            owner_uid: self.owner_uid,
+            from_config: self.config.is_some(),
+            error: String::new(),
+            refreshed_at: self.refreshed_at.load(Ordering::Relaxed),
+            read_path: self.read_path.describe(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    mounts: Vec<MountEntry>,
+    retrying: Vec<Retrying>,
+    /// Run-time mounts whose filesystem went away without a disconnect.
+    lost: Vec<MountStatus>,
+    /// Names and mountpoints of connects under way, so two cannot race for one.
+    pending_names: HashSet<MountName>,
+    pending_points: HashSet<PathBuf>,
+}
+
+pub struct Supervisor {
+    store: Arc<Store>,
+    table: Mutex<Table>,
+    timeouts: Timeouts,
+    fs_options: FsOptions,
+    kernel: KernelOptions,
+    /// Who may do what; replaced when the configuration is reloaded.
+    access: std::sync::RwLock<Access>,
+}
+
+impl Supervisor {
+    /// `fs_options` hold for every mount; its fetch timeout is for a whole fetch, retries
+    /// included, which goes on (filling the cache) after the request that started it gave up.
+    pub fn new(
+        store: Arc<Store>,
+        timeouts: Timeouts,
+        fs_options: FsOptions,
+        kernel: KernelOptions,
+    ) -> Self {
+        Supervisor {
+            store,
+            table: Mutex::new(Table::default()),
+            timeouts,
+            fs_options,
+            kernel,
+            access: std::sync::RwLock::new(Access::new(Policy::default(), sys::identity().0)),
+        }
+    }
+
+    /// The access rules the configuration gives (at start, and on every reload).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) =
+            Access::new(policy, sys::identity().0);
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A run-time mount, asked for over the socket. It runs to the end as its own task even
+    /// if the client hangs up, so a half-done connect never leaves its name or mountpoint
+    /// reserved.
+    pub async fn connect(
+        self: &Arc<Self>,
+        spec: ConnectSpec,
+        caller: Caller,
+    ) -> Result<MountStatus, SupervisorError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.connect_as(spec, caller, None).await })
+            .await
+            .map_err(|e| task_failed("connect", e))?
+    }
+
+    async fn connect_as(
+        &self,
+        spec: ConnectSpec,
+        caller: Caller,
+        config: Option<MountConfig>,
+    ) -> Result<MountStatus, SupervisorError> {
+        let name = MountName::given_or_default(&spec.name, &spec.location)?;
+        let access = self.access();
+        access.may_mount_repo(&caller, &spec.location)?;
+        if spec.allow_other {
+            access.may_allow_other(&caller)?;
+        }
+        let requested = spec.mountpoint.clone();
+        let (mountpoint, dir) =
+            tokio::task::spawn_blocking(move || mountpoint::check(&requested, &caller, &access))
+                .await
+                .map_err(|e| task_failed("checking the mountpoint", e))??;
+        self.reserve(&name, &mountpoint, config.is_some()).await?;
+        let result = self.mount(&spec, &name, &mountpoint, dir, caller).await;
+        let mut table = self.table.lock().await;
+        table.pending_names.remove(&name);
+        table.pending_points.remove(&mountpoint);
+        let mut entry = result?;
+        if let Some(config) = &config {
+            table.retrying.retain(|r| r.config.name != config.name);
+            entry.next_refresh = config.refresh_interval.map(|i| Instant::now() + i);
+        }
+        entry.config = config;
+        let status = entry.status();
+        info!(
+            mount = %name, repo = %spec.location, commit = %status.commit,
+            mountpoint = %mountpoint.display(), uid = caller.uid, "connected"
+        );
+        table.mounts.push(entry);
+        Ok(status)
+    }
+
+    async fn reserve(
+        &self,
+        name: &MountName,
+        mountpoint: &Path,
+        for_config: bool,
+    ) -> Result<(), SupervisorError> {
+        let mut table = self.table.lock().await;
+        // A configured mount waiting for a retry holds its name, except against itself.
+        let taken_by_config = !for_config && table.retrying.iter().any(|r| &r.config.name == name);
+        if table.pending_names.contains(name)
+            || table.mounts.iter().any(|m| &m.name == name)
+            || taken_by_config
+        {
+            return Err(SupervisorError::NameInUse(name.to_string()));
+        }
+        if table.pending_points.contains(mountpoint)
+            || table.mounts.iter().any(|m| m.mountpoint == mountpoint)
+        {
+            return Err(SupervisorError::AlreadyMounted(mountpoint.to_path_buf()));
+        }
+        table.pending_names.insert(name.clone());
+        table.pending_points.insert(mountpoint.to_path_buf());
+        Ok(())
+    }
+
+    async fn mount(
+        &self,
+        spec: &ConnectSpec,
+        name: &MountName,
+        mountpoint: &Path,
+        dir: OwnedFd,
+        caller: Caller,
+    ) -> Result<MountEntry, SupervisorError> {
+        let source = location::open(
+            &spec.location,
+            &spec.git_ref,
+            self.timeouts,
+            spec.credentials.clone(),
+        )?;
+        let open = MountFs::open(
+            source,
+            self.store.clone(),
+            (caller.uid, caller.gid),
+            self.fs_options,
+        );
+        let fs = tokio::time::timeout(self.timeouts.request, open)
+            .await
+            .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;
+        let adapter = FuseAdapter::new(
+            fs.clone(),
+            tokio::runtime::Handle::current(),
+            self.timeouts.request,
+            name.to_string(),
+            // Backing files need CAP_SYS_ADMIN: a per-user daemon reads through itself.
+            self.kernel.passthrough && sys::is_root(),
+        );
+        let read_path = adapter.read_path();
+        let (point, session_name, kernel) = (mountpoint.to_path_buf(), name.clone(), self.kernel);
+        let (owner, allow_other) = ((caller.uid, caller.gid), spec.allow_other);
+        let session = tokio::task::spawn_blocking(move || {
+            session::start(
+                adapter,
+                &session_name,
+                &point,
+                &dir,
+                owner,
+                allow_other,
+                &kernel,
+            )
+        })
+        .await
+        .map_err(|e| task_failed("mounting", e))?
+        .map_err(|source| SupervisorError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+        let notifier = KernelNotifier::new(session.notifier());
+        fs.set_kernel_cache(Box::new(notifier.clone()));
+        Ok(MountEntry {
+            name: name.clone(),
+            mountpoint: mountpoint.to_path_buf(),
+            location: spec.location.clone(),
+            git_ref: spec.git_ref.clone(),
+            owner_uid: caller.uid,
+            config: None,
+            fs,
+            notifier,
+            session,
+            read_path,
+            refreshed_at: Arc::new(AtomicI64::new(0)),
+            next_refresh: None,
+        })
+    }
+
+    pub async fn disconnect(
+        &self,
+        target: &str,
+        force: bool,
+        caller: Caller,
+    ) -> Result<MountStatus, SupervisorError> {
+        let access = self.access();
+        // Resolving a path may touch one of our own mounts: not on an async worker.
+        let as_path = PathBuf::from(target);
+        let canonical = if as_path.is_absolute() {
+            tokio::task::spawn_blocking(move || std::fs::canonicalize(as_path).ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let entry = {
+            let mut table = self.table.lock().await;
+            if let Some(i) = table.lost.iter().position(|l| l.name == target) {
+                // Forget a lost mount: there is nothing left to unmount.
+                let lost = &table.lost[i];
+                if let Err(refusal) = access.may_manage(&caller, lost.name.as_str(), lost.owner_uid)
+                {
+                    return Err(unknown_to(&caller, target, refusal));
+                }
+                let lost = table.lost.swap_remove(i);
+                return Ok(MountStatus {
+                    state: MountState::Unmounted,
+                    ..lost
+                });
+            }
+            let index = find_for(
+                &table.mounts,
+                target,
+                canonical.as_deref(),
+                &caller,
+                &access,
+            )?;
+            let entry = &table.mounts[index];
+            if !entry.is_lost() {
+                let point = entry.mountpoint.clone();
+                tokio::task::spawn_blocking(move || mountpoint::unmount(&point, force))
+                    .await
+                    .map_err(|e| task_failed("unmounting", e))??;
+            }
+            table.mounts.swap_remove(index)
+        };
+        let status = entry.status();
+        info!(
+            mount = %entry.name, mountpoint = %entry.mountpoint.display(), force,
+            uid = caller.uid, pid = caller.pid, "disconnected"
+        );
+        // After a lazy unmount the session lives until the last open file closes: never make
+        // the caller (or the daemon's exit) wait for that.
+        session::join_detached(entry.name.clone(), entry.session);
+        Ok(MountStatus {
+            state: MountState::Unmounted,
+            ..status
+        })
+    }
+
+    /// The filesystem of a mount, for work on it that is not the supervisor's (prefetch).
+    pub async fn mount_fs(
+        &self,
+        target: &str,
+        caller: Caller,
+    ) -> Result<Arc<MountFs>, SupervisorError> {
+        let table = self.table.lock().await;
+        let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
+        Ok(table.mounts[index].fs.clone())
+    }
+
+    /// Moves a mount to the newest commit of what it follows; returns the commit before and
+    /// the mount as it is now.
+    pub async fn refresh(
+        &self,
+        target: &str,
+        caller: Caller,
+    ) -> Result<(String, MountStatus), SupervisorError> {
+        let (fs, notifier, refreshed_at) = {
+            let table = self.table.lock().await;
+            let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
+            let entry = &table.mounts[index];
+            (
+                entry.fs.clone(),
+                entry.notifier.clone(),
+                entry.refreshed_at.clone(),
+            )
+        };
+        let before = fs.snapshot().commit.to_hex();
+        let refresh = fs.refresh();
+        let stale = tokio::time::timeout(self.timeouts.request, refresh)
+            .await
+            .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;
+        // Asked for over the socket, not inside a filesystem request: the caller may wait
+        // until the kernel has dropped what is stale, so its next look sees the new commit.
+        if let Some(names) = stale {
+            let _ = tokio::task::spawn_blocking(move || notifier.invalidate_root_now(names)).await;
+        }
+        refreshed_at.store(unix_now(), Ordering::Relaxed);
+        let table = self.table.lock().await;
+        let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
+        Ok((before, table.mounts[index].status()))
+    }
+
+    /// Every mount `caller` may see: all of them for root, a user's own for a user.
+    pub async fn status(&self, caller: Caller) -> Vec<MountStatus> {
+        let access = self.access();
+        let table = self.table.lock().await;
+        let mut all: Vec<_> = table.mounts.iter().map(MountEntry::status).collect();
+        all.extend(table.retrying.iter().map(Retrying::status));
+        all.extend(table.lost.iter().cloned());
+        all.retain(|m| {
+            access
+                .may_manage(&caller, m.name.as_str(), m.owner_uid)
+                .is_ok()
+        });
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Inodes the daemon holds, over every mount.
+    pub async fn inodes(&self) -> usize {
+        let table = self.table.lock().await;
+        table.mounts.iter().map(|m| m.fs.inode_count()).sum()
+    }
+
+    /// One line for systemd's STATUS=, e.g. "2 mounts ready, 1 retrying: rg (server unreachable)".
+    pub async fn summary(&self) -> String {
+        let table = self.table.lock().await;
+        let mut text = format!(
+            "{} mount{} ready",
+            table.mounts.len(),
+            if table.mounts.len() == 1 { "" } else { "s" }
+        );
+        if !table.retrying.is_empty() {
+            let names: Vec<String> = table
+                .retrying
+                .iter()
+                .map(|r| format!("{} ({})", r.config.name, short_reason(&r.reason)))
+                .collect();
+            text.push_str(&format!(", {} retrying: {}", names.len(), names.join(", ")));
+        }
+        if !table.lost.is_empty() {
+            text.push_str(&format!(", {} lost", table.lost.len()));
+        }
+        text
+    }
+
+    /// Whether the supervisor answers promptly (for the watchdog).
+    pub async fn is_responsive(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.table.lock())
+            .await
+            .is_ok()
+    }
+
+    /// Unmounts everything: cleanly where possible, lazily where something holds the mount.
+    pub async fn shutdown(&self) {
+        let entries = {
+            let mut table = self.table.lock().await;
+            table.retrying.clear();
+            std::mem::take(&mut table.mounts)
+        };
+        for entry in entries {
+            release(entry).await;
+        }
+    }
+}
+
+/// The mount `target` names among those `caller` may manage. One that is not theirs is
+/// answered as unknown (a refusal would tell them it exists), and logged as refused.
+fn find_for(
+    mounts: &[MountEntry],
+    target: &str,
+    canonical: Option<&Path>,
+    caller: &Caller,
+    access: &Access,
+) -> Result<usize, SupervisorError> {
+    let theirs = |m: &MountEntry| access.may_manage(caller, m.name.as_str(), m.owner_uid);
+    if let Some(i) = find_target(mounts, target, canonical, |m| theirs(m).is_ok()) {
+        return Ok(i);
+    }
+    match find_target(mounts, target, canonical, |_| true).map(|i| theirs(&mounts[i])) {
+        Some(Err(refusal)) => Err(unknown_to(caller, target, refusal)),
+        _ => Err(SupervisorError::UnknownMount(target.to_string())),
+    }
+}
+
+/// `target` as unknown to `caller`, whom `refusal` keeps out of it: logged as refused.
+fn unknown_to(caller: &Caller, target: &str, refusal: Refusal) -> SupervisorError {
+    warn!(
+        uid = caller.uid, pid = caller.pid, rule = %refusal.rule, reason = %refusal.reason,
+        "request refused (answered as an unknown mount)"
+    );
+    SupervisorError::UnknownMount(target.to_string())
+}
+
+/// Which mount of those `eligible` `target` names: a name first, then a mountpoint, then a
+/// repository, then the default name of a repository path; an ambiguous last resort is none.
+fn find_target(
+    mounts: &[MountEntry],
+    target: &str,
+    canonical: Option<&Path>,
+    eligible: impl Fn(&MountEntry) -> bool,
+) -> Option<usize> {
+    let first =
+        |pred: &dyn Fn(&MountEntry) -> bool| mounts.iter().position(|m| eligible(m) && pred(m));
+    let path = Path::new(target);
+    first(&|m| m.name == target)
+        .or_else(|| first(&|m| m.mountpoint == path || Some(m.mountpoint.as_path()) == canonical))
+        .or_else(|| first(&|m| m.location.repo() == target))
+        .or_else(|| {
+            // Not for a path that exists: `disconnect ./rg` means the mount at ./rg.
+            if canonical.is_some() {
+                return None;
+            }
+            let default = default_name_of(target);
+            let by_default: Vec<usize> = (0..mounts.len())
+                .filter(|&i| eligible(&mounts[i]) && mounts[i].name == default.as_str())
+                .collect();
+            match by_default[..] {
+                [i] => Some(i),
+                _ => None,
+            }
+        })
+}
+
+/// Unmounts an entry: cleanly where possible, lazily (naming who holds it) where busy.
+async fn release(entry: MountEntry) {
+    if !entry.is_lost() {
+        let point = entry.mountpoint.clone();
+        let clean = tokio::task::spawn_blocking(move || mounts::unmount_patiently(&point, false))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = clean {
+            let holders = mounts::holders(&entry.mountpoint);
+            warn!(
+                mount = %entry.name, mountpoint = %entry.mountpoint.display(), error = %e,
+                holders = %holders, "mount is busy; detaching it lazily"
+            );
+            if let Err(e) = mounts::unmount(&entry.mountpoint, true) {
+                warn!(mount = %entry.name, error = %e, "lazy unmount failed");
+            }
+            // Its session ends when the last open file closes, or when we exit.
+            session::join_detached(entry.name.clone(), entry.session);
+            return;
+        }
+    }
+    info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), "unmounted");
+    session::join(entry.session).await;
+}
+
+/// The daemon's own identity: configured mounts belong to whoever runs the daemon.
+fn daemon_caller() -> Caller {
+    let (uid, gid) = sys::identity();
+    Caller { uid, gid, pid: 0 }
+}
+
+/// The first line of an error, shortened for a one-line status.
+fn short_reason(reason: &str) -> String {
+    let line = reason.lines().next().unwrap_or_default();
+    if line.chars().count() > 60 {
+        format!("{}…", line.chars().take(60).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

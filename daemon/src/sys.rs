@@ -1,0 +1,99 @@
+//! The few calls into the C library that are not about mounting (those are `mounts`'s): who
+//! the daemon runs as, a filesystem's size, page-cache hints and the allocator's knobs. Every
+//! wrapper is safe to call; each unsafe block says why it is sound.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn is_root() -> bool {
+    euid() == 0
+}
+
+/// The real user and group ids: whom the daemon runs for.
+pub fn identity() -> (u32, u32) {
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// statvfs(2) of `path`.
+fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: statvfs is plain data, for which zero is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid C string and stat a struct we own, both for the call.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat)
+}
+
+/// The errno statfs fails with on `path`, if it fails. The kernel never answers statfs from
+/// its caches, so a dead FUSE mount shows here (ENOTCONN) even where a stat would not.
+pub fn statfs_errno(path: &Path) -> Option<i32> {
+    statvfs(path).err().and_then(|e| e.raw_os_error())
+}
+
+/// The size in bytes of the filesystem holding `path`.
+pub fn filesystem_bytes(path: &Path) -> io::Result<u64> {
+    let stat = statvfs(path)?;
+    Ok((stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Asks the kernel to read `file` into the page cache in the background.
+pub fn will_need(file: &File) {
+    // SAFETY: the descriptor is open for the duration of the call; fadvise only gives advice.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
+/// Large buffers straight from the kernel, and back to it when freed. Each FUSE thread of
+/// each mount allocates a zeroed 16 MiB request buffer of which it touches a few pages; once
+/// glibc has raised its mmap threshold (it does after the first large free), such a buffer
+/// comes from a heap arena instead and is zeroed by hand, which makes all 16 MiB resident,
+/// and stays so after the mount is gone. Call before any thread starts.
+pub fn keep_large_allocations_mapped() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Gives the heap's free memory back to the system.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_system() {
+        assert!(filesystem_bytes(Path::new("/")).expect("statvfs /") > 0);
+        assert_eq!(statfs_errno(Path::new("/")), None);
+        assert_eq!(
+            statfs_errno(Path::new("/surely/not/here")),
+            Some(libc::ENOENT)
+        );
+        let (uid, _) = identity();
+        assert_eq!(is_root(), euid() == 0);
+        assert!(uid == euid() || !is_root());
+    }
+}
