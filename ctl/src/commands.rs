@@ -6,7 +6,8 @@ use anyhow::{anyhow, Context};
 use megafs_proto::location::Location;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    CacheRequest, ConnectRequest, DisconnectRequest, PrefetchRequest, RefreshRequest, StatusRequest,
+    CacheRequest, ConnectRequest, DisconnectRequest, PrefetchRequest, RefreshRequest, StatsRequest,
+    StatusRequest,
 };
 
 use crate::client::{self, status_error};
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             depth,
         } => prefetch(&cli, target, patterns, depth.unwrap_or(0)).await,
         Command::Status { json } => status(&cli, *json).await,
+        Command::Stats { target, json } => stats(&cli, target.as_deref(), *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
     }
 }
@@ -209,6 +211,23 @@ async fn disconnect(cli: &Cli, target: &str, force: bool) -> anyhow::Result<()> 
         .into_inner();
     if let Some(mount) = reply.mount {
         println!("unmounted {} from {}", mount.name, mount.mountpoint);
+    }
+    Ok(())
+}
+
+async fn stats(cli: &Cli, target: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .stats(StatsRequest {
+            target: target.unwrap_or_default().to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!("{}", output::stats_json(&reply));
+    } else {
+        print!("{}", output::stats_text(&reply));
     }
     Ok(())
 }

@@ -84,6 +84,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a mount's numbers since it was mounted: each operation's count and latency
+    /// (p50, p90, p99, max) and where it was answered from, and its server requests.
+    Stats {
+        /// A mount's name, mountpoint or repository [default: every mount].
+        target: Option<String>,
+        /// Print JSON instead of tables (latencies in microseconds).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the shared object cache (size, limit, objects, hit rate), or collect or clear it.
     Cache {
         #[command(subcommand)]

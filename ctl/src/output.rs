@@ -1,6 +1,6 @@
 //! How results are shown: tables for people, JSON for programs.
 
-use megafs_proto::v1::{CacheReply, MountInfo, StatusReply};
+use megafs_proto::v1::{CacheReply, Latency, MountInfo, MountStats, StatsReply, StatusReply};
 use serde_json::json;
 
 pub fn short(commit: &str) -> &str {
@@ -63,8 +63,17 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
             ]
         })
         .collect();
+    let mut out = table(&header, &rows);
+    if mounts.iter().any(|m| m.from_config) {
+        out.push_str("* from the configuration file\n");
+    }
+    out
+}
+
+/// Rows under a header, each column as wide as its widest cell, two spaces apart.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -80,13 +89,139 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
         out.push('\n');
     };
     line(&header.map(String::from));
-    for row in &rows {
+    for row in rows {
         line(row);
     }
-    if mounts.iter().any(|m| m.from_config) {
-        out.push_str("* from the configuration file\n");
+    out
+}
+
+/// A latency for people: "850 ns", "12 µs", "3.4 ms", "1.20 s".
+pub fn human_duration(nanos: u64) -> String {
+    match nanos {
+        0..1_000 => format!("{nanos} ns"),
+        1_000..1_000_000 => format!("{} µs", nanos / 1_000),
+        1_000_000..1_000_000_000 => format!("{:.1} ms", nanos as f64 / 1e6),
+        _ => format!("{:.2} s", nanos as f64 / 1e9),
+    }
+}
+
+/// The share of objects found in the cache rather than fetched.
+fn mount_hit_rate(m: &MountStats) -> Option<f64> {
+    let total = m.cache_hits + m.fetched_objects;
+    (total > 0).then(|| m.cache_hits as f64 / total as f64)
+}
+
+pub fn stats_text(reply: &StatsReply) -> String {
+    if reply.mounts.is_empty() {
+        return "no mounts\n".to_string();
+    }
+    let mut out = String::new();
+    for m in &reply.mounts {
+        let rate = mount_hit_rate(m).map_or("no objects yet".to_string(), |r| {
+            format!("cache hit rate {:.1}%", r * 100.0)
+        });
+        out.push_str(&format!(
+            "{}: {} objects ({}) fetched, {} found in the cache, {rate}; {} fetches in flight\n",
+            m.name,
+            m.fetched_objects,
+            human_bytes(m.fetched_bytes),
+            m.cache_hits,
+            m.fetches_in_flight
+        ));
+        let header = [
+            "OP", "COUNT", "FAILED", "MEMORY", "CACHE", "SERVER", "P50", "P90", "P99", "MAX",
+        ];
+        let lat = |l: &Option<Latency>| {
+            let l = l.unwrap_or_default();
+            [l.p50_ns, l.p90_ns, l.p99_ns, l.max_ns].map(human_duration)
+        };
+        let mut rows: Vec<[String; 10]> = m
+            .ops
+            .iter()
+            .map(|o| {
+                let [p50, p90, p99, max] = lat(&o.latency);
+                [
+                    o.op.clone(),
+                    o.count.to_string(),
+                    o.failed.to_string(),
+                    o.from_memory.to_string(),
+                    o.from_cache.to_string(),
+                    o.from_server.to_string(),
+                    p50,
+                    p90,
+                    p99,
+                    max,
+                ]
+            })
+            .collect();
+        let [p50, p90, p99, max] = lat(&m.server_latency);
+        rows.push([
+            "(server)".into(),
+            m.server_requests.to_string(),
+            m.server_failed.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            p50,
+            p90,
+            p99,
+            max,
+        ]);
+        out.push_str(&table(&header, &rows));
     }
     out
+}
+
+pub fn stats_json(reply: &StatsReply) -> String {
+    let latency = |l: &Option<Latency>| {
+        let l = l.unwrap_or_default();
+        let us = |ns: u64| ns as f64 / 1000.0;
+        json!({
+            "p50": us(l.p50_ns),
+            "p90": us(l.p90_ns),
+            "p99": us(l.p99_ns),
+            "max": us(l.max_ns),
+        })
+    };
+    let mounts: Vec<_> = reply
+        .mounts
+        .iter()
+        .map(|m| {
+            let ops: serde_json::Map<String, serde_json::Value> = m
+                .ops
+                .iter()
+                .map(|o| {
+                    let value = json!({
+                        "count": o.count,
+                        "failed": o.failed,
+                        "answered_from": {
+                            "memory": o.from_memory,
+                            "cache": o.from_cache,
+                            "server": o.from_server,
+                        },
+                        "latency_us": latency(&o.latency),
+                    });
+                    (o.op.clone(), value)
+                })
+                .collect();
+            json!({
+                "name": m.name,
+                "since": m.since,
+                "ops": ops,
+                "server": {
+                    "requests": m.server_requests,
+                    "failed": m.server_failed,
+                    "latency_us": latency(&m.server_latency),
+                },
+                "fetched_objects": m.fetched_objects,
+                "fetched_bytes": m.fetched_bytes,
+                "cache_hits": m.cache_hits,
+                "cache_hit_rate": mount_hit_rate(m),
+                "fetches_in_flight": m.fetches_in_flight,
+            })
+        })
+        .collect();
+    json!({ "mounts": mounts }).to_string()
 }
 
 pub fn status_json(reply: &StatusReply) -> String {
@@ -200,6 +335,64 @@ mod tests {
         );
         assert!(text.contains("hit rate 75.0% (3 hits, 1 misses)"), "{text}");
         assert!(cache_json(&reply).contains("\"hit_rate\":0.75"));
+    }
+
+    #[test]
+    fn stats_read_like_a_table_and_as_json() {
+        assert_eq!(human_duration(850), "850 ns");
+        assert_eq!(human_duration(12_345), "12 µs");
+        assert_eq!(human_duration(3_400_000), "3.4 ms");
+        assert_eq!(human_duration(1_200_000_000), "1.20 s");
+        let lat = Some(Latency {
+            p50_ns: 2_000,
+            p90_ns: 9_000,
+            p99_ns: 40_000,
+            max_ns: 2_000_000,
+        });
+        let reply = StatsReply {
+            mounts: vec![MountStats {
+                name: "rg".into(),
+                ops: vec![megafs_proto::v1::OpStats {
+                    op: "lookup".into(),
+                    count: 10,
+                    from_memory: 7,
+                    from_cache: 2,
+                    from_server: 1,
+                    latency: lat,
+                    ..Default::default()
+                }],
+                server_requests: 1,
+                server_latency: lat,
+                fetched_objects: 1,
+                cache_hits: 3,
+                ..Default::default()
+            }],
+        };
+        let text = stats_text(&reply);
+        assert!(
+            text.starts_with(
+                "rg: 1 objects (0 B) fetched, 3 found in the cache, cache hit rate 75.0%"
+            ),
+            "{text}"
+        );
+        let lookup = text
+            .lines()
+            .find(|l| l.starts_with("lookup"))
+            .expect("a lookup row");
+        assert!(
+            lookup.contains("10") && lookup.contains("2 µs") && lookup.ends_with("2.0 ms"),
+            "{lookup}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&stats_json(&reply)).expect("JSON");
+        assert_eq!(
+            json["mounts"][0]["ops"]["lookup"]["answered_from"]["cache"],
+            2
+        );
+        assert_eq!(
+            json["mounts"][0]["ops"]["lookup"]["latency_us"]["p99"],
+            40.0
+        );
+        assert_eq!(json["mounts"][0]["cache_hit_rate"], 0.75);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod fuse;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod location;
+pub mod metrics;
 pub mod mount_name;
 pub mod mounts;
 pub mod notify;

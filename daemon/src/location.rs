@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub use megafs_proto::location::{default_name_of, Location, LocationError};
 
+use crate::metrics::ServerMetrics;
 use crate::source::git::{Credentials, GitSource};
 use crate::source::local::LocalSource;
 use crate::source::mega::MegaSource;
@@ -22,12 +23,14 @@ pub struct Timeouts {
 }
 
 /// The source for `location`, showing `reference` (a branch, tag or commit; empty for the
-/// default), with `credentials` for a git server if configured.
+/// default), with `credentials` for a git server if configured; it times every request it
+/// makes into `meter`.
 pub fn open(
     location: &Location,
     reference: &str,
     timeouts: Timeouts,
     credentials: Option<Credentials>,
+    meter: Arc<ServerMetrics>,
 ) -> Result<Arc<dyn Source>, SourceError> {
     Ok(match location {
         Location::Mega { server, path } => {
@@ -41,6 +44,7 @@ pub fn open(
                 path,
                 timeouts.request,
                 timeouts.connect,
+                meter,
             )?)
         }
         Location::Git { url } => Arc::new(GitSource::new(
@@ -49,7 +53,8 @@ pub fn open(
             timeouts.request,
             timeouts.connect,
             credentials,
+            meter,
         )?),
-        Location::Local { path } => Arc::new(LocalSource::open(path, reference)?),
+        Location::Local { path } => Arc::new(LocalSource::open(path, reference, meter)?),
     })
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     CacheReply, CacheRequest, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest,
-    MountInfo, PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest,
-    StatusReply, StatusRequest,
+    Latency, MountInfo, MountStats, OpStats, PrefetchProgress as ProgressMessage, PrefetchRequest,
+    RefreshReply, RefreshRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
 use crate::location::Location;
+use crate::metrics::{MountMetrics, Op, Percentiles, Tier};
 use crate::source::SourceError;
 use crate::store::Store;
 use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
@@ -253,6 +254,22 @@ impl Control for ControlService {
         }))
     }
 
+    async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        let caller = caller(&request)?;
+        let target = request.into_inner().target;
+        let mounts = self
+            .supervisor
+            .metrics(&target, caller)
+            .await
+            .map_err(|e| refused_or(e, &caller))?;
+        Ok(Response::new(StatsReply {
+            mounts: mounts
+                .iter()
+                .map(|(name, metrics)| mount_stats(name.as_str(), metrics))
+                .collect(),
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<StatusRequest>,
@@ -269,6 +286,50 @@ impl Control for ControlService {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
         }))
+    }
+}
+
+fn latency(p: Percentiles) -> Latency {
+    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Latency {
+        p50_ns: ns(p.p50),
+        p90_ns: ns(p.p90),
+        p99_ns: ns(p.p99),
+        max_ns: ns(p.max),
+    }
+}
+
+fn mount_stats(name: &str, m: &MountMetrics) -> MountStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ops = Op::ALL
+        .iter()
+        .filter_map(|&op| {
+            let o = m.op(op);
+            let percentiles = o.latency.percentiles();
+            (percentiles.count > 0).then(|| OpStats {
+                op: op.name().to_string(),
+                count: percentiles.count,
+                failed: o.errors.load(Relaxed),
+                from_memory: o.answered[Tier::Memory as usize].load(Relaxed),
+                from_cache: o.answered[Tier::Cache as usize].load(Relaxed),
+                from_server: o.answered[Tier::Server as usize].load(Relaxed),
+                latency: Some(latency(percentiles)),
+            })
+        })
+        .collect();
+    let server = m.server();
+    let server_latency = server.latency.percentiles();
+    MountStats {
+        name: name.to_string(),
+        since: m.since,
+        ops,
+        server_requests: server_latency.count,
+        server_failed: server.errors.load(Relaxed),
+        server_latency: Some(latency(server_latency)),
+        fetched_objects: m.fetched_objects.load(Relaxed),
+        fetched_bytes: m.fetched_bytes.load(Relaxed),
+        cache_hits: m.cache_hits.load(Relaxed),
+        fetches_in_flight: m.fetches_in_flight.load(Relaxed),
     }
 }
 

@@ -8,7 +8,7 @@
 //! into the cache at once, and sizes. Nothing above it touches the source or the store.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use super::arrival::Arrival;
 use super::error::FsError;
 use super::flight::Flights;
+use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{parse_tree, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::repo_path::RepoPath;
 use crate::source::{SinkError, Snapshot, Source, SourceError};
@@ -25,14 +26,6 @@ use crate::store::{Pin, Store};
 
 /// How many size queries one directory may have in flight at once.
 const SIZE_QUERY_PARALLELISM: usize = 16;
-
-/// What a mount has cost and saved.
-#[derive(Default)]
-pub struct Counters {
-    pub fetched_objects: AtomicU64,
-    pub fetched_bytes: AtomicU64,
-    pub cache_hits: AtomicU64,
-}
 
 pub struct Loader {
     source: Arc<dyn Source>,
@@ -43,7 +36,7 @@ pub struct Loader {
     blobs: Flights<ObjectId>,
     /// Size queries by the tree of the directory whose files they are for.
     sizes: Flights<ObjectId>,
-    counters: Counters,
+    metrics: Arc<MountMetrics>,
     /// Mounted from the last known commit because the source was unreachable; cleared by the
     /// first successful fetch.
     offline: AtomicBool,
@@ -52,7 +45,12 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(source: Arc<dyn Source>, store: Arc<Store>, fetch_timeout: Duration) -> Loader {
+    pub fn new(
+        source: Arc<dyn Source>,
+        store: Arc<Store>,
+        fetch_timeout: Duration,
+        metrics: Arc<MountMetrics>,
+    ) -> Loader {
         Loader {
             server: source.describe(),
             source,
@@ -60,7 +58,7 @@ impl Loader {
             trees: Flights::new(),
             blobs: Flights::new(),
             sizes: Flights::new(),
-            counters: Counters::default(),
+            metrics,
             offline: AtomicBool::new(false),
             fetch_timeout,
         }
@@ -71,8 +69,8 @@ impl Loader {
         &self.server
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    pub fn metrics(&self) -> &Arc<MountMetrics> {
+        &self.metrics
     }
 
     pub fn is_offline(&self) -> bool {
@@ -153,7 +151,7 @@ impl Loader {
     pub fn entries_at_hand(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
         let body = self.store.read(oid).ok()??;
         let entries = parse_tree(&body).ok()?;
-        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_hit();
         Some(entries)
     }
 
@@ -166,7 +164,7 @@ impl Loader {
     ) -> Result<Vec<TreeEntry>, FsError> {
         let body = match self.store.read(&oid)? {
             Some(body) => {
-                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cache_hit();
                 Arc::from(body)
             }
             None => self.fetch_tree(path, oid).await?,
@@ -182,8 +180,13 @@ impl Loader {
     ) -> Result<Arc<[u8]>, FsError> {
         let this = Arc::clone(self);
         let path = path.clone();
+        metrics::reached(Tier::Server);
         self.trees
-            .run(oid, async move { this.fetch_tree_now(&path, oid).await })
+            .run(oid, async move {
+                this.metrics
+                    .in_flight(this.fetch_tree_now(&path, oid))
+                    .await
+            })
             .await
     }
 
@@ -226,6 +229,7 @@ impl Loader {
         if !self.store.contains(oid) {
             return None;
         }
+        metrics::reached(Tier::Cache);
         self.store.open_object(oid).ok().flatten()
     }
 
@@ -233,7 +237,7 @@ impl Loader {
     pub fn open_cached(&self, oid: &ObjectId) -> Result<Option<File>, FsError> {
         let file = self.store.open_object(oid)?;
         if file.is_some() {
-            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hit();
         }
         Ok(file)
     }
@@ -278,6 +282,7 @@ impl Loader {
         }
         let this = Arc::clone(self);
         let path = path.clone();
+        metrics::reached(Tier::Server);
         self.blobs
             .run(oid, async move {
                 if this.store.contains(&oid) {
@@ -285,7 +290,8 @@ impl Loader {
                 }
                 let fetch = this.stream_blob(oid, arrival.as_deref());
                 let bytes = this
-                    .within_deadline(fetch)
+                    .metrics
+                    .in_flight(this.within_deadline(fetch))
                     .await
                     .map_err(|e| this.failed("a file", &path, oid, e))?;
                 info!(%oid, %path, bytes, "fetched blob");
@@ -332,10 +338,9 @@ impl Loader {
         }
         let oids: Vec<ObjectId> = wanted.iter().map(|(_, oid)| *oid).collect();
         // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
-        let results = self
-            .source
-            .fetch_blobs_into(&oids, self.store.as_ref())
-            .await;
+        metrics::reached(Tier::Server);
+        let batch = self.source.fetch_blobs_into(&oids, self.store.as_ref());
+        let results = self.metrics.in_flight(batch).await;
         results
             .into_iter()
             .map(|(oid, result)| {
@@ -379,6 +384,7 @@ impl Loader {
         files: Vec<(RepoPath, ObjectId)>,
     ) -> Result<(), FsError> {
         let this = Arc::clone(self);
+        metrics::reached(Tier::Server);
         self.sizes
             .run(tree, async move {
                 if this.source.sizes_need_content() {
@@ -391,8 +397,10 @@ impl Loader {
                     .map(|(path, oid)| {
                         let this = this.clone();
                         async move {
+                            let query = this.within_deadline(this.source.blob_size(oid));
                             let size = this
-                                .within_deadline(this.source.blob_size(oid))
+                                .metrics
+                                .in_flight(query)
                                 .await
                                 .map_err(|e| this.failed("a file's size", &path, oid, e))?;
                             this.store.record_size(&oid, size);
@@ -482,11 +490,6 @@ impl Loader {
 
     fn count_fetch(&self, bytes: u64) {
         self.offline.store(false, Ordering::Relaxed);
-        self.counters
-            .fetched_objects
-            .fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .fetched_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.fetched(bytes);
     }
 }

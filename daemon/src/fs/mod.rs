@@ -30,12 +30,12 @@ use arrival::{Arrival, Ready};
 pub use error::FsError;
 pub use inode::ROOT_INO;
 use inode::{InodeTable, Listing};
-pub use loader::Counters;
 use loader::Loader;
 pub use pattern::{Pattern, PatternError};
 pub use prefetch::PrefetchProgress;
 use recall::Recall;
 
+use crate::metrics::MountMetrics;
 use crate::object::{EntryKind, ObjectError, ObjectId, TreeEntry};
 use crate::repo_path::RepoPath;
 use crate::source::{Snapshot, Source, SourceError};
@@ -132,8 +132,9 @@ impl MountFs {
         store: Arc<Store>,
         owner: (u32, u32),
         options: FsOptions,
+        metrics: Arc<MountMetrics>,
     ) -> Result<Arc<MountFs>, FsError> {
-        let loader = Arc::new(Loader::new(source, store, options.fetch_timeout));
+        let loader = Arc::new(Loader::new(source, store, options.fetch_timeout, metrics));
         let snapshot = loader.resolve().await?;
         let recall = Recall::open(&loader, snapshot.root_tree).await;
         let fs = Arc::new(MountFs {
@@ -178,8 +179,9 @@ impl MountFs {
         let _ = self.kernel.set(kernel);
     }
 
-    pub fn stats(&self) -> &Counters {
-        self.loader.counters()
+    /// The mount's numbers (every request, fetch and cache hit).
+    pub fn metrics(&self) -> Arc<MountMetrics> {
+        Arc::clone(self.loader.metrics())
     }
 
     pub fn source_description(&self) -> String {

@@ -65,7 +65,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let fixture = fixture::build(&dir.path().join("repo")).expect("fixture");
-    let inner = LocalSource::open(&fixture.path, "").expect("open");
+    let inner = LocalSource::open(&fixture.path, "", Arc::default()).expect("open");
     let store = Arc::new(Store::open(&dir.path().join("cache"), 0).expect("store"));
     Setup {
         _dir: dir,
@@ -89,9 +89,15 @@ async fn mount_with(s: &Setup, owner: (u32, u32), look_ahead: usize) -> Arc<Moun
         look_ahead,
         ..FsOptions::default()
     };
-    MountFs::open(s.source.clone(), s.store.clone(), owner, options)
-        .await
-        .expect("open")
+    MountFs::open(
+        s.source.clone(),
+        s.store.clone(),
+        owner,
+        options,
+        Arc::default(),
+    )
+    .await
+    .expect("open")
 }
 
 async fn path_ino(fs: &Arc<MountFs>, path: &str) -> u64 {
@@ -198,7 +204,7 @@ async fn a_second_mount_reads_from_the_shared_cache() {
         1,
         "no second fetch"
     );
-    assert_eq!(second.stats().fetched_objects.load(Ordering::Relaxed), 0);
+    assert_eq!(second.metrics().fetched_objects.load(Ordering::Relaxed), 0);
 }
 
 /// Waits until file `path` holds at least `len` bytes (written in the background); its bytes.

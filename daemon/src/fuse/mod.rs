@@ -1,85 +1,54 @@
-//! The thin adapter between the kernel (fuser) and [`MountFs`]. Each request becomes a tokio
-//! task, so the FUSE loop never waits on the network; the task answers the kernel when the
-//! filesystem does, or with EIO once the request timeout passes. A file whose blob is cached
-//! is opened in passthrough mode where the kernel allows: its cache file backs it, and its
-//! reads never reach the daemon.
+//! The thin adapter between the kernel (fuser) and [`MountFs`]. A request the filesystem can
+//! answer from what is loaded, or at hand in the cache, is answered on the FUSE thread, as a
+//! native filesystem would; one that needs a fetch becomes a tokio task with a deadline, so
+//! the FUSE loop never waits on the network. Every request is counted and timed, with where
+//! it was answered from (`metrics`); those handed to tasks run in a span naming the mount,
+//! the operation, the inode and the caller, which every log line of theirs carries. Cached
+//! files open in passthrough mode (`open_files`).
 
-use std::collections::HashMap;
+mod attr;
+mod notifier;
+mod open_files;
+
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    Errno, FileHandle, Filesystem, Generation, INodeNo, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, warn, Instrument};
 
-use crate::fs::{Attr, FsError, MountFs};
-use crate::object::EntryKind;
-
-mod notifier;
+use crate::fs::{FsError, MountFs};
+use crate::metrics::{self, MountMetrics, Op, Tier};
+use attr::{file_attr, fill_listing, fill_plus, TTL};
 pub use notifier::KernelNotifier;
+use open_files::OpenFiles;
+pub use open_files::ReadPath;
 
-/// How long the kernel may cache entries and attributes. A mount shows one immutable commit,
-/// and a refresh gives whatever changed new inodes and invalidates the root's stale entries.
-const TTL: Duration = Duration::from_secs(3600);
-
-/// How a mount's cached files are read, for `status`: by the kernel from the cache file
-/// (passthrough), or through the daemon.
-#[derive(Default)]
-pub struct ReadPath(AtomicU8);
-
-const READ_PATH_PASSTHROUGH: u8 = 1;
-const READ_PATH_DAEMON: u8 = 2;
-
-impl ReadPath {
-    pub fn describe(&self) -> &'static str {
-        match self.0.load(Ordering::Relaxed) {
-            READ_PATH_PASSTHROUGH => "passthrough",
-            READ_PATH_DAEMON => "daemon",
-            _ => "", // not mounted yet
-        }
-    }
-
-    fn set(&self, path: u8) {
-        self.0.store(path, Ordering::Relaxed);
-    }
-
-    fn is_passthrough(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == READ_PATH_PASSTHROUGH
-    }
-}
-
-/// How an inode's open files read. The kernel wants every open file of an inode in one mode,
-/// and one backing file per inode while any is open.
-enum OpenMode {
-    /// Through the daemon (and the kernel's page cache).
-    Cached,
-    /// From the backing cache file.
-    Passthrough(Arc<BackingId>),
-}
-
-struct OpenInode {
-    mode: OpenMode,
-    handles: usize,
+/// One request, as its numbers and log lines know it.
+#[derive(Clone, Copy)]
+struct Call {
+    op: Op,
+    ino: u64,
+    pid: u32,
+    started: Instant,
 }
 
 pub struct FuseAdapter {
     fs: Arc<MountFs>,
+    metrics: Arc<MountMetrics>,
     runtime: Handle,
     timeout: Duration,
-    name: String,
+    name: Arc<str>,
     /// Whether to ask for passthrough at all (configuration).
     want_passthrough: bool,
-    read_path: Arc<ReadPath>,
-    open_inodes: Mutex<HashMap<u64, OpenInode>>,
+    open_files: OpenFiles,
 }
 
 impl FuseAdapter {
@@ -91,223 +60,117 @@ impl FuseAdapter {
         want_passthrough: bool,
     ) -> Self {
         FuseAdapter {
+            metrics: fs.metrics(),
             fs,
             runtime,
             timeout,
-            name,
+            name: Arc::from(name),
             want_passthrough,
-            read_path: Arc::new(ReadPath::default()),
-            open_inodes: Mutex::new(HashMap::new()),
+            open_files: OpenFiles::default(),
         }
     }
 
     /// Shared with whoever reports the mount's status.
     pub fn read_path(&self) -> Arc<ReadPath> {
-        self.read_path.clone()
+        Arc::clone(self.open_files.read_path())
     }
 
-    fn lock_open_inodes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenInode>> {
-        self.open_inodes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Opens `ino` (handle `fh`) in the mode its other open files use; a first open goes
-    /// passthrough if the blob is cached and the kernel allows it.
-    fn open_in_mode(&self, ino: u64, fh: u64, reply: ReplyOpen) {
-        let mut open = self.lock_open_inodes();
-        if let Some(inode) = open.get_mut(&ino) {
-            inode.handles += 1;
-            return match &inode.mode {
-                OpenMode::Passthrough(backing) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing)
-                }
-                OpenMode::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            };
-        }
-        let backing = self.backing_for(ino, &reply);
-        let mode = match backing {
-            Some(backing) => {
-                let backing = Arc::new(backing);
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
-                OpenMode::Passthrough(backing)
-            }
-            None => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-                OpenMode::Cached
-            }
-        };
-        open.insert(ino, OpenInode { mode, handles: 1 });
-    }
-
-    /// A backing file for `ino`, if passthrough is on and its blob is cached. The first refusal
-    /// (a daemon without CAP_SYS_ADMIN) turns passthrough off for the mount.
-    fn backing_for(&self, ino: u64, reply: &ReplyOpen) -> Option<BackingId> {
-        if !self.read_path.is_passthrough() {
-            return None;
-        }
-        let file = self.fs.cached_file(ino)?;
-        match reply.open_backing(&file) {
-            Ok(backing) => Some(backing),
-            Err(e) => {
-                warn!(mount = %self.name, error = %e, "the kernel refused a backing file: reading through the daemon");
-                self.read_path.set(READ_PATH_DAEMON);
-                None
-            }
+    fn call(&self, op: Op, ino: u64, req: &Request) -> Call {
+        Call {
+            op,
+            ino,
+            pid: req.pid(),
+            started: Instant::now(),
         }
     }
 
-    fn release_open(&self, ino: u64) {
-        let mut open = self.lock_open_inodes();
-        if let Some(inode) = open.get_mut(&ino) {
-            inode.handles -= 1;
-            if inode.handles == 0 {
-                open.remove(&ino);
-            }
-        }
+    fn answered(&self, call: Call, tier: Tier, failed: bool) {
+        self.metrics
+            .answered(call.op, call.started.elapsed(), tier, failed);
     }
 
-    /// Runs `work` as a task with a deadline and a span, then hands its result to `answer`.
-    fn spawn<T, W, F>(&self, op: &'static str, ino: u64, work: W, answer: F)
-    where
+    /// Answers `call` here if `fast` can (it gives Some), else hands `slow`'s work to a task;
+    /// either way `reply` takes the result.
+    fn answer<T, W>(
+        &self,
+        call: Call,
+        fast: impl FnOnce() -> Option<Result<T, FsError>>,
+        slow: impl FnOnce() -> W,
+        reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) where
         T: Send + 'static,
         W: Future<Output = Result<T, FsError>> + Send + 'static,
-        F: FnOnce(Result<T, Errno>) + Send + 'static,
     {
-        let timeout = self.timeout;
-        let span = tracing::debug_span!("fuse", op, ino, mount = %self.name);
+        let (quick, tier) = {
+            // Nothing answered here logs at the default level: the span costs nothing then.
+            let _span = tracing::debug_span!(
+                "fuse", mount = %self.name, op = call.op.name(), ino = call.ino, pid = call.pid
+            )
+            .entered();
+            metrics::tracked_here(fast)
+        };
+        match quick {
+            Some(result) => {
+                let failed = result.as_ref().is_err_and(FsError::is_failure);
+                reply(result.map_err(errno));
+                self.answered(call, tier, failed);
+            }
+            None => self.spawn(call, slow(), reply),
+        }
+    }
+
+    /// Runs `work` as a task with a deadline and a span, then hands its result to `reply`.
+    fn spawn<T, W>(
+        &self,
+        call: Call,
+        work: W,
+        reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        W: Future<Output = Result<T, FsError>> + Send + 'static,
+    {
+        let (timeout, metrics) = (self.timeout, Arc::clone(&self.metrics));
+        let span = tracing::info_span!(
+            "fuse", mount = %self.name, op = call.op.name(), ino = call.ino, pid = call.pid
+        );
         self.runtime.spawn(
             async move {
-                let result = match tokio::time::timeout(timeout, work).await {
-                    Ok(result) => result,
-                    Err(_) => Err(FsError::Timeout(timeout)),
+                let deadline = async {
+                    tokio::time::timeout(timeout, work)
+                        .await
+                        .unwrap_or(Err(FsError::Timeout(timeout)))
                 };
-                answer(result.map_err(|e| {
-                    if e.is_failure() {
-                        warn!(error = %e, "request failed");
-                    } else {
-                        debug!(error = %e, "request refused");
-                    }
-                    Errno::from_i32(e.errno())
-                }));
+                let (result, tier) = metrics::tracked(deadline).await;
+                let failed = result.as_ref().is_err_and(FsError::is_failure);
+                if let Err(e) = &result {
+                    log_failure(e);
+                }
+                reply(result.map_err(errno));
+                metrics.answered(call.op, call.started.elapsed(), tier, failed);
             }
             .instrument(span),
         );
     }
-}
 
-/// Attributes for a readdirplus entry whose real ones are not known yet: given with no time
-/// to live, so the kernel looks the entry up before any use.
-fn placeholder_attr(ino: u64, kind: EntryKind) -> FileAttr {
-    file_attr(&Attr {
-        ino,
-        kind,
-        size: 0,
-        perm: 0o444,
-        mtime: std::time::UNIX_EPOCH,
-        uid: 0,
-        gid: 0,
-    })
-}
-
-/// Fills a plain listing reply from `offset` on: the dots, then the entries.
-fn fill_listing(
-    mut reply: ReplyDirectory,
-    ino: u64,
-    parent: u64,
-    entries: &[crate::fs::DirEntry],
-    offset: u64,
-) {
-    let dots = [
-        (ino, FileType::Directory, &b"."[..]),
-        (parent, FileType::Directory, &b".."[..]),
-    ];
-    let listed = entries
-        .iter()
-        .map(|e| (e.ino, file_type(e.kind), e.name.as_ref()));
-    for (index, (child, kind, name)) in dots
-        .into_iter()
-        .chain(listed)
-        .enumerate()
-        .skip(offset as usize)
-    {
-        if reply.add(
-            INodeNo(child),
-            index as u64 + 1,
-            kind,
-            OsStr::from_bytes(name),
-        ) {
-            break;
-        }
-    }
-    reply.ok();
-}
-
-/// Fills a listing-with-attributes reply from `offset` on: the dots, then the entries. An
-/// entry whose attributes are not known yet (a size not learnt) goes with nothing the kernel
-/// may keep: it looks the entry up before any use. The kernel takes a lookup of every entry
-/// but the dots: counted before the reply goes, so a forget never comes first.
-fn fill_plus(
-    mut reply: ReplyDirectoryPlus,
-    fs: &MountFs,
-    dir: u64,
-    parent: u64,
-    entries: &[crate::fs::DirEntry],
-    offset: u64,
-) {
-    let dots = [(dir, &b"."[..]), (parent, &b".."[..])]
-        .map(|(ino, name)| (ino, EntryKind::Directory, name, None));
-    let listed = entries
-        .iter()
-        .map(|e| (e.ino, e.kind, e.name.as_ref(), Some(e)));
-    for (index, (ino, kind, name, entry)) in dots
-        .into_iter()
-        .chain(listed)
-        .enumerate()
-        .skip(offset as usize)
-    {
-        let attr = match entry {
-            Some(entry) => fs.plus_attr(dir, entry),
-            None => fs.known_attr(ino),
-        };
-        let (attr, ttl) = match attr {
-            Some(attr) => (file_attr(&attr), TTL),
-            None => (placeholder_attr(ino, kind), Duration::ZERO),
-        };
-        let name = OsStr::from_bytes(name);
-        if reply.add(attr.ino, index as u64 + 1, name, &ttl, &attr, Generation(0)) {
-            break;
-        }
-        if entry.is_some() {
-            fs.remember(ino);
-        }
-    }
-    reply.ok();
-}
-
-fn file_type(kind: EntryKind) -> FileType {
-    match kind {
-        EntryKind::Directory | EntryKind::Submodule => FileType::Directory,
-        EntryKind::File | EntryKind::Executable => FileType::RegularFile,
-        EntryKind::Symlink => FileType::Symlink,
+    /// Counts a write refused on this read-only mount.
+    fn refused_write(&self, req: &Request) {
+        let call = self.call(Op::Write, 0, req);
+        self.answered(call, Tier::Memory, false);
     }
 }
 
-fn file_attr(attr: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(attr.ino),
-        size: attr.size,
-        blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
-        mtime: attr.mtime,
-        ctime: attr.mtime,
-        crtime: attr.mtime,
-        kind: file_type(attr.kind),
-        perm: attr.perm,
-        nlink: if attr.kind.is_dir() { 2 } else { 1 },
-        uid: attr.uid,
-        gid: attr.gid,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+fn errno(e: FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Logs a failed request once: a failed fetch was logged by the loader, naming path, object
+/// and server; what only the request knows (its deadline passed, the cache failed) is here.
+fn log_failure(e: &FsError) {
+    match e {
+        FsError::Timeout(_) | FsError::Internal(_) | FsError::Cache(_) => {
+            warn!(error = %e, "request failed")
+        }
+        _ => debug!(error = %e, "request answered with an error"),
     }
 }
 
@@ -325,11 +188,7 @@ impl Filesystem for FuseAdapter {
         let passthrough = self.want_passthrough
             && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
-        self.read_path.set(if passthrough {
-            READ_PATH_PASSTHROUGH
-        } else {
-            READ_PATH_DAEMON
-        });
+        self.open_files.read_path().set_passthrough(passthrough);
         Ok(())
     }
 
@@ -340,26 +199,24 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::ENOSYS);
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        // Answered on this thread when everything is loaded: no task, no wait.
-        match self.fs.lookup_loaded(parent.0, name.as_bytes()) {
-            Some(Ok(attr)) => {
-                self.fs.remember(attr.ino);
-                return reply.entry(&TTL, &file_attr(&attr), Generation(0));
-            }
-            Some(Err(e)) => return reply.error(Errno::from_i32(e.errno())),
-            None => {}
-        }
-        let fs = self.fs.clone();
-        let name = name.as_bytes().to_vec();
-        self.spawn(
-            "lookup",
-            parent.0,
-            async move {
-                let attr = fs.lookup(parent.0, &name).await?;
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let call = self.call(Op::Lookup, parent.0, req);
+        let fs = &self.fs;
+        let name = name.as_bytes();
+        self.answer(
+            call,
+            || {
+                let found = fs.lookup_loaded(parent.0, name)?;
                 // Counted before the kernel hears of it, so its forget never comes first.
-                fs.remember(attr.ino);
-                Ok(attr)
+                Some(found.inspect(|attr| fs.remember(attr.ino)))
+            },
+            || {
+                let (fs, name) = (Arc::clone(fs), name.to_vec());
+                async move {
+                    let attr = fs.lookup(parent.0, &name).await?;
+                    fs.remember(attr.ino);
+                    Ok(attr)
+                }
             },
             move |r| match r {
                 Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
@@ -368,15 +225,16 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        if let Some(attr) = self.fs.known_attr(ino.0) {
-            return reply.attr(&TTL, &file_attr(&attr));
-        }
-        let fs = self.fs.clone();
-        self.spawn(
-            "getattr",
-            ino.0,
-            async move { fs.getattr(ino.0).await },
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let call = self.call(Op::Getattr, ino.0, req);
+        let fs = &self.fs;
+        self.answer(
+            call,
+            || fs.known_attr(ino.0).map(Ok),
+            || {
+                let fs = Arc::clone(fs);
+                async move { fs.getattr(ino.0).await }
+            },
             move |r| match r {
                 Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
                 Err(e) => reply.error(e),
@@ -384,11 +242,11 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let fs = self.fs.clone();
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let call = self.call(Op::Readlink, ino.0, req);
+        let fs = Arc::clone(&self.fs);
         self.spawn(
-            "readlink",
-            ino.0,
+            call,
             async move { fs.readlink(ino.0).await },
             move |r| match r {
                 Ok(target) => reply.data(&target),
@@ -397,14 +255,20 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let call = self.call(Op::Open, ino.0, req);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            self.refused_write(req);
             return reply.error(Errno::EROFS);
         }
-        match self.fs.open_file(ino.0) {
-            Ok(handle) => self.open_in_mode(ino.0, handle, reply),
-            Err(e) => reply.error(Errno::from_i32(e.errno())),
-        }
+        let ((), tier) = metrics::tracked_here(|| match self.fs.open_file(ino.0) {
+            Ok(handle) => {
+                let cached = || self.fs.cached_file(ino.0);
+                self.open_files.open(ino.0, handle, cached, reply)
+            }
+            Err(e) => reply.error(errno(e)),
+        });
+        self.answered(call, tier, false);
     }
 
     fn flush(
@@ -421,7 +285,7 @@ impl Filesystem for FuseAdapter {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -429,14 +293,16 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.release_open(ino.0);
+        let call = self.call(Op::Release, ino.0, req);
+        self.open_files.release(ino.0);
         self.fs.release_file(fh.0);
         reply.ok();
+        self.answered(call, Tier::Memory, false);
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -445,10 +311,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
+        let call = self.call(Op::Read, ino.0, req);
+        let fs = Arc::clone(&self.fs);
         self.spawn(
-            "read",
-            ino.0,
+            call,
             async move { fs.read(ino.0, offset, size).await },
             move |r| match r {
                 Ok(bytes) => reply.data(&bytes),
@@ -459,27 +325,28 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        match (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0)) {
-            (Some(Ok(entries)), Ok(parent)) => {
-                return fill_listing(reply, ino.0, parent, &entries, offset);
-            }
-            (Some(Err(e)), _) => return reply.error(Errno::from_i32(e.errno())),
-            _ => {}
-        }
-        let fs = self.fs.clone();
-        self.spawn(
-            "readdir",
-            ino.0,
-            async move {
-                let entries = fs.readdir(ino.0).await?;
-                let parent = fs.parent_of(ino.0)?;
-                Ok((entries, parent))
+        let call = self.call(Op::Readdir, ino.0, req);
+        let fs = &self.fs;
+        self.answer(
+            call,
+            || {
+                Some(
+                    fs.readdir_loaded(ino.0)?
+                        .and_then(|e| Ok((e, fs.parent_of(ino.0)?))),
+                )
+            },
+            || {
+                let fs = Arc::clone(fs);
+                async move {
+                    let entries = fs.readdir(ino.0).await?;
+                    Ok((entries, fs.parent_of(ino.0)?))
+                }
             },
             move |r| match r {
                 Ok((entries, parent)) => fill_listing(reply, ino.0, parent, &entries, offset),
@@ -490,28 +357,29 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        match (self.fs.readdir_loaded(ino.0), self.fs.parent_of(ino.0)) {
-            (Some(Ok(entries)), Ok(parent)) => {
-                return fill_plus(reply, &self.fs, ino.0, parent, &entries, offset);
-            }
-            (Some(Err(e)), _) => return reply.error(Errno::from_i32(e.errno())),
-            _ => {}
-        }
-        let fs = self.fs.clone();
-        let filler = self.fs.clone();
-        self.spawn(
-            "readdirplus",
-            ino.0,
-            async move {
-                let entries = fs.readdir(ino.0).await?;
-                let parent = fs.parent_of(ino.0)?;
-                Ok((entries, parent))
+        let call = self.call(Op::Readdirplus, ino.0, req);
+        let fs = &self.fs;
+        let filler = Arc::clone(fs);
+        self.answer(
+            call,
+            || {
+                Some(
+                    fs.readdir_loaded(ino.0)?
+                        .and_then(|e| Ok((e, fs.parent_of(ino.0)?))),
+                )
+            },
+            || {
+                let fs = Arc::clone(fs);
+                async move {
+                    let entries = fs.readdir(ino.0).await?;
+                    Ok((entries, fs.parent_of(ino.0)?))
+                }
             },
             move |r| match r {
                 Ok((entries, parent)) => fill_plus(reply, &filler, ino.0, parent, &entries, offset),
@@ -525,17 +393,22 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let call = self.call(Op::Statfs, ino.0, req);
         let files = self.fs.inode_count() as u64;
         // Read-only: no free blocks or inodes. Block counts are not tracked, so report none.
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
+        self.answered(call, Tier::Memory, false);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let call = self.call(Op::Access, ino.0, req);
         if mask.contains(fuser::AccessFlags::W_OK) {
-            return reply.error(Errno::EROFS);
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
         }
-        reply.ok();
+        self.answered(call, Tier::Memory, false);
     }
 
     // Everything that would change the tree: the mount is a read-only view of one commit.
@@ -543,7 +416,7 @@ impl Filesystem for FuseAdapter {
     #[allow(clippy::too_many_arguments)]
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
@@ -559,12 +432,13 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         _parent: INodeNo,
         _name: &OsStr,
         _mode: u32,
@@ -572,43 +446,48 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _parent: INodeNo,
         _name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         _parent: INodeNo,
         _link_name: &OsStr,
         _target: &Path,
         reply: ReplyEntry,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         _parent: INodeNo,
         _name: &OsStr,
         _newparent: INodeNo,
@@ -616,23 +495,25 @@ impl Filesystem for FuseAdapter {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _newparent: INodeNo,
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         _parent: INodeNo,
         _name: &OsStr,
         _mode: u32,
@@ -640,13 +521,14 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _offset: u64,
@@ -656,12 +538,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
@@ -669,16 +552,18 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _offset: u64,
@@ -686,6 +571,7 @@ impl Filesystem for FuseAdapter {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.refused_write(req);
         reply.error(Errno::EROFS);
     }
 }

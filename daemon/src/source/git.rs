@@ -6,7 +6,7 @@
 //! git-protocol-v2 summary and git's gitprotocol-v2(5).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +21,7 @@ use super::pack_sinks::{BlobsToSink, ObjectsInMemory, OneBlob};
 use super::pktline::{self, Pkt};
 use super::sink::BlobSink;
 use super::{ByteStream, RepoPath, Snapshot, Source, SourceError, MAX_IN_MEMORY};
+use crate::metrics::ServerMetrics;
 use crate::object::{ObjectId, ObjectKind};
 
 /// Who to say we are to a git server.
@@ -45,6 +46,8 @@ enum AuthScheme {
 
 pub struct GitSource {
     client: Client,
+    /// Every request to the server, timed.
+    meter: Arc<ServerMetrics>,
     credentials: Option<Credentials>,
     scheme: Mutex<Option<AuthScheme>>,
     /// The repository URL, without a trailing slash.
@@ -72,6 +75,7 @@ impl GitSource {
         timeout: Duration,
         connect_timeout: Duration,
         credentials: Option<Credentials>,
+        meter: Arc<ServerMetrics>,
     ) -> Result<Self, SourceError> {
         let parsed = http::parse_url(url, "git")?;
         let client = http::client(timeout, connect_timeout)?;
@@ -82,6 +86,7 @@ impl GitSource {
         let _ = bare.set_password(None);
         Ok(GitSource {
             client,
+            meter,
             credentials,
             scheme: Mutex::new(None),
             url: bare.as_str().trim_end_matches('/').to_string(),
@@ -163,11 +168,10 @@ impl GitSource {
                 AuthScheme::Bearer => request.bearer_auth(&c.secret),
             };
         }
-        request
-            .header("Git-Protocol", "version=2")
-            .send()
+        let sent = request.header("Git-Protocol", "version=2").send();
+        self.meter
+            .request(async { sent.await.map_err(|e| self.transport(e)) })
             .await
-            .map_err(|e| self.transport(e))
     }
 
     fn successful(
@@ -713,7 +717,15 @@ mod tests {
 
     fn source() -> GitSource {
         let t = Duration::from_secs(1);
-        GitSource::new("http://me:pw@127.0.0.1:1/repo.git", "", t, t, None).expect("source")
+        GitSource::new(
+            "http://me:pw@127.0.0.1:1/repo.git",
+            "",
+            t,
+            t,
+            None,
+            Arc::default(),
+        )
+        .expect("source")
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A git repository on this machine, read through gitoxide. Also the demo's source.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -8,6 +9,7 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::{ByteStream, RepoPath, Snapshot, Source, SourceError};
+use crate::metrics::ServerMetrics;
 use crate::object::ObjectId;
 
 /// Blobs at least this big are streamed out of the repository by `git cat-file` (gitoxide
@@ -19,6 +21,8 @@ const PIECE: usize = 256 * 1024;
 
 pub struct LocalSource {
     path: PathBuf,
+    /// Every read of the repository, timed.
+    meter: Arc<ServerMetrics>,
     reference: String,
     repo: gix::ThreadSafeRepository,
 }
@@ -26,7 +30,11 @@ pub struct LocalSource {
 impl LocalSource {
     /// Opens the repository at `path` (bare or not). `reference` names a branch, tag or
     /// commit; empty means HEAD.
-    pub fn open(path: &Path, reference: &str) -> Result<Self, SourceError> {
+    pub fn open(
+        path: &Path,
+        reference: &str,
+        meter: Arc<ServerMetrics>,
+    ) -> Result<Self, SourceError> {
         let path = path.to_path_buf();
         if !path.is_dir() {
             return Err(SourceError::RepoNotFound(format!(
@@ -39,6 +47,7 @@ impl LocalSource {
         })?;
         Ok(LocalSource {
             path,
+            meter,
             reference: if reference.is_empty() {
                 "HEAD".to_string()
             } else {
@@ -55,17 +64,27 @@ impl LocalSource {
         }
     }
 
-    /// Reads one object of the expected kind. The object database is local disk, so this runs
-    /// on the blocking pool rather than stalling the async workers.
+    /// Runs `work` on the repository. The object database is local disk, so this runs on the
+    /// blocking pool rather than stalling the async workers; each read is timed as a request.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(gix::Repository) -> Result<T, SourceError> + Send + 'static,
+    ) -> Result<T, SourceError> {
+        let repo = self.repo.clone();
+        let read = tokio::task::spawn_blocking(move || work(repo.to_thread_local()));
+        self.meter
+            .request(async { read.await.map_err(|e| self.local_error(e))? })
+            .await
+    }
+
+    /// Reads one object of the expected kind.
     async fn read_object(
         &self,
         oid: ObjectId,
         kind: gix::object::Kind,
     ) -> Result<Vec<u8>, SourceError> {
-        let repo = self.repo.clone();
         let server = self.path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            let repo = repo.to_thread_local();
+        self.on_disk(move |repo| {
             let id = to_gix(oid);
             let object = repo
                 .find_object(id)
@@ -84,7 +103,6 @@ impl LocalSource {
             Ok(object.detach().data)
         })
         .await
-        .map_err(|e| self.local_error(e))?
     }
 }
 
@@ -149,11 +167,9 @@ impl Source for LocalSource {
     }
 
     async fn resolve(&self) -> Result<Snapshot, SourceError> {
-        let repo = self.repo.clone();
         let reference = self.reference.clone();
         let repo_name = self.path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            let repo = repo.to_thread_local();
+        self.on_disk(move |repo| {
             let unknown = || SourceError::UnknownRef {
                 repo: repo_name.clone(),
                 reference: reference.clone(),
@@ -176,7 +192,6 @@ impl Source for LocalSource {
             })
         })
         .await
-        .map_err(|e| self.local_error(e))?
     }
 
     async fn fetch_tree(&self, _path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
@@ -201,10 +216,8 @@ impl Source for LocalSource {
     }
 
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
-        let repo = self.repo.clone();
         let server = self.path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            let repo = repo.to_thread_local();
+        self.on_disk(move |repo| {
             let header = repo
                 .find_header(to_gix(oid))
                 .map_err(|e| SourceError::ObjectMissing {
@@ -215,6 +228,5 @@ impl Source for LocalSource {
             Ok(header.size())
         })
         .await
-        .map_err(|e| self.local_error(e))?
     }
 }

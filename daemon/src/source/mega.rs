@@ -2,6 +2,7 @@
 //! listings with modes from `/api/v1/file/tree`, content from `/api/v1/file/blob/{oid}`,
 //! sizes from `HEAD` on the blob, the commit from `/api/v1/latest-commit`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,10 +14,13 @@ use megafs_proto::location::normalize_mega_path;
 
 use super::http::{self, redacted, root_cause};
 use super::{ByteStream, RepoPath, Snapshot, Source, SourceError, MAX_IN_MEMORY};
+use crate::metrics::ServerMetrics;
 use crate::object::ObjectId;
 
 pub struct MegaSource {
     client: Client,
+    /// Every request to the server, timed.
+    meter: Arc<ServerMetrics>,
     base: String,
     /// `base` as it may be shown: without any password in it.
     server: String,
@@ -31,12 +35,14 @@ impl MegaSource {
         repo: &str,
         timeout: Duration,
         connect_timeout: Duration,
+        meter: Arc<ServerMetrics>,
     ) -> Result<Self, SourceError> {
         let base = base_url.trim_end_matches('/').to_string();
         let parsed = http::parse_url(&base, "Mega")?;
         let client = http::client(timeout, connect_timeout)?;
         Ok(MegaSource {
             client,
+            meter,
             server: redacted(&parsed),
             base,
             repo: normalize_mega_path(repo).map_err(|e| SourceError::Unsupported(e.to_string()))?,
@@ -100,14 +106,15 @@ impl MegaSource {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<Response, SourceError> {
-        let response = self
-            .client
-            .request(method, url)
-            .query(query)
-            .send()
+        let request = self.client.request(method, url).query(query).send();
+        self.meter
+            .request(async {
+                let response = request
+                    .await
+                    .map_err(|e| http::transport_error(&self.server, &e))?;
+                http::success(response, &self.server, what, error_text).await
+            })
             .await
-            .map_err(|e| http::transport_error(&self.server, &e))?;
-        http::success(response, &self.server, what, error_text).await
     }
 
     /// A 404 from the server as the caller's own meaning of it.
@@ -306,6 +313,7 @@ mod tests {
             "/third-party/rg",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            Arc::default(),
         )
         .unwrap();
         let path =
@@ -317,7 +325,8 @@ mod tests {
             "ftp://x",
             "/r",
             Duration::from_secs(1),
-            Duration::from_secs(1)
+            Duration::from_secs(1),
+            Arc::default(),
         )
         .is_err());
         let secret = MegaSource::new(
@@ -325,6 +334,7 @@ mod tests {
             "/r",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            Arc::default(),
         )
         .unwrap();
         assert_eq!(secret.describe(), "mega http://me:***@host:8000 /r");
@@ -332,7 +342,8 @@ mod tests {
             "not a url",
             "/r",
             Duration::from_secs(1),
-            Duration::from_secs(1)
+            Duration::from_secs(1),
+            Arc::default(),
         )
         .is_err());
     }

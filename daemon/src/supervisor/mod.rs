@@ -24,6 +24,7 @@ use crate::fs::{FsError, FsOptions, MountFs};
 use crate::fuse::{FuseAdapter, KernelNotifier, ReadPath};
 pub use crate::location::Timeouts;
 use crate::location::{self, default_name_of, Location, LocationError};
+use crate::metrics::MountMetrics;
 use crate::mount_name::{MountName, NameError};
 use crate::source::git::Credentials;
 use crate::source::SourceError;
@@ -202,7 +203,7 @@ impl MountEntry {
     }
 
     fn status(&self) -> MountStatus {
-        let stats = self.fs.stats();
+        let stats = self.fs.metrics();
         let snapshot = self.fs.snapshot();
         MountStatus {
             name: self.name.clone(),
@@ -368,17 +369,20 @@ impl Supervisor {
         dir: OwnedFd,
         caller: Caller,
     ) -> Result<MountEntry, SupervisorError> {
+        let metrics = Arc::new(MountMetrics::default());
         let source = location::open(
             &spec.location,
             &spec.git_ref,
             self.timeouts,
             spec.credentials.clone(),
+            metrics.server(),
         )?;
         let open = MountFs::open(
             source,
             self.store.clone(),
             (caller.uid, caller.gid),
             self.fs_options,
+            metrics,
         );
         let fs = tokio::time::timeout(self.timeouts.request, open)
             .await
@@ -533,6 +537,33 @@ impl Supervisor {
         let table = self.table.lock().await;
         let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
         Ok((before, table.mounts[index].status()))
+    }
+
+    /// The numbers of the mount `target` names, or of every mount `caller` may see.
+    pub async fn metrics(
+        &self,
+        target: &str,
+        caller: Caller,
+    ) -> Result<Vec<(MountName, Arc<MountMetrics>)>, SupervisorError> {
+        let access = self.access();
+        let table = self.table.lock().await;
+        let of = |m: &MountEntry| (m.name.clone(), m.fs.metrics());
+        if !target.is_empty() {
+            let index = find_for(&table.mounts, target, None, &caller, &access)?;
+            return Ok(vec![of(&table.mounts[index])]);
+        }
+        let mut all: Vec<_> = table
+            .mounts
+            .iter()
+            .filter(|m| {
+                access
+                    .may_manage(&caller, m.name.as_str(), m.owner_uid)
+                    .is_ok()
+            })
+            .map(of)
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
     }
 
     /// Every mount `caller` may see: all of them for root, a user's own for a user.
