@@ -252,9 +252,7 @@ impl Loader {
             return Ok(file);
         }
         self.ensure_blob(path, oid, None).await?;
-        self.store
-            .open_object(&oid)?
-            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+        self.store.open_object(&oid)?.ok_or_else(|| vanished(oid))
     }
 
     /// The whole content of blob `oid` (a symlink's target), fetched first if needed.
@@ -264,9 +262,7 @@ impl Loader {
         oid: ObjectId,
     ) -> Result<Vec<u8>, FsError> {
         self.ensure_blob(path, oid, None).await?;
-        self.store
-            .read(&oid)?
-            .ok_or_else(|| FsError::Internal(format!("blob {oid} vanished from the cache")))
+        self.store.read(&oid)?.ok_or_else(|| vanished(oid))
     }
 
     /// Makes sure blob `oid` is in the cache, fetching it once however many want it, and
@@ -324,11 +320,12 @@ impl Loader {
     }
 
     /// Fetches the files of `files` not cached yet in one go (where the source batches) into
-    /// the cache. Each failure is logged and returned; one does not stop the others.
+    /// the cache: for each fetched, its path and id and its length or why it did not come.
+    /// Each failure is logged; one does not stop the others.
     pub async fn blobs_into_cache(
         &self,
         files: &[(RepoPath, ObjectId)],
-    ) -> Vec<(ObjectId, Result<u64, FsError>)> {
+    ) -> Vec<(RepoPath, ObjectId, Result<u64, FsError>)> {
         let wanted: Vec<&(RepoPath, ObjectId)> = files
             .iter()
             .filter(|(_, oid)| !self.store.contains(oid))
@@ -344,21 +341,19 @@ impl Loader {
         results
             .into_iter()
             .map(|(oid, result)| {
+                let path = wanted
+                    .iter()
+                    .find(|(_, o)| *o == oid)
+                    .map(|(path, _)| path.clone())
+                    .unwrap_or_default();
                 let result = match result {
                     Ok(len) => {
                         self.count_fetch(len);
                         Ok(len)
                     }
-                    Err(e) => {
-                        let path = wanted
-                            .iter()
-                            .find(|(_, o)| *o == oid)
-                            .map(|(path, _)| path.clone())
-                            .unwrap_or_default();
-                        Err(self.failed("a file", &path, oid, e))
-                    }
+                    Err(e) => Err(self.failed("a file", &path, oid, e)),
                 };
-                (oid, result)
+                (path, oid, result)
             })
             .collect()
     }
@@ -492,4 +487,9 @@ impl Loader {
         self.offline.store(false, Ordering::Relaxed);
         self.metrics.fetched(bytes);
     }
+}
+
+/// A blob the loader just saw in the cache is gone (someone removed it behind its back).
+fn vanished(oid: ObjectId) -> FsError {
+    FsError::Internal(format!("blob {oid} vanished from the cache"))
 }

@@ -176,20 +176,13 @@ async fn fetch_wanted(fs: &MountFs, files: Vec<(RepoPath, ObjectId)>, progress: 
     progress
         .files_done
         .fetch_add(cached.len() as u64, Ordering::Relaxed);
-    for (oid, result) in loader.blobs_into_cache(&missing).await {
+    for (path, _, result) in loader.blobs_into_cache(&missing).await {
         match result {
             Ok(len) => {
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_done.fetch_add(len, Ordering::Relaxed);
             }
-            Err(e) => {
-                let path = missing
-                    .iter()
-                    .find(|(_, o)| *o == oid)
-                    .map(|(p, _)| p.to_string())
-                    .unwrap_or_default();
-                progress.failed(format!("{path}: {e}"));
-            }
+            Err(e) => progress.failed(format!("{path}: {e}")),
         }
     }
 }
