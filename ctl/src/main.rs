@@ -1,6 +1,8 @@
 //! mega-fuse: the control tool for megafsd. Every command is one request over the daemon's
 //! Unix socket.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod client;
 mod commands;
 mod output;

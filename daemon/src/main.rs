@@ -286,7 +286,11 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts, fs_options, kernel));
     supervisor.set_policy(config.daemon.policy());
     let listener = bind_socket(&settings.socket).await?;
-    for stale in megafsd::mounts::clean_stale() {
+    let stale = megafsd::mounts::clean_stale().unwrap_or_else(|error| {
+        warn!(%error, "cannot read the mount table to clean stale mounts");
+        Vec::new()
+    });
+    for stale in stale {
         match stale {
             Stale::Cleaned(mount) => warn!(
                 mount = %mount.name, mountpoint = %mount.mountpoint.display(),
@@ -332,9 +336,10 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     supervisor.shutdown().await;
     let _ = stop_serving.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "control socket ended with an error"),
+        Ok(Err(e)) => error!(error = %e, "the control socket's task failed"),
         Err(_) => warn!("control clients did not hang up in time"),
-        _ => {}
     }
     let _ = std::fs::remove_file(&settings.socket);
     info!("stopped");

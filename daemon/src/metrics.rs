@@ -31,14 +31,12 @@ pub enum Op {
     Readdirplus,
     Statfs,
     Access,
-    Getxattr,
-    Listxattr,
     /// Anything that would change the tree (refused on a read-only mount).
     Write,
 }
 
 impl Op {
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 11] = [
         Op::Lookup,
         Op::Getattr,
         Op::Readlink,
@@ -49,8 +47,6 @@ impl Op {
         Op::Readdirplus,
         Op::Statfs,
         Op::Access,
-        Op::Getxattr,
-        Op::Listxattr,
         Op::Write,
     ];
 
@@ -66,8 +62,6 @@ impl Op {
             Op::Readdirplus => "readdirplus",
             Op::Statfs => "statfs",
             Op::Access => "access",
-            Op::Getxattr => "getxattr",
-            Op::Listxattr => "listxattr",
             Op::Write => "write",
         }
     }
@@ -195,7 +189,8 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// Times one request to the server; its result says whether it failed.
+    /// Times one request to the server (to its whole answer where that is read whole, to its
+    /// headers where it streams); its result says whether it failed.
     pub async fn request<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
@@ -260,12 +255,18 @@ impl MountMetrics {
         }
     }
 
-    /// Counts a fetch in flight while `work` runs.
+    /// Counts a fetch in flight while `work` runs (and stops counting it if it is dropped
+    /// unfinished: a prefetch whose client went away).
     pub async fn in_flight<F: Future>(&self, work: F) -> F::Output {
+        struct Flying<'a>(&'a AtomicI64);
+        impl Drop for Flying<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         self.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
-        let output = work.await;
-        self.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
-        output
+        let _flying = Flying(&self.fetches_in_flight);
+        work.await
     }
 
     pub fn fetched(&self, bytes: u64) {
@@ -333,5 +334,20 @@ mod tests {
         for (i, op) in Op::ALL.iter().enumerate() {
             assert_eq!(*op as usize, i, "Op::ALL is in declaration order");
         }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_dropped_unfinished_is_no_longer_in_flight() {
+        let metrics = std::sync::Arc::new(MountMetrics::default());
+        let held = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move { metrics.in_flight(std::future::pending::<()>()).await })
+        };
+        while metrics.fetches_in_flight.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        held.abort();
+        let _ = held.await;
+        assert_eq!(metrics.fetches_in_flight.load(Ordering::Relaxed), 0);
     }
 }

@@ -202,28 +202,35 @@ pub enum Stale {
 
 /// Lazily unmounts megafs mounts nobody serves any more (a killed predecessor's). Every mount
 /// is probed at once (each probe may wait up to [`PROBE_LIMIT`] on a stuck daemon); returns
-/// what was cleaned and what could not be looked at, for the log.
-pub fn clean_stale() -> Vec<Stale> {
-    let mounts = megafs_mounts().unwrap_or_default();
-    std::thread::scope(|scope| {
+/// what was cleaned and what could not be looked at, for the log, or why the mount table
+/// could not be read.
+pub fn clean_stale() -> io::Result<Vec<Stale>> {
+    let mounts = megafs_mounts()?;
+    Ok(std::thread::scope(|scope| {
         let probes: Vec<_> = mounts
             .into_iter()
-            .map(|mount| {
-                scope.spawn(move || match is_dead_mount(&mount) {
-                    Ok(false) => None,
-                    Ok(true) => Some(match unmount(&mount.mountpoint, true) {
-                        Ok(()) => Stale::Cleaned(mount),
-                        Err(e) => Stale::Failed(mount, e),
-                    }),
-                    Err(e) => Some(Stale::Failed(mount, e)),
-                })
-            })
+            .map(|mount| (mount.clone(), scope.spawn(move || clean_if_dead(mount))))
             .collect();
         probes
             .into_iter()
-            .filter_map(|probe| probe.join().ok().flatten())
+            .filter_map(|(mount, probe)| match probe.join() {
+                Ok(outcome) => outcome,
+                Err(_) => Some(Stale::Failed(mount, io::Error::other("its probe panicked"))),
+            })
             .collect()
-    })
+    }))
+}
+
+/// Unmounts `mount` if nobody serves it; what became of it, if anything.
+fn clean_if_dead(mount: MegafsMount) -> Option<Stale> {
+    match is_dead_mount(&mount) {
+        Ok(false) => None,
+        Ok(true) => Some(match unmount(&mount.mountpoint, true) {
+            Ok(()) => Stale::Cleaned(mount),
+            Err(e) => Stale::Failed(mount, e),
+        }),
+        Err(e) => Some(Stale::Failed(mount, e)),
+    }
 }
 
 /// Sets the read-ahead of the mount at `point` (its backing device's `read_ahead_kb`), so that

@@ -12,7 +12,7 @@ use megafs_proto::v1::{
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
 use crate::location::Location;
@@ -127,7 +127,7 @@ impl Control for ControlService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         info!(
-            repo = %crate::source::http::display_url(&r.repo), mountpoint = %r.mountpoint,
+            repo = %megafs_proto::location::redacted(&r.repo), mountpoint = %r.mountpoint,
             uid = caller.uid, gid = caller.gid, pid = caller.pid, "connect requested"
         );
         let status = async {
@@ -143,7 +143,10 @@ impl Control for ControlService {
         }
         .await
         .map_err(|e| {
-            warn!(mountpoint = %r.mountpoint, uid = caller.uid, error = %e, "connect failed");
+            // A refusal is logged as such below.
+            if !matches!(e, SupervisorError::Refused(_)) {
+                warn!(mountpoint = %r.mountpoint, uid = caller.uid, error = %e, "connect failed");
+            }
             refused_or(e, &caller)
         })?;
         Ok(Response::new(ConnectReply {
@@ -210,7 +213,8 @@ impl Control for ControlService {
             .map_err(|e| refused_or(e, &caller))?;
         info!(target = %r.target, patterns = ?r.patterns, depth = r.depth, uid = caller.uid, "prefetch requested");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(report_prefetch(fs, patterns, r.depth, tx));
+        let span = tracing::info_span!("prefetch", mount = %fs.name(), uid = caller.uid);
+        tokio::spawn(report_prefetch(fs, patterns, r.depth, tx).instrument(span));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
@@ -346,7 +350,9 @@ async fn report_prefetch(
     let progress = Arc::new(PrefetchProgress::default());
     let mut work = {
         let progress = progress.clone();
-        tokio::spawn(async move { fs.prefetch(&patterns, depth, &progress).await })
+        tokio::spawn(
+            async move { fs.prefetch(&patterns, depth, &progress).await }.in_current_span(),
+        )
     };
     let mut ticks = tokio::time::interval(PROGRESS_EVERY);
     let outcome = loop {

@@ -224,6 +224,12 @@ pub struct Pin {
     oid: ObjectId,
 }
 
+impl Pin {
+    pub fn oid(&self) -> &ObjectId {
+        &self.oid
+    }
+}
+
 impl Drop for Pin {
     fn drop(&mut self) {
         self.store.unpin(&self.oid);
@@ -327,6 +333,22 @@ impl Store {
         }
     }
 
+    /// An open handle on an object just fetched into the cache, if it is there; counted as
+    /// neither hit nor miss (its miss was counted when it was looked for).
+    pub fn open_fetched(&self, oid: &ObjectId) -> io::Result<Option<File>> {
+        if !self.lock().touch(oid) {
+            return Ok(None);
+        }
+        match File::open(self.path_of(oid)) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(oid);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// An object someone removed behind our back is no longer cached.
     fn forget(&self, oid: &ObjectId) {
         let mut index = self.lock();
@@ -371,13 +393,7 @@ impl Store {
         if !self.contains(oid) {
             return false;
         }
-        match File::open(self.path_of(oid)) {
-            Ok(file) => {
-                crate::sys::will_need(&file);
-                true
-            }
-            Err(_) => false,
-        }
+        File::open(self.path_of(oid)).is_ok_and(|file| crate::sys::will_need(&file))
     }
 
     /// Starts writing a blob of `len` bytes as it arrives (see [`PendingObject`]): kept as
@@ -596,31 +612,49 @@ impl Store {
         freed
     }
 
-    /// Removes one victim unless it was pinned since it was chosen; the bytes freed.
+    /// Removes one victim unless it was pinned since it was chosen; the bytes freed. It
+    /// leaves the index first, and its file goes outside the index's lock, so nobody waits on
+    /// the disk for it.
     fn evict(&self, victim: Victim) -> u64 {
-        let mut index = self.lock();
-        let (map, path) = match victim {
-            Victim::Object(oid) => (&mut index.cached, self.path_of(&oid)),
-            Victim::Record(root) => (&mut index.records, self.listings_record(&root)),
-        };
         let (Victim::Object(key) | Victim::Record(key)) = victim;
-        let Some(size) = map.get(&key).filter(|e| e.pins == 0).map(|e| e.size) else {
-            return 0;
+        let entry = {
+            let mut index = self.lock();
+            let map = match victim {
+                Victim::Object(_) => &mut index.cached,
+                Victim::Record(_) => &mut index.records,
+            };
+            if map.get(&key).is_none_or(|e| e.pins != 0) {
+                return 0;
+            }
+            let Some(entry) = map.remove(&key) else {
+                return 0;
+            };
+            index.bytes -= entry.size;
+            entry
+        };
+        let path = match victim {
+            Victim::Object(oid) => self.path_of(&oid),
+            Victim::Record(root) => self.listings_record(&root),
         };
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
                 warn!(?victim, error = %e, "cannot evict from the cache");
+                // Still there: back into the index, as it was.
+                let mut index = self.lock();
+                index.bytes += entry.size;
+                match victim {
+                    Victim::Object(_) => index.cached.insert(key, entry),
+                    Victim::Record(_) => index.records.insert(key, entry),
+                };
                 return 0;
             }
         }
-        map.remove(&key);
-        index.bytes -= size;
         if matches!(victim, Victim::Object(_)) {
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        size
+        entry.size
     }
 
     /// Evicts inline only when the cache is far over its limit; else the background does.
@@ -892,6 +926,40 @@ mod tests {
         let store = Store::open(dir.path(), 0).expect("reopen");
         assert!(store.contains(&oid));
         assert_eq!(store.known_size(&other), Some(13));
+    }
+
+    #[test]
+    fn listing_records_count_against_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = ObjectId::from_bytes([1; 20]);
+        let trees = [ObjectId::from_bytes([2; 20]); 3];
+        {
+            let store = Store::open(dir.path(), 100).expect("open");
+            store.append_listing_record(&root, &trees);
+            assert_eq!(store.usage().bytes, 60);
+        }
+        // A torn last record (a crash mid-append) is trimmed, and the trim counted.
+        let record = dir.path().join("listings").join(root.to_hex());
+        let mut torn = std::fs::read(&record).expect("record");
+        torn.extend_from_slice(b"torn");
+        std::fs::write(&record, &torn).expect("tear");
+        let store = Store::open(dir.path(), 100).expect("reopen");
+        assert_eq!(store.usage().bytes, 64, "counted as found");
+        assert_eq!(store.listing_record(&root), trees);
+        assert_eq!(store.usage().bytes, 60);
+        // Past the limit, the least recently used goes, record or object.
+        let (oid, bytes) = blob(&"x".repeat(50));
+        store.insert(&oid, &bytes).expect("insert");
+        store.evict_to_limit();
+        assert!(store.contains(&oid), "the newer object stays");
+        assert!(
+            store.listing_record(&root).is_empty(),
+            "the older record went"
+        );
+        assert_eq!(store.usage().bytes, 50);
+        store.append_listing_record(&root, &trees);
+        assert_eq!(store.clear(), 110, "clear takes records too");
+        assert!(!record.exists());
     }
 
     #[test]

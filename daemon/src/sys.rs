@@ -50,12 +50,12 @@ pub fn filesystem_bytes(path: &Path) -> io::Result<u64> {
     Ok((stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64))
 }
 
-/// Asks the kernel to read `file` into the page cache in the background.
-pub fn will_need(file: &File) {
+/// Asks the kernel to read `file` into the page cache in the background; false if it would
+/// not take the advice.
+pub fn will_need(file: &File) -> bool {
     // SAFETY: the descriptor is open for the duration of the call; fadvise only gives advice.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
-    }
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    rc == 0
 }
 
 /// Large buffers straight from the kernel, and back to it when freed. Each FUSE thread of

@@ -2,6 +2,8 @@
 //! Unix socket (where the socket lives, how a client dials it) and to agree on what a
 //! repository's location means.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod location;
 pub mod socket;
 

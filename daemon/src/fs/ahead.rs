@@ -39,21 +39,32 @@ impl LookAhead {
         }
     }
 
-    /// Brings the trees of `subdirs` (path, tree) close, in the background.
+    /// Takes every load slot (for tests: loads then queue until it is dropped).
+    #[cfg(test)]
+    pub(super) async fn hold_every_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let all = PARALLEL_LOADS as u32;
+        let held = Arc::clone(&self.loads).acquire_many_owned(all).await;
+        held.unwrap_or_else(|_| unreachable!("the semaphore is never closed"))
+    }
+
+    /// Brings the trees of `subdirs` (path, tree) of directory `dir` of mount `mount` close,
+    /// in the background.
     pub(super) fn start(
         &self,
         loader: &Arc<Loader>,
         runtime: &tokio::runtime::Handle,
         subdirs: Vec<(RepoPath, ObjectId)>,
+        mount: &str,
+        dir: &RepoPath,
     ) {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        let span = tracing::info_span!("look_ahead", mount, %dir);
         // Weak: a mount that goes away takes its look-ahead with it.
         let loader = Arc::downgrade(loader);
         let (waiting, loads) = (self.waiting.clone(), self.loads.clone());
-        let span = tracing::info_span!("look_ahead", dirs = subdirs.len());
         runtime.spawn(
             async move {
                 stream::iter(subdirs)

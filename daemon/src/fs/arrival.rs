@@ -88,7 +88,7 @@ impl Arrival {
             .file
             .get()
             .ok_or_else(|| FsError::Internal("an arriving blob has no file".into()))?;
-        Ok(file.read_at(buf, offset)?)
+        file.read_at(buf, offset).map_err(FsError::cache)
     }
 }
 

@@ -66,8 +66,10 @@ impl From<SourceError> for FsError {
     }
 }
 
-impl From<std::io::Error> for FsError {
-    fn from(e: std::io::Error) -> Self {
+impl FsError {
+    /// The cache on disk failed (or a cache file read): logged here, where it is made, once.
+    pub fn cache(e: std::io::Error) -> FsError {
+        tracing::error!(error = %e, "the cache failed");
         FsError::Cache(Arc::new(e))
     }
 }

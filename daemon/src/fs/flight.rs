@@ -93,6 +93,13 @@ where
         result
     }
 
+    /// Whether a run for `key` is under way.
+    pub fn is_running(&self, key: &K) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|f| !f.done.load(Ordering::Acquire))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Flight<T>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }

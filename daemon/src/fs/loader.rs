@@ -7,6 +7,7 @@
 //! It answers: a tree's entries, a blob's cache file (fetched first if needed), many blobs
 //! into the cache at once, and sizes. Nothing above it touches the source or the store.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ impl Loader {
     /// cache; where the source cannot be reached, falls back to the commit it last resolved
     /// to, if its root tree is cached (the mount is then offline).
     pub async fn resolve(&self) -> Result<Snapshot, FsError> {
-        match self.source.resolve().await {
+        match self.within_deadline(self.source.resolve()).await {
             Ok(snapshot) => {
                 self.adopt(&snapshot).await?;
                 Ok(snapshot)
@@ -98,7 +99,7 @@ impl Loader {
 
     /// What the source shows now, without adopting it.
     pub async fn latest(&self) -> Result<Snapshot, FsError> {
-        Ok(self.source.resolve().await?)
+        Ok(self.within_deadline(self.source.resolve()).await?)
     }
 
     /// Makes `snapshot` the one to mount from: its root tree verified and cached, and
@@ -110,7 +111,8 @@ impl Loader {
                 // Already fetched to resolve (Mega lists the root to learn it).
                 self.verify(ObjectKind::Tree, snapshot.root_tree, &root, body)?;
                 self.count_fetch(body.len() as u64);
-                self.store.insert(&snapshot.root_tree, body)?;
+                let inserted = self.store.insert(&snapshot.root_tree, body);
+                inserted.map_err(FsError::cache)?;
             }
             None if self.store.contains(&snapshot.root_tree) => {}
             None => {
@@ -162,7 +164,7 @@ impl Loader {
         path: &RepoPath,
         oid: ObjectId,
     ) -> Result<Vec<TreeEntry>, FsError> {
-        let body = match self.store.read(&oid)? {
+        let body = match self.store.read(&oid).map_err(FsError::cache)? {
             Some(body) => {
                 self.metrics.cache_hit();
                 Arc::from(body)
@@ -196,9 +198,9 @@ impl Loader {
             .within_deadline(fetch)
             .await
             .map_err(|e| self.failed("a directory", path, oid, e))?;
-        self.count_fetch(body.len() as u64);
         self.verify(ObjectKind::Tree, oid, path, &body)?;
-        self.store.insert(&oid, &body)?;
+        self.count_fetch(body.len() as u64);
+        self.store.insert(&oid, &body).map_err(FsError::cache)?;
         Ok(Arc::from(body))
     }
 
@@ -235,24 +237,26 @@ impl Loader {
 
     /// The cache file of blob `oid` if it is cached, counted as a hit.
     pub fn open_cached(&self, oid: &ObjectId) -> Result<Option<File>, FsError> {
-        let file = self.store.open_object(oid)?;
+        let file = self.store.open_object(oid).map_err(FsError::cache)?;
         if file.is_some() {
             self.metrics.cache_hit();
         }
         Ok(file)
     }
 
-    /// The cache file of blob `oid` (the file at `path`), fetched first if needed.
+    /// The cache file of blob `oid`, fetched first if needed (`path` tells where it is, for
+    /// a fetch; it is only worked out on a miss).
     pub async fn open_blob(
         self: &Arc<Self>,
-        path: &RepoPath,
         oid: ObjectId,
+        path: impl FnOnce() -> RepoPath,
     ) -> Result<File, FsError> {
         if let Some(file) = self.open_cached(&oid)? {
             return Ok(file);
         }
-        self.ensure_blob(path, oid, None).await?;
-        self.store.open_object(&oid)?.ok_or_else(|| vanished(oid))
+        self.ensure_blob(&path(), oid, None).await?;
+        let fetched = self.store.open_fetched(&oid).map_err(FsError::cache)?;
+        fetched.ok_or_else(|| vanished(oid))
     }
 
     /// The whole content of blob `oid` (a symlink's target), fetched first if needed.
@@ -262,7 +266,8 @@ impl Loader {
         oid: ObjectId,
     ) -> Result<Vec<u8>, FsError> {
         self.ensure_blob(path, oid, None).await?;
-        self.store.read(&oid)?.ok_or_else(|| vanished(oid))
+        let bytes = self.store.read(&oid).map_err(FsError::cache)?;
+        bytes.ok_or_else(|| vanished(oid))
     }
 
     /// Makes sure blob `oid` is in the cache, fetching it once however many want it, and
@@ -314,38 +319,52 @@ impl Loader {
                 arrival.advanced(pending.written());
             }
         }
-        self.count_fetch(len);
         pending.commit()?;
+        self.count_fetch(len);
         Ok(len)
     }
 
     /// Fetches the files of `files` not cached yet in one go (where the source batches) into
-    /// the cache: for each fetched, its path and id and its length or why it did not come.
-    /// Each failure is logged; one does not stop the others.
+    /// the cache, within one fetch's deadline: for each fetched, its path and id and its
+    /// length or why it did not come. Files another request is fetching already are left to
+    /// that fetch. Each failure is logged; one does not stop the others.
     pub async fn blobs_into_cache(
         &self,
         files: &[(RepoPath, ObjectId)],
     ) -> Vec<(RepoPath, ObjectId, Result<u64, FsError>)> {
-        let wanted: Vec<&(RepoPath, ObjectId)> = files
+        let wanted: HashMap<ObjectId, &RepoPath> = files
             .iter()
-            .filter(|(_, oid)| !self.store.contains(oid))
+            .filter(|(_, oid)| !self.store.contains(oid) && !self.blobs.is_running(oid))
+            .map(|(path, oid)| (*oid, path))
             .collect();
         if wanted.is_empty() {
             return Vec::new();
         }
-        let oids: Vec<ObjectId> = wanted.iter().map(|(_, oid)| *oid).collect();
-        // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
+        let oids: Vec<ObjectId> = wanted.keys().copied().collect();
         metrics::reached(Tier::Server);
-        let batch = self.source.fetch_blobs_into(&oids, self.store.as_ref());
-        let results = self.metrics.in_flight(batch).await;
+        // Blobs land in the cache as they arrive, each only under the id its bytes hash to.
+        let batch = async {
+            Ok(self
+                .source
+                .fetch_blobs_into(&oids, self.store.as_ref())
+                .await)
+        };
+        let results = match self.metrics.in_flight(self.within_deadline(batch)).await {
+            Ok(results) => results,
+            Err(_) => oids
+                .iter()
+                .map(|&oid| {
+                    let timeout = SourceError::Timeout {
+                        server: self.server.clone(),
+                    };
+                    (oid, Err(timeout))
+                })
+                .collect(),
+        };
         results
             .into_iter()
             .map(|(oid, result)| {
-                let path = wanted
-                    .iter()
-                    .find(|(_, o)| *o == oid)
-                    .map(|(path, _)| path.clone())
-                    .unwrap_or_default();
+                let path = wanted.get(&oid).map(|p| (*p).clone()).unwrap_or_default();
                 let result = match result {
                     Ok(len) => {
                         self.count_fetch(len);
@@ -382,12 +401,19 @@ impl Loader {
         metrics::reached(Tier::Server);
         self.sizes
             .run(tree, async move {
+                // Sizes that cost the contents come with the batch, or not at all: a file
+                // whose content failed is not asked for again, whole, for its size.
+                let mut failed = HashMap::new();
                 if this.source.sizes_need_content() {
-                    this.blobs_into_cache(&files).await;
+                    for (_, oid, result) in this.blobs_into_cache(&files).await {
+                        if let Err(e) = result {
+                            failed.insert(oid, e);
+                        }
+                    }
                 }
-                let missing = files
-                    .into_iter()
-                    .filter(|(_, oid)| this.store.known_size(oid).is_none());
+                let missing = files.into_iter().filter(|(_, oid)| {
+                    this.store.known_size(oid).is_none() && !failed.contains_key(oid)
+                });
                 let sizes: Vec<Result<(), FsError>> = stream::iter(missing)
                     .map(|(path, oid)| {
                         let this = this.clone();
@@ -405,6 +431,9 @@ impl Loader {
                     .buffer_unordered(SIZE_QUERY_PARALLELISM)
                     .collect()
                     .await;
+                if let Some(e) = failed.into_values().next() {
+                    return Err(e);
+                }
                 sizes.into_iter().collect()
             })
             .await
@@ -470,10 +499,7 @@ impl Loader {
             SourceError::Sink(SinkError::Corrupt(error)) => {
                 self.corrupt(ObjectKind::Blob, oid, path, error)
             }
-            SourceError::Sink(SinkError::Io(io)) => {
-                error!(%oid, %path, error = %io, "cannot write into the cache");
-                FsError::Cache(Arc::new(io))
-            }
+            SourceError::Sink(SinkError::Io(io)) => FsError::cache(io),
             // Not a failure: the mount moves with the trunk (see `fs`).
             e @ SourceError::TrunkMoved { .. } => e.into(),
             e => {

@@ -17,7 +17,7 @@ mod recall;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +35,7 @@ pub use pattern::{Pattern, PatternError};
 pub use prefetch::PrefetchProgress;
 use recall::Recall;
 
-use crate::metrics::MountMetrics;
+use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{EntryKind, ObjectError, ObjectId, TreeEntry};
 use crate::repo_path::RepoPath;
 use crate::source::{Snapshot, Source, SourceError};
@@ -97,9 +97,13 @@ pub struct DirEntry {
 }
 
 pub struct MountFs {
+    /// The mount's name, for the spans of its background work.
+    name: Arc<str>,
     loader: Arc<Loader>,
     /// The commit shown; replaced by a refresh.
     snapshot: RwLock<Snapshot>,
+    /// Its time (every file's mtime), read on every stat.
+    commit_time: AtomicI64,
     inodes: RwLock<InodeTable>,
     owner: (u32, u32),
     options: FsOptions,
@@ -128,6 +132,7 @@ pub struct MountFs {
 impl MountFs {
     /// Resolves the source's commit and lists its root; nothing deeper is fetched.
     pub async fn open(
+        name: &str,
         source: Arc<dyn Source>,
         store: Arc<Store>,
         owner: (u32, u32),
@@ -138,12 +143,13 @@ impl MountFs {
         let snapshot = loader.resolve().await?;
         let recall = Recall::open(&loader, snapshot.root_tree).await;
         let fs = Arc::new(MountFs {
+            name: Arc::from(name),
             options,
             kernel: OnceLock::new(),
             arrivals: Mutex::new(HashMap::new()),
             failed_arrivals: Mutex::new(HashMap::new()),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
-            // Without the root's body: the snapshot is cloned on every stat.
+            commit_time: AtomicI64::new(snapshot.commit_time),
             snapshot: RwLock::new(Snapshot {
                 root_body: None,
                 ..snapshot
@@ -174,6 +180,10 @@ impl MountFs {
             .clone()
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Registers the kernel's caches, to be told what they must forget.
     pub fn set_kernel_cache(&self, kernel: Box<dyn KernelCache>) {
         let _ = self.kernel.set(kernel);
@@ -191,7 +201,8 @@ impl MountFs {
     /// Moves the mount to the newest commit of what it follows, if that changed. Unchanged
     /// entries keep their inode numbers; changed ones get new inodes, while the old ones (and
     /// so open files) keep their old content. Returns the names at the root whose kernel
-    /// entries are stale, or None when nothing changed.
+    /// entries are stale (the caller tells the kernel, as soon as it may wait for it), or
+    /// None when nothing changed.
     pub fn refresh(
         self: &Arc<Self>,
     ) -> futures::future::BoxFuture<'static, Result<Option<Vec<Vec<u8>>>, FsError>> {
@@ -213,6 +224,7 @@ impl MountFs {
         *self.recall.write().unwrap_or_else(|p| p.into_inner()) = recall;
         let old = self.write_inodes().retire_root(fresh.root_tree);
         info!(from = %current.commit, to = %fresh.commit, "refreshed");
+        self.commit_time.store(fresh.commit_time, Ordering::Relaxed);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
             root_body: None,
             ..fresh
@@ -227,9 +239,6 @@ impl MountFs {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(kernel) = self.kernel.get() {
-            kernel.stale_root_entries(stale.clone());
-        }
         Ok(Some(stale))
     }
 
@@ -241,14 +250,21 @@ impl MountFs {
         }
         warn!(%path, "the trunk moved: refreshing");
         let this = Arc::clone(self);
+        let span = tracing::info_span!("refresh", mount = %self.name);
         self.runtime.spawn(
             async move {
-                if let Err(e) = this.refresh().await {
-                    warn!(error = %e, "refresh after the trunk moved failed");
+                match this.refresh().await {
+                    Ok(Some(stale)) => {
+                        if let Some(kernel) = this.kernel.get() {
+                            kernel.stale_root_entries(stale);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "refresh after the trunk moved failed"),
                 }
                 this.following_trunk.store(false, Ordering::Release);
             }
-            .in_current_span(),
+            .instrument(span),
         );
     }
 
@@ -338,16 +354,13 @@ impl MountFs {
     /// The attributes of `ino` if they are known without asking the source (a file's size may
     /// not be yet).
     pub fn known_attr(&self, ino: u64) -> Option<Attr> {
-        let size_known = {
-            let inodes = self.read_inodes();
-            let node = inodes.get(ino)?;
-            node.kind.is_dir() || self.loader.known_size(&node.oid).is_some()
-        };
-        if size_known {
-            self.attr_of(ino).ok()
+        let (kind, oid) = self.kind_and_oid(ino)?;
+        let size = if kind.is_dir() {
+            0
         } else {
-            None
-        }
+            self.loader.known_size(&oid)?
+        };
+        Some(self.attr(ino, kind, size))
     }
 
     /// The cache file of file `ino`'s blob, if it is in the cache (for passthrough reads,
@@ -369,7 +382,16 @@ impl MountFs {
     }
 
     pub fn release_file(&self, handle: u64) {
-        self.lock_handles().remove(&handle);
+        let Some(pin) = self.lock_handles().remove(&handle) else {
+            return;
+        };
+        // The last of its files closed: a failed arrival need not be remembered any more.
+        let mut failed = lock(&self.failed_arrivals);
+        if failed.contains_key(pin.oid())
+            && !self.lock_handles().values().any(|o| o.oid() == pin.oid())
+        {
+            failed.remove(pin.oid());
+        }
     }
 
     fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pin>> {
@@ -383,8 +405,8 @@ impl MountFs {
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
         let oid = self.file_oid(ino)?;
-        if !self.loader.contains(&oid) {
-            if let Some(len) = self.streamed_size(ino) {
+        if let Some(len) = self.streamed_size(ino) {
+            if !self.loader.contains(&oid) {
                 if let Some(failed) = lock(&self.failed_arrivals).get(&oid) {
                     return Err(failed.clone());
                 }
@@ -392,7 +414,9 @@ impl MountFs {
             }
         }
         let file = self.open_blob(ino, oid).await?;
-        read_into(size, |buf, at| Ok(file.read_at(buf, offset + at)?))
+        read_into(size, |buf, at| {
+            file.read_at(buf, offset + at).map_err(FsError::cache)
+        })
     }
 
     /// The cache file of file `ino` (blob `oid`), fetched first if needed; the path is only
@@ -402,10 +426,7 @@ impl MountFs {
         ino: u64,
         oid: ObjectId,
     ) -> Result<std::fs::File, FsError> {
-        match self.loader.open_cached(&oid)? {
-            Some(file) => Ok(file),
-            None => self.loader.open_blob(&self.path_of(ino), oid).await,
-        }
+        self.loader.open_blob(oid, || self.path_of(ino)).await
     }
 
     /// The size of file `ino` if it is big enough to be read as it arrives.
@@ -429,6 +450,8 @@ impl MountFs {
         if offset >= len {
             return Ok(Vec::new());
         }
+        // Its bytes come from the server, now.
+        metrics::reached(Tier::Server);
         let end = offset.saturating_add(u64::from(size)).min(len);
         let arrival = self.arrival(ino, oid);
         match arrival.wait_for(end, len).await? {
@@ -437,7 +460,9 @@ impl MountFs {
             }),
             Ready::Verified => {
                 let file = self.open_blob(ino, oid).await?;
-                read_into(size, |buf, at| Ok(file.read_at(buf, offset + at)?))
+                read_into(size, |buf, at| {
+                    file.read_at(buf, offset + at).map_err(FsError::cache)
+                })
             }
         }
     }
@@ -540,27 +565,39 @@ impl MountFs {
         self.inodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The attributes of `ino`, a file's size 0 while unknown.
     fn attr_of(&self, ino: u64) -> Result<Attr, FsError> {
-        let inodes = self.read_inodes();
-        let node = inodes.get(ino).ok_or(FsError::StaleInode(ino))?;
-        let perm = match node.kind {
+        let (kind, oid) = self.kind_and_oid(ino).ok_or(FsError::StaleInode(ino))?;
+        let size = if kind.is_dir() {
+            0
+        } else {
+            self.loader.known_size(&oid).unwrap_or(0)
+        };
+        Ok(self.attr(ino, kind, size))
+    }
+
+    /// What `ino` is and its object, copied out (the store is never asked under the inode
+    /// lock: a walk's lookups would wait on each other there).
+    fn kind_and_oid(&self, ino: u64) -> Option<(EntryKind, ObjectId)> {
+        self.read_inodes().get(ino).map(|n| (n.kind, n.oid))
+    }
+
+    fn attr(&self, ino: u64, kind: EntryKind, size: u64) -> Attr {
+        let perm = match kind {
             EntryKind::Directory | EntryKind::Submodule | EntryKind::Executable => 0o755,
             EntryKind::File => 0o644,
             EntryKind::Symlink => 0o777,
         };
-        Ok(Attr {
+        let commit_time = self.commit_time.load(Ordering::Relaxed).max(0) as u64;
+        Attr {
             ino,
-            kind: node.kind,
-            size: if node.kind.is_dir() {
-                0
-            } else {
-                self.loader.known_size(&node.oid).unwrap_or(0)
-            },
+            kind,
+            size,
             perm,
-            mtime: UNIX_EPOCH + Duration::from_secs(self.snapshot().commit_time.max(0) as u64),
+            mtime: UNIX_EPOCH + Duration::from_secs(commit_time),
             uid: self.owner.0,
             gid: self.owner.1,
-        })
+        }
     }
 
     // Listings.
@@ -591,7 +628,7 @@ impl MountFs {
     /// The listing of `ino` if it is loaded or its tree is in the cache: a local read, as a
     /// native directory would cost, done on the asking thread rather than handed to a task
     /// (the hand-off cost more than the read on a walk over a cached tree). None where the
-    /// source is needed, or the cached tree does not parse (the full path reports that).
+    /// source is needed, or the cached tree is refused (the full path reports that).
     fn listing_at_hand(&self, ino: u64) -> Option<Result<Arc<Listing>, FsError>> {
         match self.loaded_listing(ino) {
             Ok(Some(listing)) => return Some(Ok(listing)),
@@ -600,10 +637,8 @@ impl MountFs {
         }
         let oid = self.read_inodes().get(ino)?.oid;
         let entries = self.loader.entries_at_hand(&oid)?;
-        Some(
-            self.install_listing(ino, oid, entries)
-                .map_err(|refused| self.refused_listing(ino, oid, refused)),
-        )
+        // A refused tree is the full path's to report, in the request's span.
+        self.install_listing(ino, oid, entries).ok().map(Ok)
     }
 
     /// Makes `entries` (of tree `oid`) the listing of directory `ino`: refuses a loop,
@@ -634,7 +669,7 @@ impl MountFs {
     /// for the root, the trees earlier mounts of this commit listed.
     fn after_kernel_read(self: &Arc<Self>, ino: u64, listing: &Listing) {
         if ino == ROOT_INO {
-            self.recall().start();
+            self.recall().start(&self.name);
         }
         self.look_ahead(ino, listing);
     }
@@ -661,7 +696,8 @@ impl MountFs {
             .into_iter()
             .map(|(name, oid)| (base.join(&name), oid))
             .collect();
-        self.ahead.start(&self.loader, &self.runtime, subdirs);
+        self.ahead
+            .start(&self.loader, &self.runtime, subdirs, &self.name, &base);
     }
 
     /// The record of the root tree shown.

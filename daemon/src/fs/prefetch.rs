@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
-use tracing::warn;
+use tracing::debug;
 
 use super::pattern::Pattern;
 use super::{FsError, MountFs, ROOT_INO};
@@ -133,7 +133,8 @@ async fn prefetch_directory(
     let listing = match fs.listing(dir.ino).await {
         Ok(listing) => listing,
         Err(e) => {
-            warn!(path = %dir_path, error = %e, "prefetch cannot list a directory");
+            // The loader logged why; the prefetch reports it to its caller.
+            debug!(path = %dir_path, error = %e, "prefetch cannot list a directory");
             progress.failed(format!("{dir_path}: {e}"));
             return Vec::new();
         }

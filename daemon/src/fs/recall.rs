@@ -90,8 +90,8 @@ impl Recall {
     }
 
     /// Brings the trees earlier mounts of this commit listed into the page cache, in the
-    /// background, once (when the kernel first reads the root).
-    pub(super) fn start(&self) {
+    /// background, once (when the kernel first reads the root of mount `mount`).
+    pub(super) fn start(&self, mount: &str) {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -102,7 +102,7 @@ impl Recall {
         // Weak: a mount that goes away stops its recall.
         let loader = Arc::downgrade(&self.loader);
         let recalled = Arc::clone(&self.recalled);
-        let span = tracing::info_span!("recall", trees = earlier.len());
+        let span = tracing::info_span!("recall", mount, trees = earlier.len());
         self.runtime.spawn(
             async move {
                 stream::iter(earlier)

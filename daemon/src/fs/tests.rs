@@ -90,6 +90,7 @@ async fn mount_with(s: &Setup, owner: (u32, u32), look_ahead: usize) -> Arc<Moun
         ..FsOptions::default()
     };
     MountFs::open(
+        "test",
         s.source.clone(),
         s.store.clone(),
         owner,
@@ -329,4 +330,29 @@ async fn a_later_mount_of_the_commit_recalls_what_earlier_ones_listed() {
     let nested = path_ino(&second, "src/nested").await;
     second.readdir(nested).await.expect("readdir");
     assert_eq!(std::fs::read(&record_path).expect("record").len(), 4 * 20);
+}
+
+#[tokio::test]
+async fn a_mount_that_goes_away_is_not_kept_alive_by_its_look_ahead() {
+    let s = setup();
+    let fs = mount(&s, (0, 0)).await;
+    // Every load slot held: the look-ahead of the root's subdirectories queues.
+    let slots = fs.ahead.hold_every_slot().await;
+    fs.readdir(ROOT_INO).await.expect("readdir");
+    let loader = Arc::downgrade(fs.loader());
+    drop(fs);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while loader.upgrade().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued look-ahead keeps the mount alive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(slots);
+    assert_eq!(
+        s.source.trees_fetched(),
+        [""],
+        "nothing loaded after the mount went"
+    );
 }

@@ -56,15 +56,14 @@ impl FuseAdapter {
         fs: Arc<MountFs>,
         runtime: Handle,
         timeout: Duration,
-        name: String,
         want_passthrough: bool,
     ) -> Self {
         FuseAdapter {
             metrics: fs.metrics(),
+            name: Arc::from(fs.name()),
             fs,
             runtime,
             timeout,
-            name: Arc::from(name),
             want_passthrough,
             open_files: OpenFiles::default(),
         }
@@ -164,12 +163,11 @@ fn errno(e: FsError) -> Errno {
 }
 
 /// Logs a failed request once: a failed fetch was logged by the loader, naming path, object
-/// and server; what only the request knows (its deadline passed, the cache failed) is here.
+/// and server, and a failing cache where it failed; what only the request knows (its
+/// deadline passed) is logged here.
 fn log_failure(e: &FsError) {
     match e {
-        FsError::Timeout(_) | FsError::Internal(_) | FsError::Cache(_) => {
-            warn!(error = %e, "request failed")
-        }
+        FsError::Timeout(_) | FsError::Internal(_) => warn!(error = %e, "request failed"),
         _ => debug!(error = %e, "request answered with an error"),
     }
 }

@@ -90,7 +90,7 @@ impl GitSource {
             credentials,
             scheme: Mutex::new(None),
             url: bare.as_str().trim_end_matches('/').to_string(),
-            server: http::display_url(url),
+            server: megafs_proto::location::redacted(url),
             reference: reference.to_string(),
             capabilities: OnceCell::new(),
             trees: Mutex::new(HashMap::new()),
@@ -111,7 +111,7 @@ impl GitSource {
 
     /// GET or POST, tried again where it failed for want of a healthy server; the whole body.
     async fn request(&self, post: Option<Vec<u8>>, what: &str) -> Result<Vec<u8>, SourceError> {
-        http::retry(what, || async {
+        http::retry(&self.meter, what, || async {
             let response = self.attempt(post.clone(), what).await?;
             http::body_within(response, MAX_IN_MEMORY, &self.server, what).await
         })
@@ -121,7 +121,7 @@ impl GitSource {
     /// POST, tried again until the server answers with success; the body is the caller's to
     /// read as it arrives.
     async fn respond(&self, post: Vec<u8>, what: &str) -> Result<reqwest::Response, SourceError> {
-        http::retry(what, || self.attempt(Some(post.clone()), what)).await
+        http::retry(&self.meter, what, || self.attempt(Some(post.clone()), what)).await
     }
 
     /// One request (two where a 401 asks for credentials); a success, or the error it means.
@@ -168,10 +168,11 @@ impl GitSource {
                 AuthScheme::Bearer => request.bearer_auth(&c.secret),
             };
         }
-        let sent = request.header("Git-Protocol", "version=2").send();
-        self.meter
-            .request(async { sent.await.map_err(|e| self.transport(e)) })
+        request
+            .header("Git-Protocol", "version=2")
+            .send()
             .await
+            .map_err(|e| self.transport(e))
     }
 
     fn successful(
@@ -316,7 +317,7 @@ impl GitSource {
         wants: &[ObjectId],
         extra: &[&str],
     ) -> Result<ObjectsInMemory, SourceError> {
-        http::retry("fetch", || async {
+        http::retry(&self.meter, "fetch", || async {
             let mut objects = ObjectsInMemory::default();
             self.fetch_into(wants, extra, &mut objects).await?;
             Ok(objects)
@@ -355,7 +356,7 @@ impl GitSource {
         wants: &[ObjectId],
         sink: &dyn BlobSink,
     ) -> Result<HashMap<ObjectId, u64>, SourceError> {
-        http::retry("fetch", || async {
+        http::retry(&self.meter, "fetch", || async {
             let mut blobs = BlobsToSink::new(sink);
             self.fetch_into(wants, &["filter blob:none"], &mut blobs)
                 .await?;
@@ -649,13 +650,20 @@ impl Source for GitSource {
             let broke = broke.clone();
             async move {
                 let (mut body, mut answer, mut blob) = state?;
-                let step = match body.next().await {
+                // Whether more may come.
+                let step: Result<bool, SourceError> = match body.next().await {
                     Some(Ok(chunk)) => answer
                         .feed(&chunk, &mut blob)
-                        .map(|_| true)
-                        .map_err(|e| e.to_string()),
-                    Some(Err(e)) => Err(format!("the body broke off: {}", http::root_cause(&e))),
-                    None => answer.finish().map(|_| false).map_err(|e| e.to_string()),
+                        .map(|()| true)
+                        .map_err(|e| broke(e.to_string())),
+                    Some(Err(e)) => Err(broke(format!(
+                        "the body broke off: {}",
+                        http::root_cause(&e)
+                    ))),
+                    None => answer
+                        .finish()
+                        .map(|()| false)
+                        .map_err(|e| broke(e.to_string())),
                 };
                 let mut items: Vec<Result<bytes::Bytes, SourceError>> =
                     blob.pieces.drain(..).map(Ok).collect();
@@ -663,7 +671,7 @@ impl Source for GitSource {
                     Ok(true) => Some((items, Some((body, answer, blob)))),
                     Ok(false) => Some((items, None)),
                     Err(e) => {
-                        items.push(Err(broke(e)));
+                        items.push(Err(e));
                         Some((items, None))
                     }
                 }

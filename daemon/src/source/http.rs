@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::{Client, Url};
 
 use super::SourceError;
+use crate::metrics::ServerMetrics;
 
 /// How many times an idempotent request is tried.
 pub const ATTEMPTS: u32 = 3;
@@ -14,9 +15,14 @@ pub const ATTEMPTS: u32 = 3;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 
 /// Runs `once` until it succeeds, fails for good or has been tried [`ATTEMPTS`] times, with
-/// growing, jittered pauses between tries. Every request megafs makes is idempotent; which
-/// failures are worth another try is [`SourceError::is_retryable`]'s to say, for every source.
-pub async fn retry<T, F, Fut>(what: &str, mut once: F) -> Result<T, SourceError>
+/// growing, jittered pauses between tries, timing each try into `meter`. Every request megafs
+/// makes is idempotent; which failures are worth another try is
+/// [`SourceError::is_retryable`]'s to say, for every source.
+pub async fn retry<T, F, Fut>(
+    meter: &ServerMetrics,
+    what: &str,
+    mut once: F,
+) -> Result<T, SourceError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SourceError>>,
@@ -24,7 +30,7 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match once().await {
+        match meter.request(once()).await {
             Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
                 let pause = backoff(attempt);
                 tracing::debug!(what, attempt, ?pause, error = %e, "retrying a request");
@@ -104,16 +110,10 @@ pub async fn body_within(
     Ok(body)
 }
 
-/// Parses an http(s) URL of a `what` ("Mega", "git") server.
+/// Parses the URL of a `what` ("Mega", "git") server (checked already as a `Location`).
 pub fn parse_url(url: &str, what: &str) -> Result<Url, SourceError> {
-    let parsed = Url::parse(url)
-        .map_err(|e| SourceError::Unsupported(format!("invalid {what} URL {url:?}: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(SourceError::Unsupported(format!(
-            "invalid {what} URL {url:?}: the scheme must be http or https"
-        )));
-    }
-    Ok(parsed)
+    Url::parse(url)
+        .map_err(|e| SourceError::Unsupported(format!("invalid {what} URL {url:?}: {e}")))
 }
 
 /// The pause before attempt `attempt + 1`: 100 ms doubling, with up to as much again of
@@ -156,14 +156,9 @@ pub fn root_cause(e: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
-/// A URL fit for logs and status (any password replaced); text that is no URL as is.
-pub fn display_url(url: &str) -> String {
-    megafs_proto::location::redacted(url)
-}
-
 /// A URL fit for logs and status: any password replaced.
 pub fn redacted(url: &Url) -> String {
-    display_url(url.as_str())
+    megafs_proto::location::redacted(url.as_str())
 }
 
 #[cfg(test)]
@@ -193,13 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_show_without_passwords() {
-        assert_eq!(
-            display_url("https://me:hunter2@h/r.git"),
-            "https://me:***@h/r.git"
-        );
-        assert_eq!(display_url("/srv/git/repo"), "/srv/git/repo");
-        assert!(parse_url("ftp://x", "git").is_err());
+    fn pauses_grow_with_jitter() {
         assert!(
             backoff(1) >= Duration::from_millis(200) && backoff(1) < Duration::from_millis(400)
         );

@@ -10,8 +10,6 @@ use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, Response, StatusCode};
 
-use megafs_proto::location::normalize_mega_path;
-
 use super::http::{self, redacted, root_cause};
 use super::{ByteStream, RepoPath, Snapshot, Source, SourceError, MAX_IN_MEMORY};
 use crate::metrics::ServerMetrics;
@@ -24,7 +22,8 @@ pub struct MegaSource {
     base: String,
     /// `base` as it may be shown: without any password in it.
     server: String,
-    /// Normalised absolute path of the repository in the monorepo, e.g. `/third-party/rg`.
+    /// Normalised absolute path of the repository in the monorepo, e.g. `/third-party/rg`
+    /// (as `Location` gives it).
     repo: String,
 }
 
@@ -45,7 +44,7 @@ impl MegaSource {
             meter,
             server: redacted(&parsed),
             base,
-            repo: normalize_mega_path(repo).map_err(|e| SourceError::Unsupported(e.to_string()))?,
+            repo: repo.to_string(),
         })
     }
 
@@ -73,7 +72,7 @@ impl MegaSource {
         what: &str,
     ) -> Result<Vec<u8>, SourceError> {
         let url = format!("{}{endpoint}", self.base);
-        http::retry(what, || async {
+        http::retry(&self.meter, what, || async {
             let response = self.send(Method::GET, &url, query, what).await?;
             http::body_within(response, MAX_IN_MEMORY, &self.server, what).await
         })
@@ -83,7 +82,10 @@ impl MegaSource {
     /// A GET answered with success, its body unread (to stream it).
     async fn open(&self, endpoint: &str, what: &str) -> Result<Response, SourceError> {
         let url = format!("{}{endpoint}", self.base);
-        http::retry(what, || self.send(Method::GET, &url, &[], what)).await
+        http::retry(&self.meter, what, || {
+            self.send(Method::GET, &url, &[], what)
+        })
+        .await
     }
 
     /// A HEAD answered with success: its headers. A HEAD answer announces the size of a
@@ -91,7 +93,7 @@ impl MegaSource {
     /// the in-memory limit.
     async fn head(&self, endpoint: &str, what: &str) -> Result<HeaderMap, SourceError> {
         let url = format!("{}{endpoint}", self.base);
-        http::retry(what, || async {
+        http::retry(&self.meter, what, || async {
             let response = self.send(Method::HEAD, &url, &[], what).await?;
             Ok(response.headers().clone())
         })
@@ -106,15 +108,14 @@ impl MegaSource {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<Response, SourceError> {
-        let request = self.client.request(method, url).query(query).send();
-        self.meter
-            .request(async {
-                let response = request
-                    .await
-                    .map_err(|e| http::transport_error(&self.server, &e))?;
-                http::success(response, &self.server, what, error_text).await
-            })
+        let response = self
+            .client
+            .request(method, url)
+            .query(query)
+            .send()
             .await
+            .map_err(|e| http::transport_error(&self.server, &e))?;
+        http::success(response, &self.server, what, error_text).await
     }
 
     /// A 404 from the server as the caller's own meaning of it.
@@ -321,14 +322,6 @@ mod tests {
         assert_eq!(path("").unwrap(), "/third-party/rg");
         assert_eq!(path("src/a").unwrap(), "/third-party/rg/src/a");
         assert!(s.full_path(&RepoPath::root().join(b"\xff")).is_err());
-        assert!(MegaSource::new(
-            "ftp://x",
-            "/r",
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            Arc::default(),
-        )
-        .is_err());
         let secret = MegaSource::new(
             "http://me:hunter2@host:8000",
             "/r",

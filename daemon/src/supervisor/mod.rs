@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fuser::BackgroundSession;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 pub use crate::access::Caller;
 use crate::access::{Access, Policy, Refusal};
@@ -317,7 +317,11 @@ impl Supervisor {
                 .await
                 .map_err(|e| task_failed("checking the mountpoint", e))??;
         self.reserve(&name, &mountpoint, config.is_some()).await?;
-        let result = self.mount(&spec, &name, &mountpoint, dir, caller).await;
+        let span = tracing::info_span!("connect", mount = %name, uid = caller.uid);
+        let result = self
+            .mount(&spec, &name, &mountpoint, dir, caller)
+            .instrument(span)
+            .await;
         let mut table = self.table.lock().await;
         table.pending_names.remove(&name);
         table.pending_points.remove(&mountpoint);
@@ -378,6 +382,7 @@ impl Supervisor {
             metrics.server(),
         )?;
         let open = MountFs::open(
+            name.as_str(),
             source,
             self.store.clone(),
             (caller.uid, caller.gid),
@@ -391,7 +396,6 @@ impl Supervisor {
             fs.clone(),
             tokio::runtime::Handle::current(),
             self.timeouts.request,
-            name.to_string(),
             // Backing files need CAP_SYS_ADMIN: a per-user daemon reads through itself.
             self.kernel.passthrough && sys::is_root(),
         );
@@ -524,7 +528,8 @@ impl Supervisor {
             )
         };
         let before = fs.snapshot().commit.to_hex();
-        let refresh = fs.refresh();
+        let span = tracing::info_span!("refresh", mount = %fs.name(), uid = caller.uid);
+        let refresh = fs.refresh().instrument(span);
         let stale = tokio::time::timeout(self.timeouts.request, refresh)
             .await
             .map_err(|_| SupervisorError::Timeout(self.timeouts.request))??;

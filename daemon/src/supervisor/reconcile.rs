@@ -13,6 +13,7 @@ use super::{
     Supervisor,
 };
 use crate::config::MountConfig;
+use crate::fs::KernelCache;
 
 /// A configured mount that is not mounted now, and when to try again.
 pub(super) struct Retrying {
@@ -187,11 +188,17 @@ impl Supervisor {
 /// A periodic refresh of a configured mount, in the background.
 fn spawn_refresh(entry: &MountEntry) {
     let (fs, refreshed_at) = (entry.fs.clone(), entry.refreshed_at.clone());
+    let notifier = entry.notifier.clone();
     let span = tracing::info_span!("refresh", mount = %entry.name);
     tokio::spawn(
         async move {
             match fs.refresh().await {
-                Ok(_) => refreshed_at.store(unix_now(), Ordering::Relaxed),
+                Ok(stale) => {
+                    if let Some(names) = stale {
+                        notifier.stale_root_entries(names);
+                    }
+                    refreshed_at.store(unix_now(), Ordering::Relaxed);
+                }
                 Err(e) => warn!(error = %e, "periodic refresh failed"),
             }
         }
