@@ -300,47 +300,35 @@ impl Store {
 
     /// The whole object, if cached.
     pub fn read(&self, oid: &ObjectId) -> io::Result<Option<Vec<u8>>> {
-        if !self.lock().touch(oid) {
-            return Ok(None);
-        }
-        match fs::read(self.path_of(oid)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.forget(oid);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.with_cached(oid, fs::read)
     }
 
     /// An open handle on the cached object, if cached; counts a hit or a miss.
     pub fn open_object(&self, oid: &ObjectId) -> io::Result<Option<File>> {
-        if !self.lock().touch(oid) {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
-        }
-        match File::open(self.path_of(oid)) {
-            Ok(file) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(file))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.forget(oid);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let file = self.with_cached(oid, File::open)?;
+        let counter = if file.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(file)
     }
 
     /// An open handle on an object just fetched into the cache, if it is there; counted as
     /// neither hit nor miss (its miss was counted when it was looked for).
     pub fn open_fetched(&self, oid: &ObjectId) -> io::Result<Option<File>> {
+        self.with_cached(oid, File::open)
+    }
+
+    /// `get` of object `oid`'s file, if it is cached (and marked used); a file someone
+    /// removed behind our back is forgotten.
+    fn with_cached<T>(
+        &self,
+        oid: &ObjectId,
+        get: impl FnOnce(PathBuf) -> io::Result<T>,
+    ) -> io::Result<Option<T>> {
         if !self.lock().touch(oid) {
             return Ok(None);
         }
-        match File::open(self.path_of(oid)) {
-            Ok(file) => Ok(Some(file)),
+        match get(self.path_of(oid)) {
+            Ok(found) => Ok(Some(found)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(oid);
                 Ok(None)
