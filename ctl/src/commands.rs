@@ -6,8 +6,8 @@ use anyhow::{anyhow, Context};
 use megafs_proto::location::Location;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    CacheRequest, ConnectRequest, DisconnectRequest, PrefetchRequest, RefreshRequest, StatsRequest,
-    StatusRequest,
+    CacheRequest, ChangesRequest, ConnectRequest, DisconnectRequest, PrefetchRequest,
+    RefreshRequest, StatsRequest, StatusRequest,
 };
 
 use crate::client::{self, status_error};
@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             git_ref,
             name,
             allow_other,
+            writable,
         } => {
             connect(
                 &cli,
@@ -29,10 +30,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 git_ref.as_deref(),
                 name.as_deref(),
                 *allow_other,
+                *writable,
             )
             .await
         }
-        Command::Disconnect { target, force } => disconnect(&cli, target, *force).await,
+        Command::Disconnect {
+            target,
+            force,
+            discard,
+        } => disconnect(&cli, target, *force, *discard).await,
+        Command::Changes { target, json } => changes(&cli, target, *json).await,
         Command::Refresh { target } => refresh(&cli, target).await,
         Command::Prefetch {
             target,
@@ -157,6 +164,7 @@ async fn connect(
     git_ref: Option<&str>,
     name: Option<&str>,
     allow_other: bool,
+    writable: bool,
 ) -> anyhow::Result<()> {
     let mountpoint = cli
         .mount_point
@@ -176,6 +184,7 @@ async fn connect(
             git_ref: git_ref.unwrap_or_default().to_string(),
             name: name.unwrap_or_default().to_string(),
             allow_other,
+            writable,
         })
         .await
         .map_err(status_error)?
@@ -191,7 +200,7 @@ async fn connect(
     Ok(())
 }
 
-async fn disconnect(cli: &Cli, target: &str, force: bool) -> anyhow::Result<()> {
+async fn disconnect(cli: &Cli, target: &str, force: bool, discard: bool) -> anyhow::Result<()> {
     // A relative path that exists here is a mountpoint: the daemon cannot resolve it.
     let relative = Path::new(target);
     let target = if !relative.is_absolute() && target.contains('/') && relative.exists() {
@@ -205,12 +214,33 @@ async fn disconnect(cli: &Cli, target: &str, force: bool) -> anyhow::Result<()> 
         .disconnect(DisconnectRequest {
             target: target.to_string(),
             force,
+            discard,
         })
         .await
         .map_err(status_error)?
         .into_inner();
     if let Some(mount) = reply.mount {
         println!("unmounted {} from {}", mount.name, mount.mountpoint);
+    }
+    if !reply.discarded.is_empty() {
+        println!("discarded the workspace of {target}: {}", reply.discarded);
+    }
+    Ok(())
+}
+
+async fn changes(cli: &Cli, target: &str, json: bool) -> anyhow::Result<()> {
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .changes(ChangesRequest {
+            target: target.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!("{}", output::changes_json(&reply));
+    } else {
+        print!("{}", output::changes_text(&reply));
     }
     Ok(())
 }

@@ -57,6 +57,10 @@ enum Command {
         /// than root, only where the daemon's configuration allows it (user_allow_other).
         #[arg(long)]
         allow_other: bool,
+        /// A workspace: the mount takes writes, kept in the daemon's workspace directory
+        /// named after the mount, over the commit; connecting that name again finds them.
+        #[arg(long)]
+        writable: bool,
     },
     /// Unmount a mount, named by its name, its mountpoint or its repository.
     Disconnect {
@@ -64,6 +68,20 @@ enum Command {
         /// Detach even if files are open in it.
         #[arg(long)]
         force: bool,
+        /// Remove the mount's workspace (its local changes) too; also for a workspace that
+        /// is not mounted, named by its mount's name.
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Show what a workspace changed against its commit, like `git status --porcelain`: A
+    /// added, M modified, D deleted, T type changed; a directory added or deleted whole ends
+    /// with `/`.
+    Changes {
+        /// A workspace's mount name, mountpoint or repository.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a mount to the newest commit of what it follows (its branch, tag or trunk).
     Refresh {

@@ -1,6 +1,8 @@
 //! How results are shown: tables for people, JSON for programs.
 
-use megafs_proto::v1::{CacheReply, Latency, MountInfo, MountStats, StatsReply, StatusReply};
+use megafs_proto::v1::{
+    change, CacheReply, ChangesReply, Latency, MountInfo, MountStats, StatsReply, StatusReply,
+};
 use serde_json::json;
 
 pub fn short(commit: &str) -> &str {
@@ -33,10 +35,11 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
         "SOURCE",
         "COMMIT",
         "STATE",
+        "WRITES",
         "READS",
         "FETCHED",
     ];
-    let rows: Vec<[String; 7]> = mounts
+    let rows: Vec<[String; 8]> = mounts
         .iter()
         .map(|m| {
             [
@@ -53,6 +56,15 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
                     m.state.clone()
                 } else {
                     format!("{} ({})", m.state, m.error)
+                },
+                if m.writable {
+                    format!(
+                        "{} paths, {}",
+                        m.changed_paths,
+                        human_bytes(m.workspace_bytes)
+                    )
+                } else {
+                    "read-only".to_string()
                 },
                 m.read_path.clone(),
                 format!(
@@ -224,6 +236,56 @@ pub fn stats_json(reply: &StatsReply) -> String {
     json!({ "mounts": mounts }).to_string()
 }
 
+/// A change's letter, as `git status --porcelain` has it.
+fn change_letter(kind: i32) -> &'static str {
+    match change::Kind::try_from(kind) {
+        Ok(change::Kind::Added) => "A",
+        Ok(change::Kind::Modified) => "M",
+        Ok(change::Kind::Deleted) => "D",
+        Ok(change::Kind::TypeChanged) => "T",
+        Err(_) => "?",
+    }
+}
+
+fn change_name(kind: i32) -> &'static str {
+    match change::Kind::try_from(kind) {
+        Ok(change::Kind::Added) => "added",
+        Ok(change::Kind::Modified) => "modified",
+        Ok(change::Kind::Deleted) => "deleted",
+        Ok(change::Kind::TypeChanged) => "type-changed",
+        Err(_) => "unknown",
+    }
+}
+
+/// One line a change: `M src/lib.rs`.
+pub fn changes_text(reply: &ChangesReply) -> String {
+    reply
+        .changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}\n",
+                change_letter(c.kind),
+                String::from_utf8_lossy(&c.path)
+            )
+        })
+        .collect()
+}
+
+pub fn changes_json(reply: &ChangesReply) -> String {
+    let changes: Vec<_> = reply
+        .changes
+        .iter()
+        .map(|c| {
+            json!({
+                "path": String::from_utf8_lossy(&c.path),
+                "change": change_name(c.kind),
+            })
+        })
+        .collect();
+    json!({ "commit": reply.commit, "changes": changes }).to_string()
+}
+
 pub fn status_json(reply: &StatusReply) -> String {
     let mounts: Vec<_> = reply
         .mounts
@@ -244,6 +306,9 @@ pub fn status_json(reply: &StatusReply) -> String {
                 "from_config": m.from_config,
                 "refreshed_at": m.refreshed_at,
                 "read_path": m.read_path,
+                "writable": m.writable,
+                "changed_paths": m.changed_paths,
+                "workspace_bytes": m.workspace_bytes,
                 "error": m.error,
             })
         })

@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     /// Bytes; enforced by the bounded cache.
     pub cache_max_size: Option<u64>,
     pub log_dir: Option<PathBuf>,
+    /// Where workspaces are kept.
+    pub state_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub request_timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
@@ -85,6 +87,8 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// Let users other than the daemon's see the mount.
     pub allow_other: bool,
+    /// A workspace: the mount takes writes, kept in its workspace directory.
+    pub writable: bool,
     /// Move to the newest commit of what the mount follows this often.
     pub refresh_interval: Option<Duration>,
     /// Credentials for a git server (else from the URL, the environment or ~/.netrc).
@@ -116,6 +120,7 @@ struct RawDaemon {
     cache_dir: Option<PathBuf>,
     cache_max_size: Option<Spanned<toml::Value>>,
     log_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     log_level: Option<String>,
     request_timeout: Option<Spanned<toml::Value>>,
     connect_timeout: Option<Spanned<toml::Value>>,
@@ -139,6 +144,7 @@ struct RawMount {
     #[serde(default)]
     options: Vec<Spanned<String>>,
     refresh_interval: Option<Spanned<toml::Value>>,
+    writable: Option<bool>,
     username: Option<String>,
     password: Option<String>,
 }
@@ -175,6 +181,7 @@ impl Config {
                 cache_dir: None,
                 cache_max_size: None,
                 log_dir: None,
+                state_dir: None,
                 log_level: None,
                 request_timeout: None,
                 connect_timeout: None,
@@ -332,6 +339,7 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         cache_dir: raw.cache_dir,
         cache_max_size,
         log_dir: raw.log_dir,
+        state_dir: raw.state_dir,
         log_level: raw.log_level,
         request_timeout,
         connect_timeout,
@@ -405,6 +413,7 @@ fn mount_config(
         git_ref: raw.git_ref.unwrap_or_default(),
         mountpoint,
         allow_other,
+        writable: raw.writable.unwrap_or(false),
         refresh_interval,
         username: raw.username,
         password: raw.password.map(Secret),

@@ -24,3 +24,4 @@ pub mod store;
 pub mod supervisor;
 pub mod sys;
 pub mod telemetry;
+pub mod workspace;

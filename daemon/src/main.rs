@@ -23,8 +23,9 @@ use megafsd::mounts::Stale;
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
-use megafsd::supervisor::{KernelOptions, Supervisor, Timeouts};
+use megafsd::supervisor::{KernelOptions, Places, Supervisor, Timeouts};
 use megafsd::sys::{self, is_root};
+use megafsd::workspace::Workspaces;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +54,10 @@ struct Args {
     /// Where the log file goes when not in the foreground and not under systemd.
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Where workspaces (the changes of writable mounts) are kept [default: /var/lib/megafs
+    /// for root, else $XDG_STATE_HOME/megafs].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Stay attached and log to stderr.
     #[arg(long)]
     foreground: bool,
@@ -79,6 +84,7 @@ struct Settings {
     /// None: a share of the disk, decided once the directory exists.
     cache_max_size: Option<u64>,
     log_dir: PathBuf,
+    state_dir: PathBuf,
     log_level: String,
     request_timeout: Duration,
     connect_timeout: Duration,
@@ -146,6 +152,17 @@ fn settings(args: &Args, config: &Config) -> anyhow::Result<Settings> {
             .unwrap_or_else(|| {
                 if is_root() {
                     PathBuf::from("/var/log/megafs")
+                } else {
+                    user_dir("XDG_STATE_HOME", ".local/state")
+                }
+            }),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or_else(|| d.state_dir.clone())
+            .unwrap_or_else(|| {
+                if is_root() {
+                    PathBuf::from("/var/lib/megafs")
                 } else {
                     user_dir("XDG_STATE_HOME", ".local/state")
                 }
@@ -278,12 +295,28 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
         fetch_timeout: settings.fetch_timeout,
         stream_min_size: settings.stream_min_size,
         look_ahead: settings.look_ahead,
+        follow_trunk: true,
     };
     let kernel = KernelOptions {
         passthrough: settings.passthrough,
         ..KernelOptions::default()
     };
-    let supervisor = Arc::new(Supervisor::new(store.clone(), timeouts, fs_options, kernel));
+    let places = Places {
+        workspaces: Workspaces::new(&settings.state_dir),
+        // Beside the socket, in the daemon's runtime directory: out of users' reach.
+        lowers: settings
+            .socket
+            .parent()
+            .unwrap_or(Path::new("/run/megafs"))
+            .join("lower"),
+    };
+    let supervisor = Arc::new(Supervisor::new(
+        store.clone(),
+        timeouts,
+        fs_options,
+        kernel,
+        places,
+    ));
     supervisor.set_policy(config.daemon.policy());
     let listener = bind_socket(&settings.socket).await?;
     let stale = megafsd::mounts::clean_stale().unwrap_or_else(|error| {

@@ -16,8 +16,9 @@ pub struct NameError {
 }
 
 impl MountName {
-    /// A name as given. It must fit a mount table and fusermount's options: not empty, at
-    /// most 255 bytes, no `/`, comma, whitespace or control character, not `.` or `..`.
+    /// A name as given. It must fit a mount table and mount options (fusermount's, an
+    /// overlay's): not empty, at most 255 bytes, no `/`, comma, colon, whitespace or control
+    /// character, not `.` or `..`.
     pub fn parse(text: &str) -> Result<MountName, NameError> {
         let refuse = |reason| {
             Err(NameError {
@@ -36,9 +37,9 @@ impl MountName {
         }
         if text
             .chars()
-            .any(|c| c == '/' || c == ',' || c.is_whitespace() || c.is_control())
+            .any(|c| matches!(c, '/' | ',' | ':') || c.is_whitespace() || c.is_control())
         {
-            return refuse("it holds a slash, comma, space or control character");
+            return refuse("it holds a slash, comma, colon, space or control character");
         }
         Ok(MountName(text.to_string()))
     }
@@ -97,6 +98,7 @@ mod tests {
             "..",
             "a/b",
             "a,b",
+            "a:b",
             "a b",
             "tab\t",
             &"x".repeat(256),

@@ -82,9 +82,11 @@ pub struct MegafsMount {
     pub name: String,
     /// The user (and group) whose processes the kernel lets in (`user_id`, `group_id`).
     pub owner: Option<(u32, u32)>,
+    /// For a workspace's overlay, its lower layer (the FUSE view of the commit).
+    pub lower: Option<PathBuf>,
 }
 
-/// Every FUSE mount whose source names megafs (`megafs:<name>`).
+/// Every FUSE mount and workspace overlay whose source names megafs (`megafs:<name>`).
 pub fn megafs_mounts() -> io::Result<Vec<MegafsMount>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     Ok(text.lines().filter_map(parse_megafs_line).collect())
@@ -96,7 +98,8 @@ fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
     let mut right = right.split(' ');
     let fstype = right.next()?;
     let source = unescape_mountinfo(right.next()?);
-    if !fstype.starts_with("fuse") {
+    let overlay = fstype == "overlay" || fstype == "fuse.fuse-overlayfs";
+    if !fstype.starts_with("fuse") && !overlay {
         return None;
     }
     let name = source.strip_prefix("megafs:")?;
@@ -106,10 +109,15 @@ fn parse_megafs_line(line: &str) -> Option<MegafsMount> {
             .split(',')
             .find_map(|o| o.strip_prefix(key)?.parse::<u32>().ok())
     };
+    let lower = options
+        .split(',')
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .map(|l| PathBuf::from(unescape_mountinfo(l)));
     Some(MegafsMount {
         mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
         name: name.to_string(),
         owner: option("user_id=").zip(option("group_id=")),
+        lower: if overlay { lower } else { None },
     })
 }
 
@@ -143,6 +151,10 @@ pub fn probe_is_dead(point: &Path) -> bool {
 /// owner, through `megafsd --probe-mount` run as them; another user's mount is not ours to
 /// judge.
 fn is_dead_mount(mount: &MegafsMount) -> io::Result<bool> {
+    if let Some(lower) = &mount.lower {
+        // An overlay is dead when the view of the commit beneath it is.
+        return Ok(is_dead(lower));
+    }
     let me = crate::sys::euid();
     match mount.owner {
         Some((uid, gid)) if uid != me => {
@@ -205,8 +217,18 @@ pub enum Stale {
 /// what was cleaned and what could not be looked at, for the log, or why the mount table
 /// could not be read.
 pub fn clean_stale() -> io::Result<Vec<Stale>> {
-    let mounts = megafs_mounts()?;
-    Ok(std::thread::scope(|scope| {
+    let (overlays, views): (Vec<_>, Vec<_>) = megafs_mounts()?
+        .into_iter()
+        .partition(|m| m.lower.is_some());
+    // Overlays first: a dead view beneath a live overlay is busy.
+    let mut cleaned = clean_all(overlays);
+    cleaned.extend(clean_all(views));
+    Ok(cleaned)
+}
+
+/// Probes `mounts` at once and cleans the dead ones.
+fn clean_all(mounts: Vec<MegafsMount>) -> Vec<Stale> {
+    std::thread::scope(|scope| {
         let probes: Vec<_> = mounts
             .into_iter()
             .map(|mount| (mount.clone(), scope.spawn(move || clean_if_dead(mount))))
@@ -218,7 +240,7 @@ pub fn clean_stale() -> io::Result<Vec<Stale>> {
                 Err(_) => Some(Stale::Failed(mount, io::Error::other("its probe panicked"))),
             })
             .collect()
-    }))
+    })
 }
 
 /// Unmounts `mount` if nobody serves it; what became of it, if anything.
@@ -369,6 +391,30 @@ pub fn mount_fuse(
         return Err(io::Error::last_os_error());
     }
     Ok(OwnedFd::from(device))
+}
+
+/// Mounts an overlay named `source` with `options` (overlayfs's: the layers, escaped) onto
+/// directory `dir` (from [`open_dir`]). Needs root.
+pub fn mount_overlay(dir: &OwnedFd, source: &str, options: &str) -> io::Result<()> {
+    let invalid = |_| io::Error::new(io::ErrorKind::InvalidInput, "an option contains NUL");
+    let target = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(invalid)?;
+    let source = CString::new(source).map_err(invalid)?;
+    let data = CString::new(options).map_err(invalid)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: every pointer is a valid NUL-terminated string for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Mounts a FUSE filesystem at `mountpoint` through the setuid `fusermount3`, as libfuse does
@@ -534,6 +580,7 @@ mod tests {
                 mountpoint: PathBuf::from("/tmp/m x"),
                 name: "rg".into(),
                 owner: None,
+                lower: None,
             })
         );
         let users = "42 27 0:39 / /m ro - fuse.megafs megafs:a ro,user_id=1001,group_id=100";
@@ -545,6 +592,12 @@ mod tests {
         assert_eq!(parse_megafs_line(other), None);
         let sshfs = "42 27 0:39 / /mnt ro - fuse.sshfs host:/ rw";
         assert_eq!(parse_megafs_line(sshfs), None);
+        let overlay = "50 27 0:45 / /home/a/rg rw - overlay megafs:rg rw,lowerdir=/run/megafs/lower/rg,upperdir=/u,workdir=/w";
+        let overlay = parse_megafs_line(overlay).expect("an overlay of ours");
+        assert_eq!(overlay.lower, Some(PathBuf::from("/run/megafs/lower/rg")));
+        assert_eq!(overlay.mountpoint, PathBuf::from("/home/a/rg"));
+        let theirs = "50 27 0:45 / /var/lib/docker/x rw - overlay overlay rw,lowerdir=/l";
+        assert_eq!(parse_megafs_line(theirs), None);
     }
 
     #[test]

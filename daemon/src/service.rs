@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    CacheReply, CacheRequest, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest,
-    Latency, MountInfo, MountStats, OpStats, PrefetchProgress as ProgressMessage, PrefetchRequest,
-    RefreshReply, RefreshRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
+    change, CacheReply, CacheRequest, Change, ChangesReply, ChangesRequest, ConnectReply,
+    ConnectRequest, DisconnectReply, DisconnectRequest, Latency, MountInfo, MountStats, OpStats,
+    PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest, StatsReply,
+    StatsRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
@@ -20,6 +21,8 @@ use crate::metrics::{MountMetrics, Op, Percentiles, Tier};
 use crate::source::SourceError;
 use crate::store::Store;
 use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
+use crate::workspace::changes::ChangeKind;
+use crate::workspace::{Usage, WorkspaceError};
 
 pub struct ControlService {
     supervisor: Arc<Supervisor>,
@@ -64,6 +67,12 @@ fn to_status(e: SupervisorError) -> Status {
     let message = e.to_string();
     match e {
         E::Invalid(_) | E::Location(_) | E::Name(_) => Status::invalid_argument(message),
+        E::NotWritable(_) => Status::failed_precondition(message),
+        E::Workspace(WorkspaceError::NotYours { .. }) => Status::permission_denied(message),
+        E::Workspace(WorkspaceError::OtherRepository { .. }) => {
+            Status::failed_precondition(message)
+        }
+        E::Workspace(_) => Status::internal(message),
         E::Refused(_) => Status::permission_denied(message),
         E::MountpointMissing(_) | E::UnknownMount(_) => Status::not_found(message),
         E::NameInUse(_) | E::AlreadyMounted(_) => Status::already_exists(message),
@@ -115,6 +124,9 @@ fn to_info(s: MountStatus) -> MountInfo {
         from_config: s.from_config,
         refreshed_at: s.refreshed_at,
         read_path: s.read_path.to_string(),
+        writable: s.writable,
+        changed_paths: s.workspace.paths,
+        workspace_bytes: s.workspace.bytes,
     }
 }
 
@@ -137,6 +149,7 @@ impl Control for ControlService {
                 git_ref: r.git_ref.clone(),
                 name: r.name.clone(),
                 allow_other: r.allow_other,
+                writable: r.writable,
                 credentials: None,
             };
             self.supervisor.connect(spec, caller).await
@@ -161,16 +174,17 @@ impl Control for ControlService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         info!(
-            target = %r.target, force = r.force, uid = caller.uid, pid = caller.pid,
-            "disconnect requested"
+            target = %r.target, force = r.force, discard = r.discard, uid = caller.uid,
+            pid = caller.pid, "disconnect requested"
         );
-        let status = self
+        let (status, discarded) = self
             .supervisor
-            .disconnect(&r.target, r.force, caller)
+            .disconnect(&r.target, r.force, r.discard, caller)
             .await
             .map_err(|e| refused_or(e, &caller))?;
         Ok(Response::new(DisconnectReply {
-            mount: Some(to_info(status)),
+            mount: status.map(to_info),
+            discarded: discarded.map(describe_usage).unwrap_or_default(),
         }))
     }
 
@@ -258,6 +272,39 @@ impl Control for ControlService {
         }))
     }
 
+    async fn changes(
+        &self,
+        request: Request<ChangesRequest>,
+    ) -> Result<Response<ChangesReply>, Status> {
+        let caller = caller(&request)?;
+        let target = request.into_inner().target;
+        let (commit, changes) = self
+            .supervisor
+            .changes(&target, caller)
+            .await
+            .map_err(|e| refused_or(e, &caller))?;
+        let changes = changes
+            .into_iter()
+            .map(|c| {
+                let mut path = c.path.as_bytes().to_vec();
+                if c.whole_dir {
+                    path.push(b'/');
+                }
+                let kind = match c.kind {
+                    ChangeKind::Added => change::Kind::Added,
+                    ChangeKind::Modified => change::Kind::Modified,
+                    ChangeKind::Deleted => change::Kind::Deleted,
+                    ChangeKind::TypeChanged => change::Kind::TypeChanged,
+                };
+                Change {
+                    path,
+                    kind: kind as i32,
+                }
+            })
+            .collect();
+        Ok(Response::new(ChangesReply { commit, changes }))
+    }
+
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
         let caller = caller(&request)?;
         let target = request.into_inner().target;
@@ -291,6 +338,12 @@ impl Control for ControlService {
                 .unwrap_or_default(),
         }))
     }
+}
+
+/// What a discarded workspace held, for people: "12 changed paths, 3.4 MiB".
+fn describe_usage(usage: Usage) -> String {
+    let mib = usage.bytes as f64 / f64::from(1 << 20);
+    format!("{} changed paths, {mib:.1} MiB", usage.paths)
 }
 
 fn latency(p: Percentiles) -> Latency {

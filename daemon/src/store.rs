@@ -306,7 +306,11 @@ impl Store {
     /// An open handle on the cached object, if cached; counts a hit or a miss.
     pub fn open_object(&self, oid: &ObjectId) -> io::Result<Option<File>> {
         let file = self.with_cached(oid, File::open)?;
-        let counter = if file.is_some() { &self.hits } else { &self.misses };
+        let counter = if file.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(file)
     }

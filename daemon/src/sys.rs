@@ -25,10 +25,14 @@ pub fn identity() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
 /// statvfs(2) of `path`.
 fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let c_path = c_path(path)?;
     // SAFETY: statvfs is plain data, for which zero is a valid value.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is a valid C string and stat a struct we own, both for the call.
@@ -48,6 +52,36 @@ pub fn statfs_errno(path: &Path) -> Option<i32> {
 pub fn filesystem_bytes(path: &Path) -> io::Result<u64> {
     let stat = statvfs(path)?;
     Ok((stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Extended attribute `name` of `path` itself (a symlink is not followed), if it has one.
+pub fn xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let c_path = c_path(path)?;
+    let c_name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: both names are valid C strings and buf is a buffer of buf.len() bytes we
+        // own, all for the duration of the call.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if let Ok(n) = usize::try_from(n) {
+            buf.truncate(n);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            Some(libc::ERANGE) if buf.len() < 1 << 16 => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e),
+        }
+    }
 }
 
 /// Asks the kernel to read `file` into the page cache in the background; false if it would

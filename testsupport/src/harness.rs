@@ -45,6 +45,19 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|p| p == wanted)
 }
 
+/// Every mount point at or under `dir`, from the mount table.
+pub fn mounted_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let prefix = dir.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .collect()
+}
+
 /// statfs of `path`, or the errno it failed with. A dead FUSE mount answers ENOTCONN here
 /// even where a stat would be answered from the kernel's cache.
 pub fn statfs(path: &Path) -> Result<libc::statvfs, i32> {
@@ -263,6 +276,8 @@ impl Daemon {
             .arg(&self.cache_dir)
             .arg("--log-dir")
             .arg(self.dir.path().join("log"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
             .arg("--foreground")
             .env("MEGAFS_LOG", "info,megafsd=debug")
             .env("NO_COLOR", "1")
@@ -388,6 +403,16 @@ impl Daemon {
         serde_json::from_str(&text).expect("status --json is JSON")
     }
 
+    /// Where the daemon keeps its workspaces (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The workspace directory of mount `name`.
+    pub fn workspace_dir(&self, name: &str) -> PathBuf {
+        self.state_dir().join("workspaces").join(name)
+    }
+
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -421,6 +446,13 @@ impl Drop for Daemon {
             if is_mounted(&point) {
                 let _ = Command::new("umount").arg("-l").arg(&point).status();
             }
+        }
+        // Whatever else is mounted in the daemon's directory (a workspace's view, beneath
+        // its overlay), deepest first.
+        let mut inside = mounted_under(self.dir.path());
+        inside.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for point in inside {
+            let _ = Command::new("umount").arg("-l").arg(&point).status();
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct FsOptions {
     /// Subdirectories of a directory the kernel reads whose listings load in the background
     /// (see `ahead`); 0: none.
     pub look_ahead: usize,
+    /// Move with a trunk that moved under the mount (a Mega mount), rather than fail the
+    /// directories that no longer match; never for a workspace's view, which must not change
+    /// under its overlay.
+    pub follow_trunk: bool,
 }
 
 impl Default for FsOptions {
@@ -68,6 +72,7 @@ impl Default for FsOptions {
             fetch_timeout: Duration::from_secs(600),
             stream_min_size: Some(DEFAULT_STREAM_MIN_SIZE),
             look_ahead: DEFAULT_LOOK_AHEAD,
+            follow_trunk: true,
         }
     }
 }
@@ -514,6 +519,31 @@ impl MountFs {
         self.loader.blob_bytes(&self.path_of(ino), oid).await
     }
 
+    /// The entries (name, kind, id) of the directory at `path` in the commit shown; None if
+    /// there is no directory there. Lists (and fetches) the directories on the way.
+    #[allow(clippy::type_complexity)]
+    pub async fn tree_at(
+        self: &Arc<Self>,
+        path: &RepoPath,
+    ) -> Result<Option<Vec<(Arc<[u8]>, EntryKind, ObjectId)>>, FsError> {
+        let mut ino = ROOT_INO;
+        for name in path.components() {
+            self.listing(ino).await?;
+            match self.child(ino, name) {
+                Some(child) if self.kind_of(child).is_some_and(|k| k.is_dir()) => ino = child,
+                _ => return Ok(None),
+            }
+        }
+        let listing = self.listing(ino).await?;
+        Ok(Some(
+            listing
+                .entries
+                .iter()
+                .map(|e| (e.name.clone(), e.kind, e.oid))
+                .collect(),
+        ))
+    }
+
     /// Fetches the listings and files `patterns` want (all of the mount if none), down to
     /// `depth` levels below each pattern's base (0: no limit). See `prefetch`.
     pub async fn prefetch(
@@ -613,7 +643,9 @@ impl MountFs {
             (inodes.path_of(ino), node.oid)
         };
         let entries = match self.loader.entries(&path, oid).await {
-            Err(FsError::Source(e)) if matches!(*e, SourceError::TrunkMoved { .. }) => {
+            Err(FsError::Source(e))
+                if self.options.follow_trunk && matches!(*e, SourceError::TrunkMoved { .. }) =>
+            {
                 // The commit moved under us: move with it, and answer ESTALE so the kernel
                 // walks the path again through the new tree.
                 self.follow_trunk(&path);

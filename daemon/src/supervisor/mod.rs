@@ -5,6 +5,7 @@
 mod mountpoint;
 mod reconcile;
 mod session;
+mod workspace;
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
@@ -29,9 +30,12 @@ use crate::mount_name::{MountName, NameError};
 use crate::source::git::Credentials;
 use crate::source::SourceError;
 use crate::store::Store;
+use crate::workspace::changes::{self, Change};
+use crate::workspace::{Usage, WorkspaceError, Workspaces};
 use crate::{mounts, sys};
 use reconcile::Retrying;
 pub use session::KernelOptions;
+use workspace::Overlay;
 
 /// What a client asks to mount.
 #[derive(Clone, Debug)]
@@ -43,6 +47,8 @@ pub struct ConnectSpec {
     pub name: String,
     /// Let users other than the owner in (for users, where the configuration allows).
     pub allow_other: bool,
+    /// A workspace: writes go to the mount's workspace, over the commit.
+    pub writable: bool,
     /// Git server credentials from the configuration.
     pub credentials: Option<Credentials>,
 }
@@ -55,6 +61,7 @@ impl From<&MountConfig> for ConnectSpec {
             git_ref: c.git_ref.clone(),
             name: c.name.to_string(),
             allow_other: c.allow_other,
+            writable: c.writable,
             credentials: c.password.as_ref().map(|p| Credentials {
                 user: c.username.clone().unwrap_or_else(|| "git".into()),
                 secret: p.0.clone(),
@@ -73,6 +80,10 @@ pub enum SupervisorError {
     Name(#[from] NameError),
     #[error("{0}")]
     Refused(#[from] Refusal),
+    #[error("{0}")]
+    Workspace(#[from] WorkspaceError),
+    #[error("{0} is not a workspace (connect it with --writable)")]
+    NotWritable(String),
     #[error("mountpoint {0} does not exist (create it first)")]
     MountpointMissing(PathBuf),
     #[error("mountpoint {0} is not a directory")]
@@ -173,6 +184,9 @@ pub struct MountStatus {
     pub refreshed_at: i64,
     /// How cached files are read: "passthrough", "daemon", or "" if not mounted.
     pub read_path: &'static str,
+    pub writable: bool,
+    /// A workspace's recorded paths and disk use.
+    pub workspace: Usage,
 }
 
 /// A mount the daemon serves.
@@ -194,12 +208,16 @@ struct MountEntry {
     refreshed_at: Arc<AtomicI64>,
     /// When a configured `refresh_interval` next falls due.
     next_refresh: Option<Instant>,
+    /// A writable mount's overlay (the session serves its view beneath).
+    overlay: Option<Overlay>,
 }
 
 impl MountEntry {
-    /// The session thread ends when the kernel drops the mount behind our back.
+    /// The session thread ends when the kernel drops the mount behind our back; a writable
+    /// mount is lost too when its overlay is gone.
     fn is_lost(&self) -> bool {
         self.session.guard.is_finished()
+            || (self.overlay.is_some() && !mounts::is_mount_point(&self.mountpoint))
     }
 
     fn status(&self) -> MountStatus {
@@ -228,6 +246,8 @@ impl MountEntry {
             error: String::new(),
             refreshed_at: self.refreshed_at.load(Ordering::Relaxed),
             read_path: self.read_path.describe(),
+            writable: self.overlay.is_some(),
+            workspace: Usage::default(),
         }
     }
 }
@@ -249,8 +269,19 @@ pub struct Supervisor {
     timeouts: Timeouts,
     fs_options: FsOptions,
     kernel: KernelOptions,
+    places: Places,
     /// Who may do what; replaced when the configuration is reloaded.
     access: std::sync::RwLock<Access>,
+}
+
+/// Where the daemon keeps what writable mounts need.
+#[derive(Clone, Debug)]
+pub struct Places {
+    /// The workspaces (in the daemon's state directory).
+    pub workspaces: Workspaces,
+    /// Where writable mounts' FUSE views go: a directory only the daemon reaches (beside its
+    /// socket, in its runtime directory).
+    pub lowers: PathBuf,
 }
 
 impl Supervisor {
@@ -261,6 +292,7 @@ impl Supervisor {
         timeouts: Timeouts,
         fs_options: FsOptions,
         kernel: KernelOptions,
+        places: Places,
     ) -> Self {
         Supervisor {
             store,
@@ -268,6 +300,7 @@ impl Supervisor {
             timeouts,
             fs_options,
             kernel,
+            places,
             access: std::sync::RwLock::new(Access::new(Policy::default(), sys::identity().0)),
         }
     }
@@ -373,20 +406,38 @@ impl Supervisor {
         dir: OwnedFd,
         caller: Caller,
     ) -> Result<MountEntry, SupervisorError> {
+        let owner = (caller.uid, caller.gid);
+        let mut workspace = match spec.writable {
+            true => Some(self.open_workspace(spec, name, owner).await?),
+            false => None,
+        };
+        // A workspace's changes are against its commit: mount that one again where the
+        // source can show a given commit (a Mega mount shows the trunk as it is).
+        let git_ref = match &workspace {
+            Some(ws) if !ws.commit().is_empty() && spec.location.mega_url().is_none() => {
+                ws.commit().to_string()
+            }
+            _ => spec.git_ref.clone(),
+        };
         let metrics = Arc::new(MountMetrics::default());
         let source = location::open(
             &spec.location,
-            &spec.git_ref,
+            &git_ref,
             self.timeouts,
             spec.credentials.clone(),
             metrics.server(),
         )?;
+        let options = FsOptions {
+            // The lower layer of an overlay must not change under it.
+            follow_trunk: self.fs_options.follow_trunk && !spec.writable,
+            ..self.fs_options
+        };
         let open = MountFs::open(
             name.as_str(),
             source,
             self.store.clone(),
-            (caller.uid, caller.gid),
-            self.fs_options,
+            owner,
+            options,
             metrics,
         );
         let fs = tokio::time::timeout(self.timeouts.request, open)
@@ -400,25 +451,42 @@ impl Supervisor {
             self.kernel.passthrough && sys::is_root(),
         );
         let read_path = adapter.read_path();
-        let (point, session_name, kernel) = (mountpoint.to_path_buf(), name.clone(), self.kernel);
-        let (owner, allow_other) = ((caller.uid, caller.gid), spec.allow_other);
-        let session = tokio::task::spawn_blocking(move || {
-            session::start(
+        // A writable mount's view goes out of users' reach, for root's overlay to reach it.
+        let (view, view_dir, allow_other) = match &workspace {
+            Some(_) => {
+                let (lowers, name) = (self.places.lowers.clone(), name.clone());
+                let (lower, lower_dir) =
+                    tokio::task::spawn_blocking(move || workspace::prepare_lower(&lowers, &name))
+                        .await
+                        .map_err(|e| task_failed("preparing a workspace's view", e))??;
+                (lower, Some(lower_dir), sys::is_root())
+            }
+            None => (mountpoint.to_path_buf(), None, spec.allow_other),
+        };
+        let (point, session_name, kernel) = (view.clone(), name.clone(), self.kernel);
+        let (session, dir) = tokio::task::spawn_blocking(move || {
+            let on = view_dir.as_ref().unwrap_or(&dir);
+            let session = session::start(
                 adapter,
                 &session_name,
                 &point,
-                &dir,
+                on,
                 owner,
                 allow_other,
                 &kernel,
-            )
+            )?;
+            Ok::<_, std::io::Error>((session, dir))
         })
         .await
         .map_err(|e| task_failed("mounting", e))?
         .map_err(|source| SupervisorError::Mount {
-            path: mountpoint.to_path_buf(),
+            path: view.clone(),
             source,
         })?;
+        let overlay = match workspace.take() {
+            Some(ws) => Some(self.overlay(ws, &fs, view, mountpoint, dir, name).await?),
+            None => None,
+        };
         let notifier = KernelNotifier::new(session.notifier());
         fs.set_kernel_cache(Box::new(notifier.clone()));
         Ok(MountEntry {
@@ -434,10 +502,119 @@ impl Supervisor {
             read_path,
             refreshed_at: Arc::new(AtomicI64::new(0)),
             next_refresh: None,
+            overlay,
         })
     }
 
+    /// The workspace of mount `name` for `spec` (made if new; refused if it is of another
+    /// repository or user).
+    async fn open_workspace(
+        &self,
+        spec: &ConnectSpec,
+        name: &MountName,
+        owner: (u32, u32),
+    ) -> Result<crate::workspace::Workspace, SupervisorError> {
+        let workspaces = self.places.workspaces.clone();
+        let (name, location, git_ref) = (name.clone(), spec.location.clone(), spec.git_ref.clone());
+        let opened =
+            tokio::task::spawn_blocking(move || workspaces.open(&name, &location, &git_ref, owner));
+        Ok(opened
+            .await
+            .map_err(|e| task_failed("opening a workspace", e))??)
+    }
+
+    /// Mounts `workspace`'s overlay over the view at `lower` onto the user's `mountpoint`
+    /// (opened as `dir`), its changes now against the commit `fs` shows. On failure the view
+    /// goes too.
+    async fn overlay(
+        &self,
+        mut workspace: crate::workspace::Workspace,
+        fs: &MountFs,
+        lower: PathBuf,
+        mountpoint: &Path,
+        dir: OwnedFd,
+        name: &MountName,
+    ) -> Result<Overlay, SupervisorError> {
+        let commit = fs.snapshot().commit.to_hex();
+        let (point, name) = (mountpoint.to_path_buf(), name.clone());
+        let mounted = tokio::task::spawn_blocking(move || {
+            let was = workspace.commit().to_string();
+            if !was.is_empty() && was != commit {
+                warn!(mount = %name, from = %was, to = %commit, "the workspace's commit moved; its changes stay");
+            }
+            let result = workspace
+                .set_commit(&commit)
+                .map_err(SupervisorError::from)
+                .and_then(|()| workspace::mount_overlay(&workspace, &lower, &point, &dir, &name));
+            if result.is_err() {
+                workspace::unmount_view(&lower);
+            }
+            result.map(|()| Overlay { workspace, lower })
+        });
+        mounted
+            .await
+            .map_err(|e| task_failed("mounting a workspace", e))?
+    }
+
+    /// Unmounts the mount `target` names (lazily with `force`) and, with `discard`, removes
+    /// its workspace: the mount as it was (None when only a workspace was discarded) and what
+    /// the workspace held.
     pub async fn disconnect(
+        &self,
+        target: &str,
+        force: bool,
+        discard: bool,
+        caller: Caller,
+    ) -> Result<(Option<MountStatus>, Option<Usage>), SupervisorError> {
+        let unmounted = self.unmount_target(target, force, caller).await;
+        let status = match unmounted {
+            Ok(status) => Some(status),
+            // A workspace need not be mounted to be discarded.
+            Err(SupervisorError::UnknownMount(_)) if discard => None,
+            Err(e) => return Err(e),
+        };
+        if !discard {
+            return Ok((status, None));
+        }
+        let name = match &status {
+            Some(status) => status.name.clone(),
+            None => MountName::parse(target)
+                .map_err(|_| SupervisorError::UnknownMount(target.into()))?,
+        };
+        let discarded = self.discard_workspace(&name, caller).await?;
+        if status.is_none() && discarded.is_none() {
+            return Err(SupervisorError::UnknownMount(target.to_string()));
+        }
+        info!(mount = %name, uid = caller.uid, ?discarded, "workspace discarded");
+        Ok((status, discarded))
+    }
+
+    /// Removes the workspace of `name` if it is `caller`'s (or the caller is an
+    /// administrator); what it held. Another user's is answered as none.
+    async fn discard_workspace(
+        &self,
+        name: &MountName,
+        caller: Caller,
+    ) -> Result<Option<Usage>, SupervisorError> {
+        {
+            let table = self.table.lock().await;
+            if table.mounts.iter().any(|m| &m.name == name) {
+                return Err(SupervisorError::Invalid(format!(
+                    "{name} is mounted: disconnect it first (with --discard)"
+                )));
+            }
+        }
+        let workspaces = self.places.workspaces.clone();
+        let (name, admin) = (name.clone(), self.access().is_admin(&caller));
+        let discarded = tokio::task::spawn_blocking(move || {
+            workspaces.discard(&name, (!admin).then_some(caller.uid))
+        });
+        Ok(discarded
+            .await
+            .map_err(|e| task_failed("discarding a workspace", e))??)
+    }
+
+    async fn unmount_target(
         &self,
         target: &str,
         force: bool,
@@ -477,12 +654,17 @@ impl Supervisor {
                 &access,
             )?;
             let entry = &table.mounts[index];
-            if !entry.is_lost() {
-                let point = entry.mountpoint.clone();
-                tokio::task::spawn_blocking(move || mountpoint::unmount(&point, force))
-                    .await
-                    .map_err(|e| task_failed("unmounting", e))??;
-            }
+            let point = entry.mountpoint.clone();
+            let lower = entry.overlay.as_ref().map(|o| o.lower.clone());
+            let lost = entry.is_lost();
+            let unmounted = tokio::task::spawn_blocking(move || match lower {
+                Some(lower) => workspace::unmount(&point, &lower, force),
+                None if !lost => mountpoint::unmount(&point, force),
+                None => Ok(()),
+            });
+            unmounted
+                .await
+                .map_err(|e| task_failed("unmounting", e))??;
             table.mounts.swap_remove(index)
         };
         let status = entry.status();
@@ -521,6 +703,13 @@ impl Supervisor {
             let table = self.table.lock().await;
             let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
             let entry = &table.mounts[index];
+            if entry.overlay.is_some() {
+                return Err(SupervisorError::Invalid(format!(
+                    "{} is a workspace, whose commit cannot move yet: disconnect it and \
+                     connect it again (its changes stay)",
+                    entry.name
+                )));
+            }
             (
                 entry.fs.clone(),
                 entry.notifier.clone(),
@@ -574,17 +763,61 @@ impl Supervisor {
     /// Every mount `caller` may see: all of them for root, a user's own for a user.
     pub async fn status(&self, caller: Caller) -> Vec<MountStatus> {
         let access = self.access();
-        let table = self.table.lock().await;
-        let mut all: Vec<_> = table.mounts.iter().map(MountEntry::status).collect();
-        all.extend(table.retrying.iter().map(Retrying::status));
-        all.extend(table.lost.iter().cloned());
-        all.retain(|m| {
-            access
-                .may_manage(&caller, m.name.as_str(), m.owner_uid)
-                .is_ok()
-        });
+        let (mut all, uppers) = {
+            let table = self.table.lock().await;
+            let mut all: Vec<_> = table.mounts.iter().map(MountEntry::status).collect();
+            all.extend(table.retrying.iter().map(Retrying::status));
+            all.extend(table.lost.iter().cloned());
+            all.retain(|m| {
+                access
+                    .may_manage(&caller, m.name.as_str(), m.owner_uid)
+                    .is_ok()
+            });
+            let uppers: Vec<(MountName, PathBuf)> = table
+                .mounts
+                .iter()
+                .filter_map(|m| Some((m.name.clone(), m.overlay.as_ref()?.workspace.upper())))
+                .collect();
+            (all, uppers)
+        };
+        // What workspaces hold is read off the lock: it walks their directories.
+        let usages = tokio::task::spawn_blocking(move || {
+            uppers
+                .into_iter()
+                .map(|(name, upper)| (name, crate::workspace::usage_of(&upper)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (name, usage) in usages {
+            if let Some(status) = all.iter_mut().find(|m| m.name == name) {
+                status.workspace = usage;
+            }
+        }
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// What the workspace `target` names changed against its commit, and that commit.
+    pub async fn changes(
+        &self,
+        target: &str,
+        caller: Caller,
+    ) -> Result<(String, Vec<Change>), SupervisorError> {
+        let (fs, upper) = {
+            let table = self.table.lock().await;
+            let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
+            let entry = &table.mounts[index];
+            let Some(overlay) = &entry.overlay else {
+                return Err(SupervisorError::NotWritable(entry.name.to_string()));
+            };
+            (entry.fs.clone(), overlay.workspace.upper())
+        };
+        let commit = fs.snapshot().commit.to_hex();
+        let found = changes::compute(&upper, &fs)
+            .await
+            .map_err(|e| SupervisorError::Invalid(e.to_string()))?;
+        Ok((commit, found))
     }
 
     /// Inodes the daemon holds, over every mount.
@@ -695,24 +928,41 @@ fn find_target(
 
 /// Unmounts an entry: cleanly where possible, lazily (naming who holds it) where busy.
 async fn release(entry: MountEntry) {
-    if !entry.is_lost() {
-        let point = entry.mountpoint.clone();
-        let clean = tokio::task::spawn_blocking(move || mounts::unmount_patiently(&point, false))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(e) = clean {
-            let holders = mounts::holders(&entry.mountpoint);
-            warn!(
-                mount = %entry.name, mountpoint = %entry.mountpoint.display(), error = %e,
-                holders = %holders, "mount is busy; detaching it lazily"
-            );
-            if let Err(e) = mounts::unmount(&entry.mountpoint, true) {
-                warn!(mount = %entry.name, error = %e, "lazy unmount failed");
+    let (name, point) = (entry.name.clone(), entry.mountpoint.clone());
+    let lower = entry.overlay.as_ref().map(|o| o.lower.clone());
+    let mounted = !entry.is_lost() || (lower.is_some() && mounts::is_mount_point(&point));
+    let detached = tokio::task::spawn_blocking(move || {
+        let mut detached = false;
+        if mounted {
+            if let Err(e) = mounts::unmount_patiently(&point, false) {
+                let holders = mounts::holders(&point);
+                warn!(
+                    mount = %name, mountpoint = %point.display(), error = %e,
+                    holders = %holders, "mount is busy; detaching it lazily"
+                );
+                if let Err(e) = mounts::unmount(&point, true) {
+                    warn!(mount = %name, error = %e, "lazy unmount failed");
+                }
+                detached = true;
             }
-            // Its session ends when the last open file closes, or when we exit.
-            session::join_detached(entry.name.clone(), entry.session);
-            return;
         }
+        if let Some(lower) = lower {
+            // Beneath a detached overlay the view stays busy until its last file closes.
+            match detached {
+                true => {
+                    let _ = mounts::unmount(&lower, true);
+                }
+                false => workspace::unmount_view(&lower),
+            }
+        }
+        detached
+    })
+    .await
+    .unwrap_or(true);
+    if detached {
+        // Its session ends when the last open file closes, or when we exit.
+        session::join_detached(entry.name.clone(), entry.session);
+        return;
     }
     info!(mount = %entry.name, mountpoint = %entry.mountpoint.display(), "unmounted");
     session::join(entry.session).await;

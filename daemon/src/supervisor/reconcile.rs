@@ -44,6 +44,8 @@ impl Retrying {
             error: self.reason.clone(),
             refreshed_at: 0,
             read_path: "",
+            writable: self.config.writable,
+            workspace: Default::default(),
         }
     }
 }
@@ -158,7 +160,12 @@ impl Supervisor {
             }
             let now = Instant::now();
             for entry in table.mounts.iter_mut() {
-                let interval = entry.config.as_ref().and_then(|c| c.refresh_interval);
+                // A workspace's commit does not move under it (its overlay would not bear it).
+                let interval = entry
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.refresh_interval)
+                    .filter(|_| entry.overlay.is_none());
                 if let (Some(interval), Some(next)) = (interval, entry.next_refresh) {
                     if next <= now {
                         entry.next_refresh = Some(now + interval);

@@ -1,0 +1,356 @@
+//! Writable mounts (workspaces): every ordinary write through a real overlay over a real FUSE
+//! mount, checked through the mount and again after a remount; what `changes` says of them;
+//! a workspace kept across disconnects and daemon kills, refused for another repository,
+//! and discarded on request.
+
+mod common;
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{errno, path_str, World, MEGA_REPO};
+use megafs_testsupport::harness::{is_mounted, within, Daemon};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Mounts the fixture from the dev Mega server as a workspace named `name`.
+fn connect_writable(world: &World, name: &str) -> std::path::PathBuf {
+    let point = world.daemon.mountpoint(name);
+    world.daemon.ctl_ok(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &world.server.url(),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        name,
+        "--writable",
+    ]);
+    point
+}
+
+fn changes(daemon: &Daemon, name: &str) -> Vec<String> {
+    let out = daemon.ctl_ok(&["changes", name]);
+    out.lines().map(str::to_string).collect()
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    let mut buf = [0u8; 256];
+    // SAFETY: valid C strings and a buffer of buf.len() bytes, for the call.
+    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(len).ok().map(|n| buf[..n].to_vec())
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> i32 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid C strings and a value of value.len() bytes, for the call.
+    unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    }
+}
+
+/// Every ordinary write, done through the mount at `m`.
+fn write_everything(m: &Path) {
+    // Create, write, append.
+    fs::write(m.join("new.txt"), b"a new file\n").expect("create");
+    let mut readme = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("README.md"))
+        .expect("append");
+    readme.write_all(b"one more line\n").expect("append");
+    drop(readme);
+    // An O_TRUNC rewrite reads back its new bytes.
+    fs::write(m.join("src/main.rs"), b"fn main() {}\n").expect("rewrite");
+    // Truncate to a length.
+    let data = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("data.bin"))
+        .expect("open");
+    data.set_len(10).expect("truncate");
+    drop(data);
+    // Rename files across directories and over an existing entry, and a directory.
+    fs::rename(m.join("many/f1.txt"), m.join("docs/moved.txt")).expect("rename across");
+    fs::rename(m.join("many/f2.txt"), m.join("many/f3.txt")).expect("rename over");
+    fs::rename(m.join("src/nested"), m.join("nested-moved")).expect("rename a directory");
+    // Unlink, mkdir, rmdir, symlink, hard link.
+    fs::remove_file(m.join("empty.txt")).expect("unlink");
+    fs::create_dir(m.join("target")).expect("mkdir");
+    fs::create_dir(m.join("target/gone")).expect("mkdir");
+    fs::remove_dir(m.join("target/gone")).expect("rmdir");
+    std::os::unix::fs::symlink("new.txt", m.join("target/link")).expect("symlink");
+    fs::hard_link(m.join("new.txt"), m.join("target/hard")).expect("hard link");
+    // chmod, utimes, user xattrs.
+    fs::set_permissions(m.join("run.sh"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(m.join("new.txt"))
+        .expect("open")
+        .set_modified(when)
+        .expect("utimes");
+    assert_eq!(
+        set_xattr(&m.join("new.txt"), "user.note", b"kept"),
+        0,
+        "setxattr"
+    );
+    // fallocate, a write through mmap, fsync.
+    let big = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.join("target/big.bin"))
+        .expect("create");
+    // SAFETY: the descriptor is open; fallocate only reserves blocks.
+    let rc = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&big), 0, 0, 1 << 20) };
+    assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    mmap_write(&big, 4096, b"through mmap");
+    big.sync_all().expect("fsync");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("target/big.bin"))
+        .expect("open");
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.write_all(b"head").expect("write");
+    f.sync_all().expect("fsync");
+}
+
+/// Writes `bytes` at `offset` of `file` through a shared mapping.
+fn mmap_write(file: &fs::File, offset: usize, bytes: &[u8]) {
+    let len = offset + bytes.len();
+    // SAFETY: maps `len` bytes of an open file of at least that length, shared, and unmaps
+    // it before returning; nothing else maps it meanwhile.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            0,
+        );
+        assert_ne!(
+            at,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.cast::<u8>().add(offset), bytes.len());
+        assert_eq!(libc::msync(at, len, libc::MS_SYNC), 0, "msync");
+        libc::munmap(at, len);
+    }
+}
+
+/// What `write_everything` left, as read through the mount at `m`.
+fn assert_everything(m: &Path) {
+    let read = |p: &str| fs::read(m.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("new.txt"), b"a new file\n");
+    assert_eq!(read("README.md"), b"fixture v2\none more line\n");
+    assert_eq!(read("src/main.rs"), b"fn main() {}\n");
+    assert_eq!(read("data.bin").len(), 10);
+    assert_eq!(read("docs/moved.txt"), b"file number 1\n");
+    assert!(!m.join("many/f1.txt").exists() && !m.join("many/f2.txt").exists());
+    assert_eq!(read("many/f3.txt"), b"file number 2\n");
+    assert!(!m.join("src/nested").exists());
+    assert_eq!(read("nested-moved/deep/leaf.txt"), b"a leaf, deep down\n");
+    assert!(!m.join("empty.txt").exists());
+    assert!(!m.join("target/gone").exists());
+    assert_eq!(
+        fs::read_link(m.join("target/link")).expect("readlink"),
+        Path::new("new.txt")
+    );
+    let hard = fs::metadata(m.join("target/hard")).expect("hard");
+    assert_eq!(hard.nlink(), 2);
+    assert_eq!(read("target/hard"), b"a new file\n");
+    let mode = fs::metadata(m.join("run.sh"))
+        .expect("run.sh")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    let mtime = fs::metadata(m.join("new.txt")).expect("new").mtime();
+    assert_eq!(mtime, 1_600_000_000);
+    assert_eq!(
+        xattr(&m.join("new.txt"), "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+    let big = fs::File::open(m.join("target/big.bin")).expect("big");
+    assert_eq!(big.metadata().expect("stat").len(), 1 << 20);
+    let mut buf = [0u8; 12];
+    big.read_exact_at(&mut buf, 4096).expect("read");
+    assert_eq!(&buf, b"through mmap");
+    big.read_exact_at(&mut buf[..4], 0).expect("read");
+    assert_eq!(&buf[..4], b"head");
+    // Unchanged files still read from the commit.
+    assert_eq!(read("link-to-readme"), b"fixture v2\none more line\n");
+    assert_eq!(read("many/f4.txt"), b"file number 4\n");
+}
+
+#[test]
+fn a_workspace_takes_every_write_and_keeps_it_across_a_remount() {
+    let world = World::new();
+    let m = connect_writable(&world, "ws");
+    let status = world.daemon.status();
+    let mount = &status["mounts"][0];
+    assert_eq!(mount["writable"], true, "{mount}");
+    assert_eq!(mount["changed_paths"], 0, "{mount}");
+    assert!(changes(&world.daemon, "ws").is_empty());
+
+    let point = m.clone();
+    within(LIMIT, move || write_everything(&point));
+    let point = m.clone();
+    within(LIMIT, move || assert_everything(&point));
+
+    let expected = [
+        "M README.md",
+        "M data.bin",
+        "A docs/moved.txt",
+        "D empty.txt",
+        "D many/f1.txt",
+        "D many/f2.txt",
+        "M many/f3.txt",
+        "A nested-moved/",
+        "A new.txt",
+        "M run.sh",
+        "M src/main.rs",
+        "D src/nested/",
+        "A target/",
+    ];
+    assert_eq!(changes(&world.daemon, "ws"), expected);
+    let json: serde_json::Value =
+        serde_json::from_str(&world.daemon.ctl_ok(&["changes", "ws", "--json"])).expect("JSON");
+    assert_eq!(json["changes"][0]["path"], "README.md");
+    assert_eq!(json["changes"][0]["change"], "modified");
+    let status = world.daemon.status();
+    let mount = &status["mounts"][0];
+    assert!(mount["changed_paths"].as_u64() > Some(10), "{mount}");
+    assert!(mount["workspace_bytes"].as_u64() > Some(1 << 20), "{mount}");
+
+    // Disconnect and connect again: every change is still there.
+    let out = world.daemon.ctl_ok(&["disconnect", "ws"]);
+    assert!(out.contains("unmounted ws"), "{out}");
+    assert!(!is_mounted(&m));
+    assert!(world
+        .daemon
+        .workspace_dir("ws")
+        .join("upper/new.txt")
+        .exists());
+    connect_writable(&world, "ws");
+    let point = m.clone();
+    within(LIMIT, move || assert_everything(&point));
+    assert_eq!(changes(&world.daemon, "ws"), expected);
+}
+
+#[test]
+fn a_file_written_back_to_its_bytes_is_not_modified() {
+    let world = World::new();
+    let m = connect_writable(&world, "back");
+    fs::write(m.join("README.md"), b"changed\n").expect("change");
+    assert_eq!(changes(&world.daemon, "back"), ["M README.md"]);
+    fs::write(m.join("README.md"), b"fixture v2\n").expect("change back");
+    assert!(changes(&world.daemon, "back").is_empty());
+    // A read-only mount has no changes to show.
+    world.mount_mega("plain");
+    let err = world.daemon.ctl_err(&["changes", "plain"]);
+    assert!(err.contains("plain is not a workspace"), "{err}");
+    // Writes to a read-only mount still fail as they did.
+    let plain = world.daemon.dir.path().join("mnt/plain");
+    let e = fs::write(plain.join("x"), b"x").expect_err("read-only");
+    assert_eq!(errno(&e), libc::EROFS);
+}
+
+#[test]
+fn a_workspace_is_of_one_repository_and_discarded_on_request() {
+    let world = World::new();
+    let m = connect_writable(&world, "mine");
+    fs::write(m.join("new.txt"), b"x\n").expect("write");
+    world.daemon.ctl_ok(&["disconnect", "mine"]);
+
+    // The name's workspace holds changes to the Mega repository: not for the local one.
+    let other = world.daemon.mountpoint("other");
+    let repo = path_str(&world.fixture.path).to_string();
+    let err = world.daemon.ctl_err(&[
+        "connect",
+        &repo,
+        "--mount-point",
+        path_str(&other),
+        "--name",
+        "mine",
+        "--writable",
+    ]);
+    let dir = world.daemon.workspace_dir("mine");
+    assert!(
+        err.contains(&format!("workspace {}", dir.display())),
+        "{err}"
+    );
+    assert!(err.contains(MEGA_REPO), "{err}");
+    assert!(!is_mounted(&other));
+
+    // Discarding removes it and says what it removed, mounted or not.
+    let out = world.daemon.ctl_ok(&["disconnect", "mine", "--discard"]);
+    assert!(
+        out.contains("discarded the workspace of mine: 1 changed paths"),
+        "{out}"
+    );
+    assert!(!dir.exists());
+    let m = connect_writable(&world, "mine");
+    assert!(!m.join("new.txt").exists());
+    fs::write(m.join("again.txt"), b"y\n").expect("write");
+    let out = world.daemon.ctl_ok(&["disconnect", "mine", "--discard"]);
+    assert!(out.contains("unmounted mine"), "{out}");
+    assert!(out.contains("discarded the workspace of mine"), "{out}");
+    let err = world.daemon.ctl_err(&["disconnect", "mine", "--discard"]);
+    assert!(err.contains("no mount is named \"mine\""), "{err}");
+}
+
+#[test]
+fn writes_survive_a_killed_daemon() {
+    let world = World::new();
+    let url = world.server.url();
+    let mut daemon = Daemon::start_configured(
+        |dir| {
+            format!(
+                "[[mount]]\nname = \"kept\"\nmega_url = \"{url}\"\nrepo = \"{MEGA_REPO}\"\n\
+                 mountpoint = \"{}\"\nwritable = true\n",
+                path_str(&dir.join("mnt/kept"))
+            )
+        },
+        None,
+    );
+    let m = daemon.dir.path().join("mnt/kept");
+    for i in 0..50 {
+        let mut f = fs::File::create(m.join(format!("out-{i}.txt"))).expect("create");
+        f.write_all(format!("written {i}\n").as_bytes())
+            .expect("write");
+    }
+    fs::write(m.join("README.md"), b"local\n").expect("write");
+    daemon.kill();
+    daemon.start_again();
+    // The configured workspace is back, with every write that returned before the kill.
+    let point = m.clone();
+    within(LIMIT, move || {
+        for i in 0..50 {
+            let text = fs::read_to_string(point.join(format!("out-{i}.txt"))).expect("kept");
+            assert_eq!(text, format!("written {i}\n"));
+        }
+        assert_eq!(
+            fs::read(point.join("README.md")).expect("readme"),
+            b"local\n"
+        );
+        assert_eq!(fs::read(point.join("run.sh")).expect("lazy").len(), 19);
+    });
+    let log = daemon.log();
+    assert!(log.contains("cleaned a stale mount"), "{log}");
+}
