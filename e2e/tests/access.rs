@@ -361,3 +361,254 @@ fn a_users_mount_left_by_a_killed_daemon_is_cleaned_at_start() {
     assert!(!is_mounted(&point), "{}", world.daemon.log());
     assert!(world.daemon.log().contains("cleaned a stale mount"));
 }
+
+#[test]
+fn a_users_workspace_is_theirs_alone() {
+    let base = homes();
+    let alice = user("megafs-alice", base.path());
+    let bob = user("megafs-bob", base.path());
+    let world = world("");
+    let point = alice.home.join("ws");
+    std::fs::create_dir(&point).expect("mkdir");
+    chown(&point, alice.uid, alice.gid);
+    let out = connect_as(
+        &world,
+        &alice,
+        &point,
+        &["--name", "alices-ws", "--writable"],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stderr(&out),
+        world.daemon.log()
+    );
+
+    // Alice writes; what she makes is hers, and the mount is hers alone.
+    let new = point.join("new.txt");
+    let script = format!(
+        "echo mine > '{}' && cat '{}/README.md'",
+        path_str(&new),
+        path_str(&point)
+    );
+    let wrote = run_as(&alice, Path::new("/bin/sh"), &["-c", &script]);
+    assert!(wrote.status.success(), "{}", stderr(&wrote));
+    assert_eq!(String::from_utf8_lossy(&wrote.stdout), "fixture v2\n");
+    let owner = run_as(
+        &alice,
+        Path::new("/usr/bin/stat"),
+        &["-c", "%u", path_str(&new)],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&owner.stdout).trim(),
+        alice.uid.to_string()
+    );
+    let snoop = run_as(&bob, Path::new("/bin/cat"), &[path_str(&new)]);
+    assert!(!snoop.status.success(), "bob reads alice's workspace");
+    let mode = std::fs::metadata(&point).expect("the mount's root").mode();
+    assert_eq!(mode & 0o777, 0o700, "the root keeps others out");
+
+    // The view of the commit beneath the overlay is out of every user's reach, and so is
+    // the workspace directory itself; the changes live there as hers.
+    let lowers = world.daemon.dir.path().join("lower");
+    let peek = run_as(
+        &alice,
+        Path::new("/bin/ls"),
+        &[path_str(&lowers.join("alices-ws"))],
+    );
+    assert!(!peek.status.success(), "alice reaches the view directly");
+    let dir = world.daemon.workspace_dir("alices-ws");
+    let peek = run_as(&alice, Path::new("/bin/ls"), &[path_str(&dir)]);
+    assert!(
+        !peek.status.success(),
+        "alice reaches the workspace behind the overlay"
+    );
+    let upper = std::fs::metadata(dir.join("upper/new.txt")).expect("in the workspace");
+    assert_eq!(upper.uid(), alice.uid);
+
+    // Her changes are hers to see and to discard; to bob the workspace does not exist.
+    let mine = ctl_as(&alice, &world.daemon, &["changes", "alices-ws"]);
+    assert_eq!(
+        String::from_utf8_lossy(&mine.stdout),
+        "A new.txt\n",
+        "{}",
+        stderr(&mine)
+    );
+    for args in [
+        &["changes", "alices-ws"][..],
+        &["disconnect", "alices-ws", "--discard"],
+    ] {
+        let theirs = ctl_as(&bob, &world.daemon, args);
+        assert!(!theirs.status.success(), "{args:?} worked for bob");
+        assert!(
+            stderr(&theirs).contains("no mount is named"),
+            "{}",
+            stderr(&theirs)
+        );
+    }
+    let out = ctl_as(&alice, &world.daemon, &["disconnect", "alices-ws"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let theirs = ctl_as(
+        &bob,
+        &world.daemon,
+        &["disconnect", "alices-ws", "--discard"],
+    );
+    assert!(!theirs.status.success(), "bob discards alice's workspace");
+    assert!(dir.join("upper/new.txt").exists());
+    let out = ctl_as(
+        &alice,
+        &world.daemon,
+        &["disconnect", "alices-ws", "--discard"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("discarded"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.exists());
+}
+
+/// A megafsd run by `user` itself (a per-user daemon), in `user`'s home; killed, and
+/// whatever it left mounted there unmounted, when dropped.
+struct UserDaemon {
+    child: std::process::Child,
+    socket: PathBuf,
+    home: PathBuf,
+}
+
+impl UserDaemon {
+    fn start(user: &User) -> UserDaemon {
+        let run = user.home.join("run");
+        for dir in ["run", "cache", "state", "log"] {
+            let path = user.home.join(dir);
+            std::fs::create_dir_all(&path).expect("dir");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("mode");
+            chown(&path, user.uid, user.gid);
+        }
+        let socket = run.join("megafsd.sock");
+        std::fs::write(user.home.join("none.toml"), "").expect("an empty configuration");
+        let log = std::fs::File::create(user.home.join("megafsd.stderr")).expect("log");
+        let child = Command::new(bin("megafsd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--cache-dir")
+            .arg(user.home.join("cache"))
+            .arg("--state-dir")
+            .arg(user.home.join("state"))
+            .arg("--log-dir")
+            .arg(user.home.join("log"))
+            .arg("--config")
+            .arg(user.home.join("none.toml"))
+            .arg("--foreground")
+            .env("HOME", &user.home)
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("NO_COLOR", "1")
+            .uid(user.uid)
+            .gid(user.gid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("megafsd as a user");
+        let mut daemon = UserDaemon {
+            child,
+            socket,
+            home: user.home.clone(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !daemon.ctl(user, &["status"]).status.success() {
+            let exited = daemon.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "megafsd exited: {}", daemon.log());
+            assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn ctl(&self, user: &User, args: &[&str]) -> Output {
+        let mut all = vec!["--socket", path_str(&self.socket)];
+        all.extend_from_slice(args);
+        run_as(user, &bin("mega-fuse"), &all)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("megafsd.stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for UserDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut left = megafs_testsupport::harness::mounted_under(&self.home);
+        left.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for point in left {
+            let _ = Command::new("umount").arg("-l").arg(&point).status();
+        }
+    }
+}
+
+#[test]
+fn a_per_user_daemon_keeps_a_workspace_with_fuse_overlayfs() {
+    let base = homes();
+    let alice = user("megafs-carol", base.path());
+    let world = World::new();
+    let daemon = UserDaemon::start(&alice);
+    let point = alice.home.join("ws");
+    std::fs::create_dir(&point).expect("mkdir");
+    chown(&point, alice.uid, alice.gid);
+    let url = world.server.url();
+    let connect = [
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &url,
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "carols",
+        "--writable",
+    ];
+    let out = daemon.ctl(&alice, &connect);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), daemon.log());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(path_str(&point)) && l.contains("fuse-overlayfs")),
+        "fuse-overlayfs serves the workspace: {mounts}"
+    );
+
+    let script = format!(
+        "echo mine > '{p}/new.txt' && echo changed >> '{p}/README.md' && rm '{p}/empty.txt' && cat '{p}/README.md'",
+        p = path_str(&point)
+    );
+    let wrote = run_as(&alice, Path::new("/bin/sh"), &["-c", &script]);
+    assert!(wrote.status.success(), "{}", stderr(&wrote));
+    assert_eq!(
+        String::from_utf8_lossy(&wrote.stdout),
+        "fixture v2\nchanged\n"
+    );
+    let changes = daemon.ctl(&alice, &["changes", "carols"]);
+    assert_eq!(
+        String::from_utf8_lossy(&changes.stdout),
+        "M README.md\nD empty.txt\nA new.txt\n",
+        "{}",
+        stderr(&changes)
+    );
+
+    // Gone with the disconnect, back with the next connect.
+    let out = daemon.ctl(&alice, &["disconnect", "carols"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!is_mounted(&point));
+    let out = daemon.ctl(&alice, &connect);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = run_as(
+        &alice,
+        Path::new("/bin/cat"),
+        &[path_str(&point.join("new.txt"))],
+    );
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "mine\n");
+    let out = daemon.ctl(&alice, &["disconnect", "carols", "--discard"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -516,8 +516,12 @@ impl Supervisor {
     ) -> Result<crate::workspace::Workspace, SupervisorError> {
         let workspaces = self.places.workspaces.clone();
         let (name, location, git_ref) = (name.clone(), spec.location.clone(), spec.git_ref.clone());
-        let opened =
-            tokio::task::spawn_blocking(move || workspaces.open(&name, &location, &git_ref, owner));
+        let others = spec.allow_other;
+        let opened = tokio::task::spawn_blocking(move || {
+            let workspace = workspaces.open(&name, &location, &git_ref, owner)?;
+            workspace.let_others_in(others)?;
+            Ok::<_, WorkspaceError>(workspace)
+        });
         Ok(opened
             .await
             .map_err(|e| task_failed("opening a workspace", e))??)
@@ -598,10 +602,16 @@ impl Supervisor {
     ) -> Result<Option<Usage>, SupervisorError> {
         {
             let table = self.table.lock().await;
-            if table.mounts.iter().any(|m| &m.name == name) {
-                return Err(SupervisorError::Invalid(format!(
-                    "{name} is mounted: disconnect it first (with --discard)"
-                )));
+            if let Some(mounted) = table.mounts.iter().find(|m| &m.name == name) {
+                let theirs = self
+                    .access()
+                    .may_manage(&caller, name.as_str(), mounted.owner_uid);
+                return Err(match theirs {
+                    Ok(()) => SupervisorError::Invalid(format!(
+                        "{name} is mounted: disconnect it first (with --discard)"
+                    )),
+                    Err(refusal) => unknown_to(&caller, name.as_str(), refusal),
+                });
             }
         }
         let workspaces = self.places.workspaces.clone();

@@ -70,7 +70,20 @@ pub(super) fn mount_overlay(
         work: &work,
     };
     let mounted = if sys::is_root() {
-        overlay::mount(&layers, dir, name)
+        overlay::mount(&layers, dir, name).map_err(|e| match e.raw_os_error() {
+            // overlayfs refuses an upper layer it cannot keep changes in (no xattrs, no
+            // whiteouts, or another overlay): say which.
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: its filesystem cannot hold an overlay's upper layer (overlayfs needs \
+                     xattrs and whiteouts there; put the state directory on ext4, xfs, btrfs \
+                     or tmpfs)",
+                    workspace.dir().display()
+                ),
+            ),
+            _ => e,
+        })
     } else {
         overlay::mount_fuse_overlayfs(&layers, point, name)
     };

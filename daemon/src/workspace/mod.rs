@@ -238,6 +238,14 @@ impl Workspace {
         Ok(())
     }
 
+    /// Lets other users into the mount's root (it is the upper layer's), or keeps them out:
+    /// a workspace is as private as a read-only mount unless `--allow-other`. Blocking.
+    pub fn let_others_in(&self, others: bool) -> Result<(), WorkspaceError> {
+        let upper = self.upper();
+        let mode = if others { 0o755 } else { 0o700 };
+        fs::set_permissions(&upper, fs::Permissions::from_mode(mode)).map_err(io_error(&upper))
+    }
+
     /// Files, symlinks and deletions recorded, and disk use. Blocking.
     pub fn usage(&self) -> Usage {
         usage_of(&self.upper())
