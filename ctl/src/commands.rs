@@ -7,7 +7,7 @@ use megafs_proto::location::Location;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     CacheRequest, ChangesRequest, ConnectRequest, DisconnectRequest, PrefetchRequest,
-    RefreshRequest, StatsRequest, StatusRequest,
+    RefreshRequest, ResetRequest, StatsRequest, StatusRequest,
 };
 
 use crate::client::{self, status_error};
@@ -40,6 +40,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             discard,
         } => disconnect(&cli, target, *force, *discard).await,
         Command::Changes { target, json } => changes(&cli, target, *json).await,
+        Command::Reset {
+            target,
+            paths,
+            force,
+        } => reset(&cli, target, paths, *force).await,
         Command::Refresh { target } => refresh(&cli, target).await,
         Command::Prefetch {
             target,
@@ -242,6 +247,33 @@ async fn changes(cli: &Cli, target: &str, json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", output::changes_text(&reply));
     }
+    Ok(())
+}
+
+async fn reset(cli: &Cli, target: &str, paths: &[PathBuf], force: bool) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .reset(ResetRequest {
+            target: target.to_string(),
+            paths: paths
+                .iter()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .collect(),
+            force,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let what = if paths.is_empty() {
+        "every change"
+    } else {
+        "the paths named"
+    };
+    println!(
+        "reset {what} of {target}: {} entries removed from its workspace",
+        reply.removed
+    );
     Ok(())
 }
 

@@ -83,6 +83,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Discard a workspace's local changes: those at the paths named (inside the repository,
+    /// as `changes` shows them, or absolute under the mountpoint; a directory goes whole), or
+    /// every change if none is named. The workspace's overlay comes off and goes back on, so
+    /// nothing may be open in it.
+    Reset {
+        /// A workspace's mount name, mountpoint or repository.
+        target: String,
+        /// Paths to take back to the commit [default: every change].
+        paths: Vec<PathBuf>,
+        /// Reset even while files are open in the workspace (their holders keep what they had
+        /// open, detached from it).
+        #[arg(long)]
+        force: bool,
+    },
     /// Move a mount to the newest commit of what it follows (its branch, tag or trunk).
     Refresh {
         /// A mount's name, mountpoint or repository.

@@ -668,8 +668,13 @@ options = ["allow_other"]
             .collect::<Vec<_>>()
             .join("\n");
         let config = parse(&uncommented).expect("uncommented");
-        assert_eq!(config.mounts.len(), 3);
+        assert_eq!(config.mounts.len(), 4);
+        assert!(config.mounts[3].writable);
         assert_eq!(config.daemon.cache_max_size, Some(10 << 30));
+        assert_eq!(
+            config.daemon.state_dir.as_deref(),
+            Some(Path::new("/var/lib/megafs"))
+        );
     }
 
     #[test]

@@ -45,8 +45,20 @@ fn unescape_mountinfo(field: &str) -> String {
 
 /// Who holds files open (or sits) under `mountpoint`, for log lines: "pid 12 (bash), …".
 pub fn holders(mountpoint: &Path) -> String {
+    let found = holders_of(&[mountpoint]);
+    if found.is_empty() {
+        "unknown".into()
+    } else {
+        found.join(", ")
+    }
+}
+
+/// The processes that hold something at or under one of `places` open (a file, their
+/// working or root directory): "pid 12 (bash)" each. Only processes the daemon may look
+/// at count (a per-user daemon sees its user's).
+pub fn holders_of(places: &[&Path]) -> Vec<String> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return "unknown".into();
+        return Vec::new();
     };
     let mut found = Vec::new();
     for proc_dir in procs.flatten() {
@@ -62,17 +74,13 @@ pub fn holders(mountpoint: &Path) -> String {
         let holds = links
             .iter()
             .filter_map(|l| std::fs::read_link(l).ok())
-            .any(|target| target.starts_with(mountpoint));
+            .any(|target| places.iter().any(|place| target.starts_with(place)));
         if holds {
             let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
             found.push(format!("pid {pid} ({})", comm.trim()));
         }
     }
-    if found.is_empty() {
-        "unknown".into()
-    } else {
-        found.join(", ")
-    }
+    found
 }
 
 /// A megafs mount in the mount table: where, and the name it was mounted under.

@@ -7,8 +7,8 @@ use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     change, CacheReply, CacheRequest, Change, ChangesReply, ChangesRequest, ConnectReply,
     ConnectRequest, DisconnectReply, DisconnectRequest, Latency, MountInfo, MountStats, OpStats,
-    PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest, StatsReply,
-    StatsRequest, StatusReply, StatusRequest,
+    PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest, ResetReply,
+    ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
@@ -76,7 +76,7 @@ fn to_status(e: SupervisorError) -> Status {
         E::Refused(_) => Status::permission_denied(message),
         E::MountpointMissing(_) | E::UnknownMount(_) => Status::not_found(message),
         E::NameInUse(_) | E::AlreadyMounted(_) => Status::already_exists(message),
-        E::MountpointNotDir(_) | E::MountpointNotEmpty(_) | E::Busy(_) => {
+        E::MountpointNotDir(_) | E::MountpointNotEmpty(_) | E::Busy(_) | E::InUse { .. } => {
             Status::failed_precondition(message)
         }
         E::Timeout(_) => Status::deadline_exceeded(message),
@@ -303,6 +303,17 @@ impl Control for ControlService {
             })
             .collect();
         Ok(Response::new(ChangesReply { commit, changes }))
+    }
+
+    async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetReply>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let removed = self
+            .supervisor
+            .reset(&request.target, &request.paths, request.force, caller)
+            .await
+            .map_err(|e| refused_or(e, &caller))?;
+        Ok(Response::new(ResetReply { removed }))
     }
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

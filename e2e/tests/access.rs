@@ -609,6 +609,18 @@ fn a_per_user_daemon_keeps_a_workspace_with_fuse_overlayfs() {
         &[path_str(&point.join("new.txt"))],
     );
     assert_eq!(String::from_utf8_lossy(&read.stdout), "mine\n");
+
+    // A reset takes fuse-overlayfs's record of a deletion away too.
+    let out = daemon.ctl(&alice, &["reset", "carols", "empty.txt", "README.md"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), daemon.log());
+    let changes = daemon.ctl(&alice, &["changes", "carols"]);
+    assert_eq!(String::from_utf8_lossy(&changes.stdout), "A new.txt\n");
+    let read = run_as(
+        &alice,
+        Path::new("/bin/cat"),
+        &[path_str(&point.join("README.md"))],
+    );
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "fixture v2\n");
     let out = daemon.ctl(&alice, &["disconnect", "carols", "--discard"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }

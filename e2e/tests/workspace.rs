@@ -354,3 +354,89 @@ fn writes_survive_a_killed_daemon() {
     let log = daemon.log();
     assert!(log.contains("cleaned a stale mount"), "{log}");
 }
+
+#[test]
+fn reset_takes_paths_back_to_the_commit_and_waits_for_open_files() {
+    let world = World::new();
+    let m = connect_writable(&world, "undo");
+    fs::write(m.join("README.md"), b"changed\n").expect("write");
+    fs::write(m.join("src/main.rs"), b"fn main() {}\n").expect("write");
+    fs::remove_file(m.join("empty.txt")).expect("unlink");
+    fs::rename(m.join("src/nested"), m.join("nested-moved")).expect("rename");
+    fs::create_dir_all(m.join("target/debug")).expect("mkdir");
+    fs::write(m.join("target/debug/out"), b"built\n").expect("write");
+    let all = [
+        "M README.md",
+        "D empty.txt",
+        "A nested-moved/",
+        "M src/main.rs",
+        "D src/nested/",
+        "A target/",
+    ];
+    assert_eq!(changes(&world.daemon, "undo"), all);
+
+    // Some paths, by repository path and by absolute path: the rest stays.
+    let readme = m.join("README.md");
+    let out = world.daemon.ctl_ok(&[
+        "reset",
+        "undo",
+        path_str(&readme),
+        "empty.txt",
+        "src/nested",
+        "nested-moved/",
+    ]);
+    assert!(out.contains("entries removed"), "{out}");
+    assert_eq!(
+        changes(&world.daemon, "undo"),
+        ["M src/main.rs", "A target/"]
+    );
+    assert_eq!(fs::read(&readme).expect("readme"), b"fixture v2\n");
+    assert_eq!(fs::read(m.join("empty.txt")).expect("back").len(), 0);
+    assert_eq!(
+        fs::read(m.join("src/nested/deep/leaf.txt")).expect("back"),
+        b"a leaf, deep down\n"
+    );
+    assert!(!m.join("nested-moved").exists());
+    assert_eq!(
+        fs::read(m.join("target/debug/out")).expect("kept"),
+        b"built\n"
+    );
+
+    // Refused while a file is open in the workspace, naming who holds it; nothing changes.
+    let open = fs::File::open(m.join("src/main.rs")).expect("open");
+    let err = world.daemon.ctl_err(&["reset", "undo"]);
+    assert!(err.contains("files are open under"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        changes(&world.daemon, "undo"),
+        ["M src/main.rs", "A target/"]
+    );
+
+    // Forced: every change goes; what was open stays readable to its holder.
+    let out = world.daemon.ctl_ok(&["reset", "undo", "--force"]);
+    assert!(out.contains("reset every change of undo"), "{out}");
+    let mut kept = String::new();
+    std::io::Read::read_to_string(&mut &open, &mut kept).expect("read the open file");
+    assert_eq!(kept, "fn main() {}\n");
+    drop(open);
+    assert!(changes(&world.daemon, "undo").is_empty());
+    assert!(is_mounted(&m));
+    assert_eq!(fs::read(m.join("run.sh")).expect("lazy").len(), 19);
+    assert!(!m.join("target").exists());
+
+    // Paths outside the workspace, and mounts without one, are refused with what to do.
+    let err = world.daemon.ctl_err(&["reset", "undo", "/etc/passwd"]);
+    assert!(
+        err.contains("is not under the workspace's mountpoint"),
+        "{err}"
+    );
+    let err = world.daemon.ctl_err(&["reset", "undo", "src/../.."]);
+    assert!(err.contains("without . or .."), "{err}");
+    world.mount_mega("plain");
+    let err = world.daemon.ctl_err(&["reset", "plain"]);
+    assert!(err.contains("plain is not a workspace"), "{err}");
+}

@@ -98,6 +98,8 @@ pub enum SupervisorError {
     UnknownMount(String),
     #[error("{0} is busy (files are open in it); close them, or disconnect with --force")]
     Busy(PathBuf),
+    #[error("files are open under {path} ({holders}); close them, or reset with --force")]
+    InUse { path: PathBuf, holders: String },
     #[error("{0}")]
     Source(#[from] SourceError),
     #[error("{0}")]
@@ -196,6 +198,7 @@ struct MountEntry {
     location: Location,
     git_ref: String,
     owner_uid: u32,
+    owner_gid: u32,
     /// The configuration entry it was mounted from, if any.
     config: Option<MountConfig>,
     fs: Arc<MountFs>,
@@ -495,6 +498,7 @@ impl Supervisor {
             location: spec.location.clone(),
             git_ref: spec.git_ref.clone(),
             owner_uid: caller.uid,
+            owner_gid: caller.gid,
             config: None,
             fs,
             notifier,
@@ -806,6 +810,73 @@ impl Supervisor {
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Discards the changes of workspace `target` at `paths` (all if none): its overlay comes
+    /// off (refused while a file under them is open, unless `force`), they leave the upper
+    /// layer, and the overlay goes back onto the mountpoint, checked again as at connect.
+    /// The entries removed.
+    pub async fn reset(
+        &self,
+        target: &str,
+        paths: &[Vec<u8>],
+        force: bool,
+        caller: Caller,
+    ) -> Result<u64, SupervisorError> {
+        let access = self.access();
+        let table = self.table.lock().await;
+        let index = find_for(&table.mounts, target, None, &caller, &access)?;
+        let entry = &table.mounts[index];
+        let Some(overlay) = &entry.overlay else {
+            return Err(SupervisorError::NotWritable(entry.name.to_string()));
+        };
+        let paths = paths
+            .iter()
+            .map(|path| workspace::repo_path_in(&entry.mountpoint, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (point, lower, ws) = (
+            entry.mountpoint.clone(),
+            overlay.lower.clone(),
+            overlay.workspace.clone(),
+        );
+        let name = entry.name.clone();
+        let owner = Caller {
+            uid: entry.owner_uid,
+            gid: entry.owner_gid,
+            pid: caller.pid,
+        };
+        let reset = tokio::task::spawn_blocking(move || {
+            // The overlay comes off whole, so anything open in it stands in the way, not
+            // only what is under `paths`.
+            if !force {
+                let holders = mounts::holders_of(&[&point]);
+                if !holders.is_empty() {
+                    return Err(SupervisorError::InUse {
+                        path: point.clone(),
+                        holders: holders.join(", "),
+                    });
+                }
+            }
+            mountpoint::unmount(&point, force)?;
+            // What could not be removed is said after the overlay is back: nothing is lost.
+            let removed = workspace::remove_changes(&ws.upper(), &paths).map_err(|source| {
+                SupervisorError::Workspace(WorkspaceError::Io {
+                    path: ws.upper(),
+                    source,
+                })
+            });
+            // Back onto the mountpoint, which is checked as for a connect: the user's own,
+            // empty, reached without a symlink.
+            let (_, dir) = mountpoint::check(&point, &owner, &access)?;
+            workspace::mount_overlay(&ws, &lower, &point, &dir, &name)?;
+            removed
+        });
+        let removed = reset
+            .await
+            .map_err(|e| task_failed("resetting a workspace", e))??;
+        drop(table);
+        info!(mount = %target, uid = caller.uid, removed, force, "workspace reset");
+        Ok(removed)
     }
 
     /// What the workspace `target` names changed against its commit, and that commit.

@@ -31,7 +31,7 @@ pub struct Workspaces {
 }
 
 /// One mount's workspace.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Workspace {
     dir: PathBuf,
     meta: Meta,
