@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context};
 use megafs_proto::location::Location;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    CacheRequest, ChangesRequest, ConnectRequest, DisconnectRequest, PrefetchRequest,
+    CacheRequest, ChangesRequest, ConnectRequest, DiffRequest, DisconnectRequest, PrefetchRequest,
     RefreshRequest, ResetRequest, StatsRequest, StatusRequest,
 };
 
@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             discard,
         } => disconnect(&cli, target, *force, *discard).await,
         Command::Changes { target, json } => changes(&cli, target, *json).await,
+        Command::Diff { target, paths } => diff(&cli, target, paths).await,
         Command::Reset {
             target,
             paths,
@@ -247,6 +248,33 @@ async fn changes(cli: &Cli, target: &str, json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", output::changes_text(&reply));
     }
+    Ok(())
+}
+
+async fn diff(cli: &Cli, target: &str, paths: &[PathBuf]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut client = client::connect(cli).await?;
+    let mut chunks = client
+        .diff(DiffRequest {
+            target: target.to_string(),
+            paths: paths
+                .iter()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .collect(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = chunks.message().await.map_err(status_error)? {
+        match stdout.write_all(&chunk.patch) {
+            // A pager or `head` that stopped reading: done, as for git.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.context("writing the patch")?,
+        }
+    }
+    stdout.flush().context("writing the patch")?;
     Ok(())
 }
 

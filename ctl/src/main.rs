@@ -83,6 +83,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a workspace's changes as a patch against its commit (`git diff --binary` form:
+    /// `git apply` takes it on a checkout of that commit); of the paths named only, if any.
+    Diff {
+        /// A workspace's mount name, mountpoint or repository.
+        target: String,
+        /// Paths inside the repository (or absolute under the mountpoint) [default: all].
+        paths: Vec<PathBuf>,
+    },
     /// Discard a workspace's local changes: those at the paths named (inside the repository,
     /// as `changes` shows them, or absolute under the mountpoint; a directory goes whole), or
     /// every change if none is named. The workspace's overlay comes off and goes back on, so

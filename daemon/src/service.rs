@@ -6,22 +6,23 @@ use std::sync::Arc;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     change, CacheReply, CacheRequest, Change, ChangesReply, ChangesRequest, ConnectReply,
-    ConnectRequest, DisconnectReply, DisconnectRequest, Latency, MountInfo, MountStats, OpStats,
-    PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest, ResetReply,
-    ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
+    ConnectRequest, DiffChunk, DiffRequest, DisconnectReply, DisconnectRequest, Latency, MountInfo,
+    MountStats, OpStats, PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply,
+    RefreshRequest, ResetReply, ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn, Instrument};
 
+use crate::fs::FsError;
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
 use crate::location::Location;
 use crate::metrics::{MountMetrics, Op, Percentiles, Tier};
 use crate::source::SourceError;
 use crate::store::Store;
 use crate::supervisor::{Caller, ConnectSpec, MountStatus, Supervisor, SupervisorError};
-use crate::workspace::changes::ChangeKind;
+use crate::workspace::changes::{ChangeKind, ChangesError};
 use crate::workspace::{Usage, WorkspaceError};
 
 pub struct ControlService {
@@ -90,7 +91,10 @@ fn to_status(e: SupervisorError) -> Status {
             }
             _ => Status::internal(message),
         },
-        E::Fs(_) | E::Mount { .. } | E::Unmount { .. } | E::Internal(_) => {
+        E::Changes(ChangesError::Commit(FsError::Source(_) | FsError::Timeout(_))) => {
+            Status::unavailable(message)
+        }
+        E::Changes(_) | E::Fs(_) | E::Mount { .. } | E::Unmount { .. } | E::Internal(_) => {
             Status::internal(message)
         }
     }
@@ -303,6 +307,47 @@ impl Control for ControlService {
             })
             .collect();
         Ok(Response::new(ChangesReply { commit, changes }))
+    }
+
+    type DiffStream = tokio_stream::wrappers::ReceiverStream<Result<DiffChunk, Status>>;
+
+    async fn diff(
+        &self,
+        request: Request<DiffRequest>,
+    ) -> Result<Response<Self::DiffStream>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let (patches, mut written) = tokio::sync::mpsc::channel(4);
+        let job = self
+            .supervisor
+            .diff(&request.target, &request.paths, caller, patches)
+            .await
+            .map_err(|e| refused_or(e, &caller))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let span = tracing::info_span!("diff", mount = %request.target, uid = caller.uid);
+        tokio::spawn(
+            async move {
+                let forward = async {
+                    while let Some(patch) = written.recv().await {
+                        if tx.send(Ok(DiffChunk { patch })).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let (done, ()) = tokio::join!(job, forward);
+                match done {
+                    Ok(files) => info!(files, "diff sent"),
+                    Err(e) => {
+                        warn!(error = %e, "diff failed");
+                        let _ = tx.send(Err(to_status(e))).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetReply>, Status> {

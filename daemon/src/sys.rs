@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -28,6 +28,45 @@ pub fn identity() -> (u32, u32) {
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// Opens `name` (one component) in directory `dir` with `flags`, never following a symlink
+/// there (O_NOFOLLOW: a symlink is ELOOP, or itself with O_PATH).
+pub fn open_at(dir: &impl AsFd, name: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c_name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    // SAFETY: dir is an open descriptor and c_name a valid C string, both for the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            c_name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The target of symlink `name` in directory `dir`.
+pub fn read_link_at(dir: &impl AsFd, name: &[u8]) -> io::Result<Vec<u8>> {
+    let c_name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: dir is open, c_name a valid C string and buf ours for buf.len() bytes.
+    let len = unsafe {
+        libc::readlinkat(
+            dir.as_fd().as_raw_fd(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// statvfs(2) of `path`.

@@ -440,3 +440,105 @@ fn reset_takes_paths_back_to_the_commit_and_waits_for_open_files() {
     let err = world.daemon.ctl_err(&["reset", "plain"]);
     assert!(err.contains("plain is not a workspace"), "{err}");
 }
+
+/// Applies `patch` with `git apply` in `dir` (not a repository: applied to the files).
+fn git_apply(dir: &Path, patch: &str) {
+    let mut child = std::process::Command::new("git")
+        .args(["apply", "--whitespace=nowarn", "-"])
+        .current_dir(dir)
+        .env("GIT_CEILING_DIRECTORIES", dir.parent().unwrap_or(dir))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("git apply");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(patch.as_bytes())
+        .expect("writing the patch");
+    let out = child.wait_with_output().expect("git apply");
+    assert!(
+        out.status.success(),
+        "git apply: {}\n{patch}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_workspaces_diff_applies_to_a_checkout_of_its_commit() {
+    let world = World::new();
+    let m = world.daemon.mountpoint("rt");
+    let repo = path_str(&world.fixture.path).to_string();
+    world.daemon.ctl_ok(&[
+        "connect",
+        &repo,
+        "--mount-point",
+        path_str(&m),
+        "--name",
+        "rt",
+        "--writable",
+    ]);
+    let point = m.clone();
+    within(LIMIT, move || {
+        write_everything(&point);
+        // Beyond the ordinary writes: a name git quotes, a symlink become a file, a
+        // directory become a file, and a binary file rewritten.
+        let unicode = point.join(megafs_testsupport::fixture::UNICODE_NAME);
+        fs::write(&unicode, "grüße, 世界, again\n").expect("write");
+        fs::write(point.join("docs/a name\twith tab"), b"tabbed\n").expect("write");
+        fs::remove_file(point.join("link-to-readme")).expect("unlink");
+        fs::write(point.join("link-to-readme"), b"a file now\n").expect("write");
+        fs::remove_dir_all(point.join("nested-moved")).expect("rm -r");
+        fs::write(point.join("nested-moved"), b"not a directory\n").expect("write");
+        let five = fs::OpenOptions::new()
+            .write(true)
+            .open(point.join("big/five-mb.bin"))
+            .expect("open");
+        five.write_all_at(b"\0patched\0", 1_000_000).expect("write");
+    });
+
+    let patch = world.daemon.ctl_ok(&["diff", "rt"]);
+    assert!(
+        patch.contains("GIT binary patch"),
+        "binary files as git binary patches"
+    );
+    assert!(
+        patch.contains("\"b/docs/file with spaces \\303\\274n\\303\\257"),
+        "a name past ASCII is quoted as git quotes it"
+    );
+    assert!(patch.contains("\"b/docs/a name\\twith tab\""), "{patch}");
+    let checkout = world.archive(&world.fixture.head);
+    git_apply(checkout.path(), &patch);
+    let differences =
+        megafs_testsupport::compare::differences(checkout.path(), &m).expect("comparing the trees");
+    assert!(differences.is_empty(), "{differences:#?}");
+
+    // Of some paths only: nothing else in it.
+    let readme = world.daemon.ctl_ok(&["diff", "rt", "README.md", "many"]);
+    let files: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("diff --git"))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "diff --git a/README.md b/README.md",
+            "diff --git a/many/f1.txt b/many/f1.txt",
+            "diff --git a/many/f2.txt b/many/f2.txt",
+            "diff --git a/many/f3.txt b/many/f3.txt",
+        ]
+    );
+    let fresh = world.archive(&world.fixture.head);
+    git_apply(fresh.path(), &readme);
+    assert_eq!(
+        fs::read(fresh.path().join("README.md")).expect("readme"),
+        b"fixture v2\none more line\n"
+    );
+    assert!(fresh.path().join("src/main.rs").exists());
+    let err = world.daemon.ctl_err(&["diff", "rt", "/etc"]);
+    assert!(
+        err.contains("is not under the workspace's mountpoint"),
+        "{err}"
+    );
+}

@@ -544,6 +544,16 @@ impl MountFs {
         ))
     }
 
+    /// The content of blob `oid`, found at `path` in the commit shown: from the cache, else
+    /// fetched (and verified) as a read would fetch it.
+    pub async fn blob_at(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Vec<u8>, FsError> {
+        self.loader.blob_bytes(path, oid).await
+    }
+
     /// Fetches the listings and files `patterns` want (all of the mount if none), down to
     /// `depth` levels below each pattern's base (0: no limit). See `prefetch`.
     pub async fn prefetch(

@@ -30,7 +30,8 @@ use crate::mount_name::{MountName, NameError};
 use crate::source::git::Credentials;
 use crate::source::SourceError;
 use crate::store::Store;
-use crate::workspace::changes::{self, Change};
+use crate::workspace::changes::{self, Change, ChangesError};
+use crate::workspace::diff;
 use crate::workspace::{Usage, WorkspaceError, Workspaces};
 use crate::{mounts, sys};
 use reconcile::Retrying;
@@ -102,6 +103,9 @@ pub enum SupervisorError {
     InUse { path: PathBuf, holders: String },
     #[error("{0}")]
     Source(#[from] SourceError),
+    /// Reading a workspace's changes (or the commit they are against) failed.
+    #[error("{0}")]
+    Changes(#[from] ChangesError),
     #[error("{0}")]
     Fs(FsError),
     #[error("timed out after {0:?} waiting for the source")]
@@ -879,6 +883,48 @@ impl Supervisor {
         Ok(removed)
     }
 
+    /// Streams the patch of workspace `target`'s changes (at `paths`, all if none) down
+    /// `out`; what changed is worked out before this returns, so that a wrong target or path
+    /// is an error of the request, and the patch is written by the task it returns.
+    pub async fn diff(
+        &self,
+        target: &str,
+        paths: &[Vec<u8>],
+        caller: Caller,
+        out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<impl std::future::Future<Output = Result<u64, SupervisorError>>, SupervisorError>
+    {
+        let (fs, upper, point) = {
+            let table = self.table.lock().await;
+            let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
+            let entry = &table.mounts[index];
+            let Some(overlay) = &entry.overlay else {
+                return Err(SupervisorError::NotWritable(entry.name.to_string()));
+            };
+            (
+                entry.fs.clone(),
+                overlay.workspace.upper(),
+                entry.mountpoint.clone(),
+            )
+        };
+        let only = paths
+            .iter()
+            .map(|path| workspace::repo_path_in(&point, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let found = changes::compute(&upper, &fs).await?;
+        let shown = {
+            let at = point.clone();
+            tokio::task::spawn_blocking(move || diff::Shown::open(&at))
+                .await
+                .map_err(|e| task_failed("opening a workspace", e))?
+                .map_err(|source| ChangesError::Io {
+                    path: point.clone(),
+                    source,
+                })?
+        };
+        Ok(async move { Ok(diff::send(&found, &only, &fs, Arc::new(shown), &out).await?) })
+    }
+
     /// What the workspace `target` names changed against its commit, and that commit.
     pub async fn changes(
         &self,
@@ -895,9 +941,7 @@ impl Supervisor {
             (entry.fs.clone(), overlay.workspace.upper())
         };
         let commit = fs.snapshot().commit.to_hex();
-        let found = changes::compute(&upper, &fs)
-            .await
-            .map_err(|e| SupervisorError::Invalid(e.to_string()))?;
+        let found = changes::compute(&upper, &fs).await?;
         Ok((commit, found))
     }
 

@@ -31,6 +31,8 @@ pub struct Item {
 pub trait CommitTree: Send + Sync {
     /// The entries of directory `path`; None if the commit has no directory there.
     async fn list(&self, path: &RepoPath) -> Result<Option<Vec<Item>>, FsError>;
+    /// The content of blob `oid`, at `path` in the commit.
+    async fn blob(&self, path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, FsError>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,6 +107,10 @@ impl CommitTree for std::sync::Arc<MountFs> {
                 })
                 .collect()
         }))
+    }
+
+    async fn blob(&self, path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, FsError> {
+        self.blob_at(path, oid).await
     }
 }
 
@@ -417,6 +423,11 @@ mod tests {
     impl CommitTree for Tree {
         async fn list(&self, path: &RepoPath) -> Result<Option<Vec<Item>>, FsError> {
             Ok(self.0.get(path.as_bytes()).cloned())
+        }
+
+        async fn blob(&self, path: &RepoPath, _: ObjectId) -> Result<Vec<u8>, FsError> {
+            // Changes compare ids; they never read a commit's content.
+            Err(FsError::NoSuchPath(path.clone()))
         }
     }
 

@@ -12,7 +12,9 @@
 //! user's.
 
 pub mod changes;
+pub mod diff;
 pub mod overlay;
+pub mod patch;
 
 use std::fs;
 use std::io;
