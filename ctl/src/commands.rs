@@ -46,7 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             paths,
             force,
         } => reset(&cli, target, paths, *force).await,
-        Command::Refresh { target } => refresh(&cli, target).await,
+        Command::Refresh { target, force } => refresh(&cli, target, *force).await,
         Command::Prefetch {
             target,
             patterns,
@@ -106,11 +106,12 @@ async fn prefetch(cli: &Cli, target: &str, patterns: &[String], depth: u32) -> a
     Ok(())
 }
 
-async fn refresh(cli: &Cli, target: &str) -> anyhow::Result<()> {
+async fn refresh(cli: &Cli, target: &str, force: bool) -> anyhow::Result<()> {
     let mut client = client::connect(cli).await?;
     let reply = client
         .refresh(RefreshRequest {
             target: target.to_string(),
+            force,
         })
         .await
         .map_err(status_error)?
@@ -129,6 +130,16 @@ async fn refresh(cli: &Cli, target: &str) -> anyhow::Result<()> {
             output::short(&reply.previous_commit),
             output::short(&mount.commit)
         );
+    }
+    if !reply.conflicts.is_empty() {
+        println!(
+            "{} paths changed upstream under local changes (kept, marked U in `mega-fuse changes {}`):",
+            reply.conflicts.len(),
+            mount.name
+        );
+        for path in &reply.conflicts {
+            println!("U {}", String::from_utf8_lossy(path));
+        }
     }
     Ok(())
 }

@@ -74,8 +74,8 @@ enum Command {
         discard: bool,
     },
     /// Show what a workspace changed against its commit, like `git status --porcelain`: A
-    /// added, M modified, D deleted, T type changed; a directory added or deleted whole ends
-    /// with `/`.
+    /// added, M modified, D deleted, T type changed, U changed upstream too (a conflict,
+    /// the local version kept); a directory added or deleted whole ends with `/`.
     Changes {
         /// A workspace's mount name, mountpoint or repository.
         target: String,
@@ -105,10 +105,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Move a mount to the newest commit of what it follows (its branch, tag or trunk).
+    /// Move a mount to the newest commit of what it follows (its branch, tag or trunk). A
+    /// workspace keeps its changes over the new commit; paths changed upstream too are
+    /// marked as conflicts (U in `changes`), keeping the local version.
     Refresh {
         /// A mount's name, mountpoint or repository.
         target: String,
+        /// A workspace: refresh even while files are open in it (their holders keep the
+        /// tree they had, detached).
+        #[arg(long)]
+        force: bool,
     },
     /// Fetch listings and files ahead of reads, with a progress bar (Ctrl-C stops it).
     Prefetch {

@@ -263,11 +263,12 @@ pub fn changes_text(reply: &ChangesReply) -> String {
         .changes
         .iter()
         .map(|c| {
-            format!(
-                "{} {}\n",
-                change_letter(c.kind),
-                String::from_utf8_lossy(&c.path)
-            )
+            let letter = if c.conflict {
+                "U"
+            } else {
+                change_letter(c.kind)
+            };
+            format!("{letter} {}\n", String::from_utf8_lossy(&c.path))
         })
         .collect()
 }
@@ -280,6 +281,7 @@ pub fn changes_json(reply: &ChangesReply) -> String {
             json!({
                 "path": String::from_utf8_lossy(&c.path),
                 "change": change_name(c.kind),
+                "conflict": c.conflict,
             })
         })
         .collect();

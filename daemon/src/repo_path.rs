@@ -48,6 +48,12 @@ impl RepoPath {
         std::str::from_utf8(&self.0).ok()
     }
 
+    /// Whether this path is `dir` or under it, by whole names (`srcs` is not under `src`).
+    pub fn is_within(&self, dir: &RepoPath) -> bool {
+        let mut names = self.components();
+        dir.components().all(|d| names.next() == Some(d))
+    }
+
     pub fn components(&self) -> impl Iterator<Item = &[u8]> {
         self.0.split(|&b| b == b'/').filter(|c| !c.is_empty())
     }

@@ -197,16 +197,22 @@ impl Control for ControlService {
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshReply>, Status> {
         let caller = caller(&request)?;
-        let target = request.into_inner().target;
+        let request = request.into_inner();
+        let target = request.target;
         info!(%target, uid = caller.uid, pid = caller.pid, "refresh requested");
-        let (previous_commit, status) = self
+        let refreshed = self
             .supervisor
-            .refresh(&target, caller)
+            .refresh(&target, request.force, caller)
             .await
             .map_err(|e| refused_or(e, &caller))?;
         Ok(Response::new(RefreshReply {
-            mount: Some(to_info(status)),
-            previous_commit,
+            mount: Some(to_info(refreshed.mount)),
+            previous_commit: refreshed.before,
+            conflicts: refreshed
+                .conflicts
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
         }))
     }
 
@@ -303,6 +309,7 @@ impl Control for ControlService {
                 Change {
                     path,
                     kind: kind as i32,
+                    conflict: c.conflict,
                 }
             })
             .collect();

@@ -542,3 +542,89 @@ fn a_workspaces_diff_applies_to_a_checkout_of_its_commit() {
         "{err}"
     );
 }
+
+#[test]
+fn a_refresh_moves_the_commit_under_the_changes_and_marks_conflicts() {
+    use megafs_testsupport::fixture::git;
+    let world = World::new();
+    let m = world.daemon.mountpoint("up");
+    let repo = path_str(&world.fixture.path).to_string();
+    let connect = [
+        "connect",
+        &repo,
+        "--ref",
+        "main",
+        "--mount-point",
+        path_str(&m),
+        "--name",
+        "up",
+        "--writable",
+    ];
+    world.daemon.ctl_ok(&connect);
+    fs::write(m.join("README.md"), b"mine\n").expect("write");
+    fs::write(m.join("new.txt"), b"new here\n").expect("write");
+    fs::remove_file(m.join("run.sh")).expect("unlink");
+    fs::write(m.join("src/main.rs"), b"fn main() {}\n").expect("write");
+
+    // Upstream moves: the same README and run.sh, and paths left alone here.
+    let up = &world.fixture.path;
+    fs::write(up.join("README.md"), b"fixture v3\n").expect("write");
+    fs::write(up.join("run.sh"), b"#!/bin/sh\necho v3\n").expect("write");
+    fs::write(up.join("many/f4.txt"), b"four, upstream\n").expect("write");
+    fs::write(up.join("upstream.txt"), b"from upstream\n").expect("write");
+    git(
+        up,
+        &["add", "README.md", "run.sh", "many/f4.txt", "upstream.txt"],
+    )
+    .expect("git add");
+    git(up, &["commit", "-q", "-m", "third"]).expect("git commit");
+    let head = git(up, &["rev-parse", "HEAD"]).expect("rev-parse");
+
+    // Not while a file is open in it.
+    let open = fs::File::open(m.join("many/f1.txt")).expect("open");
+    let err = world.daemon.ctl_err(&["refresh", "up"]);
+    assert!(err.contains("or refresh with --force"), "{err}");
+    drop(open);
+
+    let out = world.daemon.ctl_ok(&["refresh", "up"]);
+    assert!(out.contains(&format!("to {}", &head[..12])), "{out}");
+    assert!(out.contains("2 paths changed upstream"), "{out}");
+    let point = m.clone();
+    let check = move || {
+        let read = |p: &str| fs::read(point.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        // Local versions stay; upstream shows where nothing was changed here.
+        assert_eq!(read("README.md"), b"mine\n");
+        assert!(!point.join("run.sh").exists());
+        assert_eq!(read("src/main.rs"), b"fn main() {}\n");
+        assert_eq!(read("new.txt"), b"new here\n");
+        assert_eq!(read("many/f4.txt"), b"four, upstream\n");
+        assert_eq!(read("upstream.txt"), b"from upstream\n");
+    };
+    within(LIMIT, check.clone());
+    let conflicted = ["U README.md", "A new.txt", "U run.sh", "M src/main.rs"];
+    assert_eq!(changes(&world.daemon, "up"), conflicted);
+    let json: serde_json::Value =
+        serde_json::from_str(&world.daemon.ctl_ok(&["changes", "up", "--json"])).expect("JSON");
+    assert_eq!(json["commit"], head.as_str());
+    assert_eq!(json["changes"][0]["conflict"], true);
+    assert_eq!(json["changes"][0]["change"], "modified");
+    let out = world.daemon.ctl_ok(&["refresh", "up"]);
+    assert!(out.contains("up to date"), "{out}");
+
+    // The new commit and the marks are the workspace's: a reconnect finds both.
+    world.daemon.ctl_ok(&["disconnect", "up"]);
+    world.daemon.ctl_ok(&connect);
+    within(LIMIT, check);
+    assert_eq!(changes(&world.daemon, "up"), conflicted);
+
+    // A reset path takes upstream's version, and its mark goes.
+    world.daemon.ctl_ok(&["reset", "up", "README.md"]);
+    assert_eq!(
+        fs::read(m.join("README.md")).expect("readme"),
+        b"fixture v3\n"
+    );
+    assert_eq!(
+        changes(&world.daemon, "up"),
+        ["A new.txt", "U run.sh", "M src/main.rs"]
+    );
+}

@@ -219,6 +219,20 @@ impl MountFs {
 
     async fn refresh_now(self: &Arc<Self>) -> Result<Option<Vec<Vec<u8>>>, FsError> {
         let fresh = self.loader.latest().await?;
+        self.switch_to(fresh).await
+    }
+
+    /// What the mount's source shows now, without moving to it.
+    pub async fn latest(&self) -> Result<Snapshot, FsError> {
+        self.loader.latest().await
+    }
+
+    /// Moves the mount to `fresh` (a snapshot of its repository), as [`MountFs::refresh`]
+    /// does; None if it shows that commit already.
+    pub async fn switch_to(
+        self: &Arc<Self>,
+        fresh: Snapshot,
+    ) -> Result<Option<Vec<Vec<u8>>>, FsError> {
         let current = self.snapshot();
         if fresh.commit == current.commit {
             return Ok(None);
@@ -517,6 +531,29 @@ impl MountFs {
             node.oid
         };
         self.loader.blob_bytes(&self.path_of(ino), oid).await
+    }
+
+    /// The kind and id of the entry at `path` in the tree `root` (of this repository, shown
+    /// or not); None if there is nothing there. The trees on the way are fetched if needed.
+    pub async fn entry_in(
+        &self,
+        root: ObjectId,
+        path: &RepoPath,
+    ) -> Result<Option<(EntryKind, ObjectId)>, FsError> {
+        let mut at = (EntryKind::Directory, root);
+        let mut walked = RepoPath::root();
+        for name in path.components() {
+            if at.0 != EntryKind::Directory {
+                return Ok(None);
+            }
+            let entries = self.loader.entries(&walked, at.1).await?;
+            match entries.into_iter().find(|e| e.name == name) {
+                Some(entry) => at = (entry.kind, entry.oid),
+                None => return Ok(None),
+            }
+            walked.push(name);
+        }
+        Ok(Some(at))
     }
 
     /// The entries (name, kind, id) of the directory at `path` in the commit shown; None if

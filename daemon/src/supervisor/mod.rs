@@ -27,11 +27,12 @@ pub use crate::location::Timeouts;
 use crate::location::{self, default_name_of, Location, LocationError};
 use crate::metrics::MountMetrics;
 use crate::mount_name::{MountName, NameError};
+use crate::repo_path::RepoPath;
 use crate::source::git::Credentials;
-use crate::source::SourceError;
+use crate::source::{Snapshot, SourceError};
 use crate::store::Store;
 use crate::workspace::changes::{self, Change, ChangesError};
-use crate::workspace::diff;
+use crate::workspace::{conflicts, diff};
 use crate::workspace::{Usage, WorkspaceError, Workspaces};
 use crate::{mounts, sys};
 use reconcile::Retrying;
@@ -99,8 +100,12 @@ pub enum SupervisorError {
     UnknownMount(String),
     #[error("{0} is busy (files are open in it); close them, or disconnect with --force")]
     Busy(PathBuf),
-    #[error("files are open under {path} ({holders}); close them, or reset with --force")]
-    InUse { path: PathBuf, holders: String },
+    #[error("files are open under {path} ({holders}); close them, or {action} with --force")]
+    InUse {
+        path: PathBuf,
+        holders: String,
+        action: &'static str,
+    },
     #[error("{0}")]
     Source(#[from] SourceError),
     /// Reading a workspace's changes (or the commit they are against) failed.
@@ -167,6 +172,17 @@ impl MountState {
             MountState::Unmounted => "unmounted",
         }
     }
+}
+
+/// What a refresh did.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The commit shown before (that shown now, if it did not move).
+    pub before: String,
+    pub mount: MountStatus,
+    /// A workspace's paths the move changed under local changes (marked, the local
+    /// version kept).
+    pub conflicts: Vec<RepoPath>,
 }
 
 /// A mount as `status` reports it.
@@ -715,18 +731,16 @@ impl Supervisor {
     pub async fn refresh(
         &self,
         target: &str,
+        force: bool,
         caller: Caller,
-    ) -> Result<(String, MountStatus), SupervisorError> {
+    ) -> Result<Refreshed, SupervisorError> {
         let (fs, notifier, refreshed_at) = {
             let table = self.table.lock().await;
             let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
             let entry = &table.mounts[index];
             if entry.overlay.is_some() {
-                return Err(SupervisorError::Invalid(format!(
-                    "{} is a workspace, whose commit cannot move yet: disconnect it and \
-                     connect it again (its changes stay)",
-                    entry.name
-                )));
+                drop(table);
+                return self.refresh_workspace(target, force, caller).await;
             }
             (
                 entry.fs.clone(),
@@ -748,7 +762,128 @@ impl Supervisor {
         refreshed_at.store(unix_now(), Ordering::Relaxed);
         let table = self.table.lock().await;
         let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
-        Ok((before, table.mounts[index].status()))
+        Ok(Refreshed {
+            before,
+            mount: table.mounts[index].status(),
+            conflicts: Vec::new(),
+        })
+    }
+
+    /// Moves workspace `target` to the newest commit of what it follows, under its changes:
+    /// its overlay comes off (refused while anything is open in it, unless `force`), the
+    /// view beneath moves, the paths changed on both sides are marked as conflicts (the
+    /// local version stays), and the overlay goes back on. The table stays locked
+    /// throughout, so nothing else comes and goes meanwhile.
+    async fn refresh_workspace(
+        &self,
+        target: &str,
+        force: bool,
+        caller: Caller,
+    ) -> Result<Refreshed, SupervisorError> {
+        let access = self.access();
+        let mut table = self.table.lock().await;
+        let index = find_for(&table.mounts, target, None, &caller, &access)?;
+        let entry = &table.mounts[index];
+        let Some(overlay) = &entry.overlay else {
+            return Err(SupervisorError::NotWritable(entry.name.to_string()));
+        };
+        let fs = entry.fs.clone();
+        let before = fs.snapshot();
+        let fresh = self.newest(entry).await?;
+        let unchanged = fresh.commit == before.commit;
+        let (point, lower, mut ws) = (
+            entry.mountpoint.clone(),
+            overlay.lower.clone(),
+            overlay.workspace.clone(),
+        );
+        let (name, notifier) = (entry.name.clone(), entry.notifier.clone());
+        let owner = Caller {
+            uid: entry.owner_uid,
+            gid: entry.owner_gid,
+            pid: caller.pid,
+        };
+        if unchanged {
+            return Ok(Refreshed {
+                before: before.commit.to_hex(),
+                mount: entry.status(),
+                conflicts: Vec::new(),
+            });
+        }
+        let local = changes::compute(&ws.upper(), &fs).await?;
+        let found = conflicts::between(&local, before.root_tree, fresh.root_tree, &fs).await?;
+        let off = point.clone();
+        tokio::task::spawn_blocking(move || workspace::take_off(&off, force, "refresh"))
+            .await
+            .map_err(|e| task_failed("refreshing a workspace", e))??;
+        // Whatever happens to the move, the overlay goes back on: nothing is lost.
+        let switched = fs.switch_to(fresh).await;
+        if let Ok(Some(names)) = &switched {
+            let (notifier, names) = (notifier.clone(), names.clone());
+            let _ = tokio::task::spawn_blocking(move || notifier.invalidate_root_now(names)).await;
+        }
+        let commit = fs.snapshot().commit.to_hex();
+        let moved = switched.is_ok();
+        let marks = found.clone();
+        let back = tokio::task::spawn_blocking(move || {
+            let recorded = match moved {
+                true => ws.set_commit(&commit).and_then(|()| {
+                    let mut open = conflicts::still_open(&ws.conflicts()?, &local);
+                    for mark in marks {
+                        if !open.contains(&mark) {
+                            open.push(mark);
+                        }
+                    }
+                    ws.set_conflicts(&open)
+                }),
+                false => Ok(()),
+            };
+            let (_, dir) = mountpoint::check(&point, &owner, &access)?;
+            workspace::mount_overlay(&ws, &lower, &point, &dir, &name)?;
+            recorded?;
+            Ok::<_, SupervisorError>(ws)
+        })
+        .await
+        .map_err(|e| task_failed("refreshing a workspace", e))?;
+        let ws = back?;
+        switched?;
+        let entry = &mut table.mounts[index];
+        if let Some(overlay) = entry.overlay.as_mut() {
+            overlay.workspace = ws;
+        }
+        entry.refreshed_at.store(unix_now(), Ordering::Relaxed);
+        info!(
+            mount = %entry.name, from = %before.commit, to = %entry.fs.snapshot().commit,
+            conflicts = found.len(), force, "workspace refreshed"
+        );
+        Ok(Refreshed {
+            before: before.commit.to_hex(),
+            mount: entry.status(),
+            conflicts: found,
+        })
+    }
+
+    /// The newest commit of what `entry` follows. A workspace of a git repository is
+    /// mounted at the commit its changes are against, so its source is asked again with
+    /// the ref it was connected with.
+    async fn newest(&self, entry: &MountEntry) -> Result<Snapshot, SupervisorError> {
+        if entry.location.mega_url().is_some() {
+            return Ok(entry.fs.latest().await?);
+        }
+        let credentials = entry
+            .config
+            .as_ref()
+            .and_then(|c| ConnectSpec::from(c).credentials);
+        let source = location::open(
+            &entry.location,
+            &entry.git_ref,
+            self.timeouts,
+            credentials,
+            entry.fs.metrics().server(),
+        )?;
+        tokio::time::timeout(self.timeouts.request, source.resolve())
+            .await
+            .map_err(|_| SupervisorError::Timeout(self.timeouts.request))?
+            .map_err(SupervisorError::from)
     }
 
     /// The numbers of the mount `target` names, or of every mount `caller` may see.
@@ -852,23 +987,28 @@ impl Supervisor {
         let reset = tokio::task::spawn_blocking(move || {
             // The overlay comes off whole, so anything open in it stands in the way, not
             // only what is under `paths`.
-            if !force {
-                let holders = mounts::holders_of(&[&point]);
-                if !holders.is_empty() {
-                    return Err(SupervisorError::InUse {
-                        path: point.clone(),
-                        holders: holders.join(", "),
-                    });
-                }
-            }
-            mountpoint::unmount(&point, force)?;
+            workspace::take_off(&point, force, "reset")?;
             // What could not be removed is said after the overlay is back: nothing is lost.
-            let removed = workspace::remove_changes(&ws.upper(), &paths).map_err(|source| {
-                SupervisorError::Workspace(WorkspaceError::Io {
-                    path: ws.upper(),
-                    source,
+            let removed = workspace::remove_changes(&ws.upper(), &paths)
+                .map_err(|source| {
+                    SupervisorError::Workspace(WorkspaceError::Io {
+                        path: ws.upper(),
+                        source,
+                    })
                 })
-            });
+                .and_then(|removed| {
+                    // Reset paths are the commit's again: no longer in conflict.
+                    let open = ws.conflicts()?;
+                    let kept: Vec<RepoPath> = match paths.is_empty() {
+                        true => Vec::new(),
+                        false => open
+                            .into_iter()
+                            .filter(|c| !paths.iter().any(|p| c.is_within(p)))
+                            .collect(),
+                    };
+                    ws.set_conflicts(&kept)?;
+                    Ok(removed)
+                });
             // Back onto the mountpoint, which is checked as for a connect: the user's own,
             // empty, reached without a symlink.
             let (_, dir) = mountpoint::check(&point, &owner, &access)?;
@@ -931,17 +1071,21 @@ impl Supervisor {
         target: &str,
         caller: Caller,
     ) -> Result<(String, Vec<Change>), SupervisorError> {
-        let (fs, upper) = {
+        let (fs, ws) = {
             let table = self.table.lock().await;
             let index = find_for(&table.mounts, target, None, &caller, &self.access())?;
             let entry = &table.mounts[index];
             let Some(overlay) = &entry.overlay else {
                 return Err(SupervisorError::NotWritable(entry.name.to_string()));
             };
-            (entry.fs.clone(), overlay.workspace.upper())
+            (entry.fs.clone(), overlay.workspace.clone())
         };
         let commit = fs.snapshot().commit.to_hex();
-        let found = changes::compute(&upper, &fs).await?;
+        let mut found = changes::compute(&ws.upper(), &fs).await?;
+        let marked = tokio::task::spawn_blocking(move || ws.conflicts())
+            .await
+            .map_err(|e| task_failed("reading a workspace's conflicts", e))??;
+        conflicts::mark(&mut found, &marked);
         Ok((commit, found))
     }
 

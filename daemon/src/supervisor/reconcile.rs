@@ -131,6 +131,7 @@ impl Supervisor {
     /// Notices mounts that went away without a disconnect, retries failed configured mounts
     /// that are due and starts periodic refreshes. Called every second or so.
     pub async fn supervise(self: &Arc<Self>) {
+        let mut workspaces = Vec::new();
         let due = {
             let mut table = self.table.lock().await;
             let mut index = 0;
@@ -160,16 +161,15 @@ impl Supervisor {
             }
             let now = Instant::now();
             for entry in table.mounts.iter_mut() {
-                // A workspace's commit does not move under it (its overlay would not bear it).
-                let interval = entry
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.refresh_interval)
-                    .filter(|_| entry.overlay.is_none());
+                let interval = entry.config.as_ref().and_then(|c| c.refresh_interval);
                 if let (Some(interval), Some(next)) = (interval, entry.next_refresh) {
                     if next <= now {
                         entry.next_refresh = Some(now + interval);
-                        spawn_refresh(entry);
+                        match entry.overlay {
+                            // A workspace's overlay comes off to move: through the table.
+                            Some(_) => workspaces.push(entry.name.to_string()),
+                            None => spawn_refresh(entry),
+                        }
                     }
                 }
             }
@@ -182,6 +182,26 @@ impl Supervisor {
             }
             due
         };
+        for name in workspaces {
+            let this = Arc::clone(self);
+            let span = tracing::info_span!("refresh", mount = %name);
+            tokio::spawn(
+                async move {
+                    // Never forced: a workspace in use waits for the next turn.
+                    match this.refresh(&name, false, daemon_caller()).await {
+                        Ok(done) if !done.conflicts.is_empty() => {
+                            warn!(
+                                conflicts = done.conflicts.len(),
+                                "refreshed, with conflicts"
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "periodic refresh of a workspace put off"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
         for (config, attempts) in due {
             let this = Arc::clone(self);
             tokio::spawn(async move {

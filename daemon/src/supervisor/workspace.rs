@@ -96,6 +96,27 @@ pub(super) fn mount_overlay(
     })
 }
 
+/// Takes the overlay at `point` off for `action` ("reset", "refresh"): refused while
+/// anything is open in it, naming the holders, unless `force` (then detached lazily: its
+/// holders keep what they opened). Blocking.
+pub(super) fn take_off(
+    point: &Path,
+    force: bool,
+    action: &'static str,
+) -> Result<(), SupervisorError> {
+    if !force {
+        let holders = mounts::holders_of(&[point]);
+        if !holders.is_empty() {
+            return Err(SupervisorError::InUse {
+                path: point.to_path_buf(),
+                holders: holders.join(", "),
+                action,
+            });
+        }
+    }
+    super::mountpoint::unmount(point, force)
+}
+
 /// A path a user named in the workspace mounted at `point`: inside the repository (as
 /// `changes` shows it), or absolute and under `point`.
 pub(super) fn repo_path_in(point: &Path, path: &[u8]) -> Result<RepoPath, SupervisorError> {

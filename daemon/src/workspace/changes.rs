@@ -50,6 +50,8 @@ pub struct Change {
     pub kind: ChangeKind,
     /// A directory added or deleted whole, standing for everything under it.
     pub whole_dir: bool,
+    /// Changed upstream too since the change was made (see `conflicts`).
+    pub conflict: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +202,7 @@ async fn compare_dir<'a>(
             path: path.clone(),
             kind,
             whole_dir,
+            conflict: false,
         };
         match (shown, was) {
             (None, None) => {}
@@ -318,6 +321,7 @@ fn hash_candidates(candidates: Vec<Candidate>) -> Result<Vec<Change>, ChangesErr
                 path: c.path,
                 kind: ChangeKind::Modified,
                 whole_dir: false,
+                conflict: false,
             });
         }
     }

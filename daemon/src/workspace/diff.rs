@@ -153,13 +153,7 @@ fn is_gone(e: &io::Error) -> bool {
 
 /// Whether `path` is one of `only` or under one (everything, if `only` is empty).
 fn wanted(path: &RepoPath, only: &[RepoPath]) -> bool {
-    only.is_empty() || only.iter().any(|o| is_within(path, o))
-}
-
-/// Whether `path` is `dir` or under it, by whole components.
-fn is_within(path: &RepoPath, dir: &RepoPath) -> bool {
-    let mut names = path.components();
-    dir.components().all(|d| names.next() == Some(d))
+    only.is_empty() || only.iter().any(|o| path.is_within(o))
 }
 
 /// Every file of the commit at or under `path` (submodules have none git could patch).
@@ -212,7 +206,7 @@ pub async fn send(
     for change in changes {
         let relevant = only
             .iter()
-            .any(|o| is_within(o, &change.path) || is_within(&change.path, o));
+            .any(|o| o.is_within(&change.path) || change.path.is_within(o));
         if !only.is_empty() && !relevant {
             continue;
         }
@@ -296,10 +290,10 @@ mod tests {
 
     #[test]
     fn paths_are_within_a_directory_by_whole_names() {
-        assert!(is_within(&path("src/lib.rs"), &path("src")));
-        assert!(is_within(&path("src"), &path("src")));
-        assert!(!is_within(&path("srcs/lib.rs"), &path("src")));
-        assert!(is_within(&path("anything"), &RepoPath::root()));
+        assert!(path("src/lib.rs").is_within(&path("src")));
+        assert!(path("src").is_within(&path("src")));
+        assert!(!path("srcs/lib.rs").is_within(&path("src")));
+        assert!(path("anything").is_within(&RepoPath::root()));
         assert!(wanted(&path("a/b"), &[]));
         assert!(!wanted(&path("a/b"), &[path("b")]));
     }

@@ -9,9 +9,10 @@
 //! user) and `work/` (overlayfs's scratch). The system daemon's `NAME/` is root's alone
 //! (0700): the overlay reaches it with root's rights, so no user may swap what is in it, and
 //! the user reaches their changes only through their mount. A per-user daemon's is its
-//! user's.
+//! user's. `conflicts`, where a refresh found any, lists the paths changed on both sides.
 
 pub mod changes;
+pub mod conflicts;
 pub mod diff;
 pub mod overlay;
 pub mod patch;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::location::Location;
 use crate::mount_name::MountName;
+use crate::repo_path::RepoPath;
 
 /// Where a daemon keeps its workspaces.
 #[derive(Clone, Debug)]
@@ -77,6 +79,9 @@ pub enum WorkspaceError {
 
 /// The file naming what a workspace is of.
 const META: &str = "workspace.toml";
+
+/// The file of the paths marked as conflicts.
+const CONFLICTS: &str = "conflicts";
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
     move |source| WorkspaceError::Io {
@@ -238,6 +243,18 @@ impl Workspace {
             self.write_meta()?;
         }
         Ok(())
+    }
+
+    /// The paths marked as conflicts (see `conflicts`). Blocking.
+    pub fn conflicts(&self) -> Result<Vec<RepoPath>, WorkspaceError> {
+        let file = self.dir.join(CONFLICTS);
+        conflicts::read(&file).map_err(io_error(&file))
+    }
+
+    /// Marks `paths` as the conflicts, and only those. Blocking.
+    pub fn set_conflicts(&self, paths: &[RepoPath]) -> Result<(), WorkspaceError> {
+        let file = self.dir.join(CONFLICTS);
+        conflicts::write(&file, paths).map_err(io_error(&file))
     }
 
     /// Lets other users into the mount's root (it is the upper layer's), or keeps them out:
