@@ -628,3 +628,83 @@ fn a_refresh_moves_the_commit_under_the_changes_and_marks_conflicts() {
         ["A new.txt", "U run.sh", "M src/main.rs"]
     );
 }
+
+/// Runs cargo `args` in `dir`, as a developer would, with its own target directory there.
+fn cargo_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let out = std::process::Command::new(cargo)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("running cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_crate_builds_in_place_and_a_second_build_compiles_nothing() {
+    use megafs_testsupport::fixture::git;
+    let world = World::new();
+    let crate_repo = tempfile::tempdir().expect("tempdir");
+    let repo = crate_repo.path();
+    fs::create_dir(repo.join("src")).expect("mkdir");
+    fs::write(
+        repo.join("Cargo.toml"),
+        "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .expect("write");
+    fs::write(
+        repo.join("src/lib.rs"),
+        "pub fn greeting() -> &'static str {\n    \"built in a workspace\"\n}\n",
+    )
+    .expect("write");
+    fs::write(
+        repo.join("src/main.rs"),
+        "fn main() {\n    println!(\"{}\", tiny::greeting());\n}\n",
+    )
+    .expect("write");
+    git(repo, &["init", "-q", "-b", "main"]).expect("git init");
+    git(repo, &["add", "-A"]).expect("git add");
+    git(repo, &["commit", "-q", "-m", "a tiny crate"]).expect("git commit");
+
+    let m = world.daemon.mountpoint("tiny");
+    world.daemon.ctl_ok(&[
+        "connect",
+        path_str(repo),
+        "--mount-point",
+        path_str(&m),
+        "--name",
+        "tiny",
+        "--writable",
+    ]);
+    let first = cargo_in(&m, &["build", "--offline"]);
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("Compiling tiny"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let run = std::process::Command::new(m.join("target/debug/tiny"))
+        .output()
+        .expect("running the build");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "built in a workspace\n"
+    );
+    // The sources' mtimes hold still: the second build finds everything fresh.
+    let second = cargo_in(&m, &["build", "--offline"]);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!said.contains("Compiling"), "{said}");
+    assert!(said.contains("Finished"), "{said}");
+    assert_eq!(
+        changes(&world.daemon, "tiny"),
+        ["A Cargo.lock", "A target/"]
+    );
+    world.daemon.ctl_ok(&["disconnect", "tiny"]);
+}

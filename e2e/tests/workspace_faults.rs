@@ -1,0 +1,159 @@
+//! Workspaces when things go wrong: a full disk under the workspace, and a server that is
+//! down. What was written stays; what was cached reads; only what was never fetched fails.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{errno, path_str, World, MEGA_REPO};
+use megafs_testsupport::harness::within;
+use megafs_testsupport::mega_server::Faults;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A small tmpfs, detached when dropped (whatever still holds it lets go later).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "megafs-test"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let Ok(path) = CString::new(self.0.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
+        // SAFETY: a valid C string, for the call.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn connect_writable(world: &World, name: &str) -> PathBuf {
+    let point = world.daemon.mountpoint(name);
+    world.daemon.ctl_ok(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &world.server.url(),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        name,
+        "--writable",
+    ]);
+    point
+}
+
+#[test]
+fn a_full_disk_fails_the_write_that_does_not_fit_and_keeps_the_rest() {
+    let world = World::new();
+    let _small = Tmpfs::mount(&world.daemon.state_dir(), "2m");
+    let m = connect_writable(&world, "full");
+    fs::write(m.join("kept.txt"), b"written before the disk filled\n").expect("write");
+    fs::write(m.join("README.md"), b"edited\n").expect("write");
+
+    let point = m.clone();
+    let failed = within(LIMIT, move || {
+        let mut big = fs::File::create(point.join("big.out")).expect("create");
+        let block = vec![7u8; 64 * 1024];
+        // 2 MiB of disk cannot take 4 MiB: some write (or the final sync) must fail.
+        for _ in 0..64 {
+            if let Err(e) = big.write_all(&block) {
+                return errno(&e);
+            }
+        }
+        big.sync_all().err().map_or(0, |e| errno(&e))
+    });
+    assert_eq!(failed, libc::ENOSPC);
+
+    // Earlier changes are intact, now and after a reconnect.
+    let point = m.clone();
+    let intact = move || {
+        assert_eq!(
+            fs::read(point.join("kept.txt")).expect("kept"),
+            b"written before the disk filled\n"
+        );
+        assert_eq!(
+            fs::read(point.join("README.md")).expect("readme"),
+            b"edited\n"
+        );
+    };
+    within(LIMIT, intact.clone());
+    fs::remove_file(m.join("big.out")).expect("freeing the space");
+    world.daemon.ctl_ok(&["disconnect", "full"]);
+    connect_writable(&world, "full");
+    within(LIMIT, intact);
+    let out = world.daemon.ctl_ok(&["changes", "full"]);
+    assert_eq!(out, "M README.md\nA kept.txt\n");
+}
+
+#[test]
+fn with_the_server_down_changed_and_cached_files_work_and_others_fail_with_eio() {
+    let world = World::new();
+    let m = connect_writable(&world, "down");
+    let point = m.clone();
+    within(LIMIT, move || {
+        // Cached by reading; changed by writing.
+        assert_eq!(
+            fs::read(point.join("many/f1.txt")).expect("read"),
+            b"file number 1\n"
+        );
+        fs::write(point.join("src/main.rs"), b"fn main() {}\n").expect("write");
+    });
+    world.server.set_faults(Faults {
+        status: Some(503),
+        probability: 1.0,
+        ..Faults::default()
+    });
+    let point = m.clone();
+    within(LIMIT, move || {
+        assert_eq!(
+            fs::read(point.join("many/f1.txt")).expect("cached"),
+            b"file number 1\n"
+        );
+        assert_eq!(
+            fs::read(point.join("src/main.rs")).expect("changed"),
+            b"fn main() {}\n"
+        );
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(point.join("src/main.rs"))
+            .expect("open");
+        f.write_all(b"// more\n").expect("write while down");
+        fs::write(point.join("new.txt"), b"new\n").expect("create while down");
+        let e = fs::read(point.join("many/f2.txt")).expect_err("never fetched");
+        assert_eq!(errno(&e), libc::EIO);
+        // Changing a never-fetched file needs its content first (overlayfs copies it up).
+        let e = fs::OpenOptions::new()
+            .append(true)
+            .open(point.join("many/f3.txt"))
+            .expect_err("copy-up of a never-fetched file");
+        assert_eq!(errno(&e), libc::EIO);
+    });
+    // Nothing was lost, and `cache clear` leaves workspaces alone.
+    world.server.set_faults(Faults::default());
+    world.daemon.ctl_ok(&["cache", "clear"]);
+    assert_eq!(
+        fs::read(m.join("src/main.rs")).expect("changed"),
+        b"fn main() {}\n// more\n"
+    );
+    assert_eq!(
+        fs::read(m.join("many/f2.txt")).expect("back"),
+        b"file number 2\n"
+    );
+    let out = world.daemon.ctl_ok(&["changes", "down"]);
+    assert_eq!(out, "A new.txt\nM src/main.rs\n");
+}
