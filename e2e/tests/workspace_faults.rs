@@ -21,21 +21,71 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(at).expect("mkdir");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "megafs-test"])
-            .arg(at)
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mounting a tmpfs at {}", at.display());
+        mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "megafs-test",
+            path_str(at),
+        ]);
         Tmpfs(at.to_path_buf())
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let Ok(path) = CString::new(self.0.as_os_str().as_encoded_bytes()) else {
-            return;
-        };
+        detach(&self.0);
+    }
+}
+
+/// An overlay mounted where the daemon keeps its workspaces: overlayfs takes no overlay as
+/// an upper layer.
+struct OverlayStateDir {
+    at: PathBuf,
+    _layers: tempfile::TempDir,
+}
+
+impl OverlayStateDir {
+    fn mount(at: &Path) -> OverlayStateDir {
+        let layers = tempfile::tempdir().expect("tempdir");
+        for dir in ["lower", "upper", "work"] {
+            fs::create_dir(layers.path().join(dir)).expect("mkdir");
+        }
+        fs::create_dir_all(at).expect("mkdir");
+        let l = |d: &str| layers.path().join(d).display().to_string();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l("lower"),
+            l("upper"),
+            l("work")
+        );
+        mount(&["-t", "overlay", "megafs-test", "-o", &options, path_str(at)]);
+        OverlayStateDir {
+            at: at.to_path_buf(),
+            _layers: layers,
+        }
+    }
+}
+
+impl Drop for OverlayStateDir {
+    fn drop(&mut self) {
+        detach(&self.at);
+    }
+}
+
+/// Runs mount(8) with `args`, expecting success.
+fn mount(args: &[&str]) {
+    let status = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "mount {args:?}");
+}
+
+/// Detaches the mount at `path` (whatever still holds it lets go later).
+fn detach(path: &Path) {
+    if let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) {
         // SAFETY: a valid C string, for the call.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
@@ -98,6 +148,36 @@ fn a_full_disk_fails_the_write_that_does_not_fit_and_keeps_the_rest() {
     within(LIMIT, intact);
     let out = world.daemon.ctl_ok(&["changes", "full"]);
     assert_eq!(out, "M README.md\nA kept.txt\n");
+}
+
+#[test]
+fn a_state_directory_overlayfs_cannot_use_is_named_at_connect() {
+    let world = World::new();
+    let _state = OverlayStateDir::mount(&world.daemon.state_dir());
+    let point = world.daemon.mountpoint("nowhere");
+    let err = world.daemon.ctl_err(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &world.server.url(),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "nowhere",
+        "--writable",
+    ]);
+    let dir = world.daemon.workspace_dir("nowhere");
+    assert!(err.contains(&dir.display().to_string()), "{err}");
+    assert!(
+        err.contains("cannot hold an overlay's upper layer"),
+        "{err}"
+    );
+    assert!(err.contains("ext4, xfs, btrfs or tmpfs"), "{err}");
+    // Nothing is left mounted: neither the overlay nor the view beneath.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains("megafs:nowhere"), "{mounts}");
+    // A read-only mount of the same name still works.
+    world.mount_mega("nowhere");
 }
 
 #[test]

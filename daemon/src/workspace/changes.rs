@@ -67,9 +67,9 @@ pub enum ChangesError {
 enum Upper {
     /// A deletion.
     Whiteout,
+    /// A regular file; its mode is read when it is hashed, so scanning needs no stat.
     File {
         path: PathBuf,
-        executable: bool,
     },
     Symlink {
         path: PathBuf,
@@ -91,7 +91,6 @@ struct Candidate {
     path: RepoPath,
     upper: PathBuf,
     symlink: bool,
-    executable: bool,
     commit: Item,
 }
 
@@ -231,9 +230,9 @@ async fn compare_dir<'a>(
                 });
             }
             (Some(Shown::Upper(file)), Some(was)) => {
-                let (upper, symlink, executable) = match file {
-                    Upper::File { path, executable } => (path.clone(), false, *executable),
-                    Upper::Symlink { path } => (path.clone(), true, false),
+                let (upper, symlink) = match file {
+                    Upper::File { path } => (path.clone(), false),
+                    Upper::Symlink { path } => (path.clone(), true),
                     Upper::Whiteout | Upper::Dir(_) => continue,
                 };
                 let same_type = match was.kind {
@@ -249,7 +248,6 @@ async fn compare_dir<'a>(
                     path,
                     upper,
                     symlink,
-                    executable,
                     commit: was.clone(),
                 });
             }
@@ -299,26 +297,48 @@ fn redirected(parent: &RepoPath, redirect: &[u8]) -> RepoPath {
     }
 }
 
-/// Each candidate that is not the commit's blob, with the same mode.
+/// Files hashed at once: hashing many small files is mostly waiting on the disk, which
+/// answers several reads at a time as fast as one.
+const HASHERS: usize = 8;
+
+/// Each candidate that is not the commit's blob, with the same mode, hashed a few at a time.
 fn hash_candidates(candidates: Vec<Candidate>) -> Result<Vec<Change>, ChangesError> {
+    let share = candidates.len().div_ceil(HASHERS).max(1);
+    std::thread::scope(|scope| {
+        let hashers: Vec<_> = candidates
+            .chunks(share)
+            .map(|part| scope.spawn(move || hash_some(part)))
+            .collect();
+        let mut modified = Vec::new();
+        for hasher in hashers {
+            let found = hasher.join().map_err(|_| ChangesError::Io {
+                path: PathBuf::new(),
+                source: io::Error::other("a hashing thread panicked"),
+            })??;
+            modified.extend(found);
+        }
+        Ok(modified)
+    })
+}
+
+fn hash_some(candidates: &[Candidate]) -> Result<Vec<Change>, ChangesError> {
     let mut modified = Vec::new();
     for c in candidates {
-        let oid = if c.symlink {
-            let target = fs::read_link(&c.upper).map_err(|source| ChangesError::Io {
-                path: c.upper.clone(),
-                source,
-            })?;
-            ObjectId::hash(ObjectKind::Blob, target.as_os_str().as_encoded_bytes())
-        } else {
-            hash_file(&c.upper).map_err(|source| ChangesError::Io {
-                path: c.upper.clone(),
-                source,
-            })?
+        let io_error = |source| ChangesError::Io {
+            path: c.upper.clone(),
+            source,
         };
-        let same_mode = c.symlink || c.executable == (c.commit.kind == EntryKind::Executable);
+        let (oid, executable) = if c.symlink {
+            let target = fs::read_link(&c.upper).map_err(io_error)?;
+            let oid = ObjectId::hash(ObjectKind::Blob, target.as_os_str().as_encoded_bytes());
+            (oid, false)
+        } else {
+            hash_file(&c.upper).map_err(io_error)?
+        };
+        let same_mode = c.symlink || executable == (c.commit.kind == EntryKind::Executable);
         if oid != c.commit.oid || !same_mode {
             modified.push(Change {
-                path: c.path,
+                path: c.path.clone(),
                 kind: ChangeKind::Modified,
                 whole_dir: false,
                 conflict: false,
@@ -328,10 +348,11 @@ fn hash_candidates(candidates: Vec<Candidate>) -> Result<Vec<Change>, ChangesErr
     Ok(modified)
 }
 
-/// The git blob id of the file at `path`.
-fn hash_file(path: &Path) -> io::Result<ObjectId> {
+/// The git blob id of the file at `path`, and whether it is executable.
+fn hash_file(path: &Path) -> io::Result<(ObjectId, bool)> {
     let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    let len = meta.len();
     let mut hasher = ObjectHasher::new(ObjectKind::Blob, len);
     let mut buf = vec![0u8; 256 * 1024];
     let mut read = 0u64;
@@ -346,7 +367,7 @@ fn hash_file(path: &Path) -> io::Result<ObjectId> {
     if read != len {
         return Err(io::Error::other("the file changed while it was read"));
     }
-    Ok(hasher.finish())
+    Ok((hasher.finish(), meta.mode() & 0o100 != 0))
 }
 
 /// What the upper layer at `dir` holds, read whole (names and kinds: no content).
@@ -377,30 +398,32 @@ fn scan(dir: &Path) -> Result<UpperDir, ChangesError> {
             upper.entries.insert(deleted.to_vec(), Upper::Whiteout);
             continue;
         }
-        let meta = fs::symlink_metadata(&path).map_err(io_error(&path))?;
-        let kind = meta.file_type();
-        let shown = if kind.is_char_device() && meta.rdev() == 0 {
+        // The kind comes from the directory entry itself: a stat per file would cost an inode
+        // read each, which dominates a scan once the kernel's caches are cold.
+        let kind = entry.file_type().map_err(io_error(&path))?;
+        let shown = if kind.is_char_device() {
+            let meta = fs::symlink_metadata(&path).map_err(io_error(&path))?;
+            if meta.rdev() != 0 {
+                continue; // not something overlayfs writes, nor a file git can hold
+            }
             Upper::Whiteout
         } else if kind.is_dir() {
             Upper::Dir(scan(&path)?)
         } else if kind.is_symlink() {
             Upper::Symlink { path }
-        } else if xwhiteouts
-            && meta.len() == 0
-            && overlay_xattr(&path, "whiteout")
-                .map_err(io_error(&path))?
-                .is_some()
-        {
+        } else if xwhiteouts && is_xattr_whiteout(&path).map_err(io_error(&path))? {
             Upper::Whiteout
         } else {
-            Upper::File {
-                path,
-                executable: meta.mode() & 0o100 != 0,
-            }
+            Upper::File { path }
         };
         upper.entries.insert(name, shown);
     }
     Ok(upper)
+}
+
+/// An empty file marked as a whiteout, in a directory overlayfs marked as holding such.
+fn is_xattr_whiteout(path: &Path) -> io::Result<bool> {
+    Ok(fs::symlink_metadata(path)?.len() == 0 && overlay_xattr(path, "whiteout")?.is_some())
 }
 
 /// An overlay xattr of `path` (`trusted.overlay.NAME`, as the kernel's overlayfs writes it,
