@@ -1,13 +1,19 @@
-//! The inodes of a mount. A listed directory numbers all its entries at once (a number is
-//! never reused for another entry), but only inodes the kernel holds, and the directories
-//! being listed, have a [`Node`]: the kernel's lookups are counted, and a node it has forgotten
-//! is dropped, with its listing, so memory follows what the kernel keeps, not the size of the
-//! tree. A number stays as long as the kernel holds its inode (as FUSE asks); entries of a
-//! directory listed again after being forgotten get new ones. An entry costs its name, id,
-//! kind and number; a node holds its name (shared with the listing), not its path, which is
-//! rebuilt from the parents when needed.
+//! The inodes of a mount. A listed directory numbers all its entries at once, but only inodes
+//! the kernel holds, and the directories being listed, have a [`Node`]: the kernel's lookups
+//! are counted, and a node it has forgotten is dropped, with its listing, so memory follows
+//! what the kernel keeps, not the size of the tree. An entry costs its name, id, kind and
+//! number; a node holds its name (shared with the listing), not its path, which is rebuilt
+//! from the parents when needed.
+//!
+//! A number is a hash of the entry's path, kind and object id, so a path whose object did not
+//! change keeps its number when its directory is listed again after the kernel forgot it,
+//! across a refresh and across remounts: tools that key on `st_ino` (`#pragma once`, rsync's
+//! hard links, find's loop check) see one file. A number already held by another entry (a
+//! hash collision, about once in 10^8 pairs) is probed past, so numbers stay unique.
 
-use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -15,6 +21,32 @@ use crate::object::{EntryKind, ObjectId, TreeEntry};
 use crate::repo_path::RepoPath;
 
 pub const ROOT_INO: u64 = 1;
+
+/// Numbers made of hashes lie in [HASHED, 2 * HASHED): under 2^48, so that overlayfs (a
+/// workspace's) has high bits to spare for its own numbering (xino), and above the few the
+/// table counts out itself (retired roots).
+const HASHED: u64 = 1 << 47;
+
+/// The key of the root's path, which every other path's key is made from.
+const ROOT_KEY: u64 = 0;
+
+/// The key of path `parent/name`, from its parent's.
+fn path_key(parent: u64, name: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    parent.hash(&mut hasher);
+    name.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The number of an entry at the path of `key`, its `attempt`th choice (0 unless taken).
+fn hashed_number(key: u64, kind: EntryKind, oid: &ObjectId, attempt: u32) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (kind as u8).hash(&mut hasher);
+    oid.hash(&mut hasher);
+    attempt.hash(&mut hasher);
+    HASHED + hasher.finish() % HASHED
+}
 
 /// An inode in use: handed to the kernel, or a directory the daemon lists.
 pub struct Node {
@@ -25,9 +57,8 @@ pub struct Node {
     pub oid: ObjectId,
     /// A directory's entries once listed.
     pub listing: Option<Arc<Listing>>,
-    /// The directory this one replaced at a refresh, whose unchanged entries keep their
-    /// numbers when this one is listed.
-    pub previous: Option<u64>,
+    /// Its path's key, which its number and its entries' are made from.
+    key: u64,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
 }
@@ -76,9 +107,9 @@ impl Listing {
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
-    /// Directories changed by a refresh, new number to old: a node made for the new one
-    /// remembers the old one to reuse from.
-    replaced: HashMap<u64, u64>,
+    /// Entries whose listed number another entry's node took first (path key and id to the
+    /// number their node has instead): hash collisions across listings, so nearly always empty.
+    moved: HashMap<(u64, ObjectId), u64>,
 }
 
 impl InodeTable {
@@ -89,13 +120,30 @@ impl InodeTable {
             kind: EntryKind::Directory,
             oid: root_tree,
             listing: None,
-            previous: None,
+            key: ROOT_KEY,
             lookups: 0,
         };
         InodeTable {
             nodes: HashMap::from([(ROOT_INO, root)]),
             next_ino: ROOT_INO + 1,
-            replaced: HashMap::new(),
+            moved: HashMap::new(),
+        }
+    }
+
+    /// A number for an entry at the path of `key`: its hash, or the next choice where that is
+    /// held by another entry's node or already `taken` in the listing being made.
+    fn number(&self, key: u64, kind: EntryKind, oid: &ObjectId, taken: &HashSet<u64>) -> u64 {
+        let mut attempt = 0;
+        loop {
+            let ino = hashed_number(key, kind, oid, attempt);
+            let free = match self.nodes.get(&ino) {
+                Some(node) => node.key == key && node.kind == kind && node.oid == *oid,
+                None => true,
+            };
+            if free && !taken.contains(&ino) {
+                return ino;
+            }
+            attempt += 1;
         }
     }
 
@@ -106,7 +154,9 @@ impl InodeTable {
     }
 
     /// Points the root at a new tree (a refresh): the old root's listing moves to a retired
-    /// inode that the new listing reuses unchanged entries from. Returns the old listing.
+    /// inode, so that nodes under it the kernel still holds keep their paths. Entries that did
+    /// not change get their numbers, and their nodes, back when the new root is listed.
+    /// Returns the old listing.
     pub fn retire_root(&mut self, new_tree: ObjectId) -> Option<Arc<Listing>> {
         let retired_ino = self.allocate();
         let root = self.nodes.get_mut(&ROOT_INO)?;
@@ -116,11 +166,10 @@ impl InodeTable {
             kind: root.kind,
             oid: root.oid,
             listing: root.listing.take(),
-            previous: root.previous.take(),
+            key: ROOT_KEY,
             lookups: 0,
         };
         root.oid = new_tree;
-        root.previous = Some(retired_ino);
         let listing = old.listing.clone();
         self.nodes.insert(retired_ino, old);
         listing
@@ -137,11 +186,25 @@ impl InodeTable {
 
     /// The node of entry `name` in listed directory `dir`, made if it has none; its number.
     pub fn node_for(&mut self, dir: u64, name: &[u8]) -> Option<u64> {
-        let listing = self.nodes.get(&dir)?.listing.clone()?;
+        let parent = self.nodes.get(&dir)?;
+        let listing = parent.listing.clone()?;
         let entry = listing.entry(name)?;
-        if let Some(node) = self.nodes.get_mut(&entry.ino) {
-            node.parent = dir;
-            return Some(entry.ino);
+        let key = path_key(parent.key, &entry.name);
+        let mut ino = entry.ino;
+        if let Some(&moved) = self.moved.get(&(key, entry.oid)) {
+            ino = moved;
+        }
+        match self.nodes.get_mut(&ino) {
+            Some(node) if node.key == key && node.kind == entry.kind && node.oid == entry.oid => {
+                node.parent = dir;
+                return Some(ino);
+            }
+            Some(_) => {
+                // Another listing's entry hashed to the same number and took it first.
+                ino = self.number(key, entry.kind, &entry.oid, &HashSet::new());
+                self.moved.insert((key, entry.oid), ino);
+            }
+            None => {}
         }
         let node = Node {
             parent: dir,
@@ -150,11 +213,11 @@ impl InodeTable {
             oid: entry.oid,
             // A submodule shows as an empty directory.
             listing: (entry.kind == EntryKind::Submodule).then(|| Arc::new(Listing::empty())),
-            previous: self.replaced.get(&entry.ino).copied(),
+            key,
             lookups: 0,
         };
-        self.nodes.insert(entry.ino, node);
-        Some(entry.ino)
+        self.nodes.insert(ino, node);
+        Some(ino)
     }
 
     /// The kernel was handed `ino` once more.
@@ -188,6 +251,9 @@ impl InodeTable {
             let Some(node) = self.nodes.remove(&ino) else {
                 continue;
             };
+            if !self.moved.is_empty() {
+                self.moved.retain(|_, moved| *moved != ino);
+            }
             for entry in node.listing.iter().flat_map(|l| l.entries.iter()) {
                 let unheld = self
                     .nodes
@@ -223,31 +289,19 @@ impl InodeTable {
         if node.listing.is_some() {
             return;
         }
-        let previous = node
-            .previous
-            .and_then(|p| self.get(p))
-            .and_then(|p| p.listing.clone());
+        let dir_key = node.key;
+        let mut taken = HashSet::with_capacity(entries.len());
         let mut listed = Vec::with_capacity(entries.len());
         for entry in entries {
             let name: Arc<[u8]> = Arc::from(entry.name);
-            let old = previous.as_ref().and_then(|old| old.entry(&name));
-            // Unchanged since the commit before: the same number, with all it has loaded.
-            let ino = match old {
-                Some(old) if old.oid == entry.oid && old.kind == entry.kind => {
-                    if let Some(node) = self.nodes.get_mut(&old.ino) {
-                        node.parent = dir;
-                    }
-                    old.ino
-                }
-                _ => {
-                    let ino = self.allocate();
-                    // A changed directory remembers its old self, to reuse from it in turn.
-                    if let Some(old) = old.filter(|o| o.kind.is_dir() && entry.kind.is_dir()) {
-                        self.replaced.insert(ino, old.ino);
-                    }
-                    ino
-                }
-            };
+            let key = path_key(dir_key, &name);
+            let ino = self.number(key, entry.kind, &entry.oid, &taken);
+            taken.insert(ino);
+            // Unchanged since the commit before a refresh: its node, with all it has loaded,
+            // is this directory's now.
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.parent = dir;
+            }
             listed.push(Entry {
                 name,
                 ino,
@@ -294,8 +348,9 @@ mod tests {
             ],
         );
         let root = listing_of(&table, ROOT_INO);
-        assert_eq!(root.get(b"src"), Some(2));
-        assert_eq!(root.get(b"a.txt"), Some(3));
+        let (src, a) = (root.get(b"src").unwrap(), root.get(b"a.txt").unwrap());
+        assert_ne!(src, a);
+        assert!((HASHED..2 * HASHED).contains(&src), "{src:#x}");
         assert_eq!(table.len(), 1, "listing makes no nodes");
         let src = table.node_for(ROOT_INO, b"src").unwrap();
         table.add_listing(src, vec![entry("main.rs", EntryKind::File, 3)]);
@@ -318,8 +373,83 @@ mod tests {
         table.add_listing(ROOT_INO, entries);
         let root = listing_of(&table, ROOT_INO);
         for (i, name) in names.iter().enumerate() {
-            assert_eq!(root.get(name.as_bytes()), Some(i as u64 + 2), "{name}");
+            assert_eq!(
+                root.get(name.as_bytes()),
+                Some(root.entries[i].ino),
+                "{name}"
+            );
         }
+    }
+
+    #[test]
+    fn a_path_and_object_number_the_same_in_every_table() {
+        let tree = |table: &mut InodeTable| {
+            table.add_listing(
+                ROOT_INO,
+                vec![
+                    entry("dir", EntryKind::Directory, 1),
+                    entry("other", EntryKind::Directory, 1),
+                ],
+            );
+            let dir = table.node_for(ROOT_INO, b"dir").unwrap();
+            table.add_listing(dir, vec![entry("f", EntryKind::File, 2)]);
+            (dir, table.node_for(dir, b"f").unwrap())
+        };
+        let mut first = InodeTable::new(ObjectId::EMPTY_TREE);
+        let mut second = InodeTable::new(ObjectId::EMPTY_TREE);
+        assert_eq!(
+            tree(&mut first),
+            tree(&mut second),
+            "a remount numbers alike"
+        );
+        // The same object elsewhere, or the same path with another object or kind, differ.
+        let root = listing_of(&first, ROOT_INO);
+        assert_ne!(root.get(b"dir"), root.get(b"other"));
+        let mut changed = InodeTable::new(ObjectId::EMPTY_TREE);
+        changed.add_listing(ROOT_INO, vec![entry("dir", EntryKind::Directory, 3)]);
+        assert_ne!(listing_of(&changed, ROOT_INO).get(b"dir"), root.get(b"dir"));
+        let mut symlink = InodeTable::new(ObjectId::EMPTY_TREE);
+        symlink.add_listing(ROOT_INO, vec![entry("dir", EntryKind::Symlink, 1)]);
+        assert_ne!(listing_of(&symlink, ROOT_INO).get(b"dir"), root.get(b"dir"));
+    }
+
+    #[test]
+    fn a_number_held_by_another_entry_is_probed_past() {
+        let mut table = InodeTable::new(ObjectId::EMPTY_TREE);
+        table.add_listing(
+            ROOT_INO,
+            vec![
+                entry("a", EntryKind::Directory, 1),
+                entry("b", EntryKind::Directory, 2),
+            ],
+        );
+        let a = table.node_for(ROOT_INO, b"a").unwrap();
+        let b = table.node_for(ROOT_INO, b"b").unwrap();
+        table.add_listing(a, vec![entry("x", EntryKind::File, 3)]);
+        // Force a collision: b's entry y is listed with the number a's x has.
+        table.add_listing(b, vec![entry("y", EntryKind::File, 4)]);
+        let x_ino = listing_of(&table, a).get(b"x").unwrap();
+        let listing = Listing::new(vec![Entry {
+            name: Arc::from(&b"y"[..]),
+            ino: x_ino,
+            kind: EntryKind::File,
+            oid: ObjectId::from_bytes([4; 20]),
+        }]);
+        table.nodes.get_mut(&b).unwrap().listing = Some(Arc::new(listing));
+        let x = table.node_for(a, b"x").unwrap();
+        let y = table.node_for(b, b"y").unwrap();
+        assert_eq!(x, x_ino);
+        assert_ne!(y, x, "y's node gets a number of its own");
+        assert_eq!(table.node_for(b, b"y"), Some(y), "and keeps it");
+        assert_eq!(table.path_of(x).as_bytes(), b"a/x");
+        assert_eq!(table.path_of(y).as_bytes(), b"b/y");
+        // Within one listing, a number taken is not handed out twice.
+        let (key, oid) = (path_key(ROOT_KEY, b"z"), ObjectId::from_bytes([5; 20]));
+        let first = hashed_number(key, EntryKind::File, &oid, 0);
+        let taken = HashSet::from([first]);
+        let second = table.number(key, EntryKind::File, &oid, &taken);
+        assert_ne!(second, first);
+        assert!((HASHED..2 * HASHED).contains(&second));
     }
 
     #[test]
@@ -381,7 +511,11 @@ mod tests {
             ],
         );
         let root = listing_of(&table, ROOT_INO);
-        assert_eq!(root.get(b"same"), Some(2), "unchanged keeps its number");
+        assert_eq!(
+            root.get(b"same"),
+            old.get(b"same"),
+            "unchanged keeps its number"
+        );
         let new_changed = table.node_for(ROOT_INO, b"changed").unwrap();
         assert_ne!(new_changed, changed, "changed gets a new number");
         assert!(root.get(b"gone").is_none());
