@@ -309,6 +309,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
             .parent()
             .unwrap_or(Path::new("/run/megafs"))
             .join("lower"),
+        times: settings.state_dir.join("times"),
     };
     let supervisor = Arc::new(Supervisor::new(
         store.clone(),

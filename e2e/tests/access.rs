@@ -478,6 +478,7 @@ struct UserDaemon {
 
 impl UserDaemon {
     fn start(user: &User) -> UserDaemon {
+        megafs_testsupport::harness::open_fuse_to_users();
         let run = user.home.join("run");
         for dir in ["run", "cache", "state", "log"] {
             let path = user.home.join(dir);

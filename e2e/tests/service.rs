@@ -467,17 +467,7 @@ impl Drop for Cleanup {
 #[test]
 fn an_unprivileged_user_gets_a_daemon_of_their_own_through_fusermount3() {
     use std::os::unix::fs::PermissionsExt;
-    // Debian's udev rules make /dev/fuse 0666, which FUSE for users needs (fusermount3 opens
-    // it as the user). Machines without udev (these test machines) leave it 0600: restore
-    // the distribution's default.
-    let mode = std::fs::metadata("/dev/fuse")
-        .expect("/dev/fuse")
-        .permissions()
-        .mode();
-    if mode & 0o666 != 0o666 {
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
-            .expect("chmod /dev/fuse");
-    }
+    megafs_testsupport::harness::open_fuse_to_users();
     let s = setup();
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");

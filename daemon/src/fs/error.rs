@@ -32,6 +32,8 @@ pub enum FsError {
     Cache(Arc<std::io::Error>),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    #[error("more than {0} entries differ between the two commits")]
+    TooManyChanges(usize),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -49,6 +51,7 @@ impl FsError {
             | FsError::Corrupt { .. }
             | FsError::Cache(_)
             | FsError::Timeout(_)
+            | FsError::TooManyChanges(_)
             | FsError::Internal(_) => libc::EIO,
         }
     }

@@ -38,6 +38,11 @@ fn path_key(parent: u64, name: &[u8]) -> u64 {
     hasher.finish()
 }
 
+/// The key of `path`, as its node has it.
+pub fn key_of(path: &RepoPath) -> u64 {
+    path.components().fold(ROOT_KEY, path_key)
+}
+
 /// The number of an entry at the path of `key`, its `attempt`th choice (0 unless taken).
 fn hashed_number(key: u64, kind: EntryKind, oid: &ObjectId, attempt: u32) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -61,6 +66,13 @@ pub struct Node {
     key: u64,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
+}
+
+impl Node {
+    /// Its path's key (see [`key_of`]).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
 }
 
 /// One entry of a listed directory.

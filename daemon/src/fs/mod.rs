@@ -14,10 +14,11 @@ mod loader;
 mod pattern;
 mod prefetch;
 mod recall;
+mod times;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,8 @@ use loader::Loader;
 pub use pattern::{Pattern, PatternError};
 pub use prefetch::PrefetchProgress;
 use recall::Recall;
+use times::Times;
+pub use times::TimesFile;
 
 use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{EntryKind, ObjectError, ObjectId, TreeEntry};
@@ -93,6 +96,14 @@ pub struct Attr {
     pub gid: u32,
 }
 
+/// What an inode is, as its attributes need it.
+struct Seen {
+    kind: EntryKind,
+    oid: ObjectId,
+    /// Its path's key (its times are kept by it).
+    key: u64,
+}
+
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -107,8 +118,10 @@ pub struct MountFs {
     loader: Arc<Loader>,
     /// The commit shown; replaced by a refresh.
     snapshot: RwLock<Snapshot>,
-    /// Its time (every file's mtime), read on every stat.
-    commit_time: AtomicI64,
+    /// Every path's mtime (replaced by a refresh, with the snapshot), read on every stat.
+    times: RwLock<Arc<Times>>,
+    /// Where they are kept between mounts; None: nowhere (every mount starts anew).
+    times_file: Option<TimesFile>,
     inodes: RwLock<InodeTable>,
     owner: (u32, u32),
     options: FsOptions,
@@ -143,9 +156,11 @@ impl MountFs {
         owner: (u32, u32),
         options: FsOptions,
         metrics: Arc<MountMetrics>,
+        times_file: Option<TimesFile>,
     ) -> Result<Arc<MountFs>, FsError> {
         let loader = Arc::new(Loader::new(source, store, options.fetch_timeout, metrics));
         let snapshot = loader.resolve().await?;
+        let times = times::kept(&loader, times_file.as_ref(), &snapshot).await;
         let recall = Recall::open(&loader, snapshot.root_tree).await;
         let fs = Arc::new(MountFs {
             name: Arc::from(name),
@@ -154,7 +169,8 @@ impl MountFs {
             arrivals: Mutex::new(HashMap::new()),
             failed_arrivals: Mutex::new(HashMap::new()),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
-            commit_time: AtomicI64::new(snapshot.commit_time),
+            times: RwLock::new(Arc::new(times)),
+            times_file,
             snapshot: RwLock::new(Snapshot {
                 root_body: None,
                 ..snapshot
@@ -237,13 +253,16 @@ impl MountFs {
         if fresh.commit == current.commit {
             return Ok(None);
         }
-        // Have the new root in hand (verified) before switching to it.
+        // Have the new root in hand (verified) before switching to it, and the new times: a
+        // changed file must never be seen with its old time.
         self.loader.adopt(&fresh).await?;
+        let times = Arc::clone(&self.times.read().unwrap_or_else(|p| p.into_inner()));
+        let times = times::moved(&self.loader, &times, self.times_file.as_ref(), &fresh).await;
         let recall = Recall::open(&self.loader, fresh.root_tree).await;
         *self.recall.write().unwrap_or_else(|p| p.into_inner()) = recall;
         let old = self.write_inodes().retire_root(fresh.root_tree);
         info!(from = %current.commit, to = %fresh.commit, "refreshed");
-        self.commit_time.store(fresh.commit_time, Ordering::Relaxed);
+        *self.times.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(times);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
             root_body: None,
             ..fresh
@@ -373,13 +392,13 @@ impl MountFs {
     /// The attributes of `ino` if they are known without asking the source (a file's size may
     /// not be yet).
     pub fn known_attr(&self, ino: u64) -> Option<Attr> {
-        let (kind, oid) = self.kind_and_oid(ino)?;
-        let size = if kind.is_dir() {
+        let seen = self.seen(ino)?;
+        let size = if seen.kind.is_dir() {
             0
         } else {
-            self.loader.known_size(&oid)?
+            self.loader.known_size(&seen.oid)?
         };
-        Some(self.attr(ino, kind, size))
+        Some(self.attr(ino, &seen, size))
     }
 
     /// The cache file of file `ino`'s blob, if it is in the cache (for passthrough reads,
@@ -644,34 +663,39 @@ impl MountFs {
 
     /// The attributes of `ino`, a file's size 0 while unknown.
     fn attr_of(&self, ino: u64) -> Result<Attr, FsError> {
-        let (kind, oid) = self.kind_and_oid(ino).ok_or(FsError::StaleInode(ino))?;
-        let size = if kind.is_dir() {
+        let seen = self.seen(ino).ok_or(FsError::StaleInode(ino))?;
+        let size = if seen.kind.is_dir() {
             0
         } else {
-            self.loader.known_size(&oid).unwrap_or(0)
+            self.loader.known_size(&seen.oid).unwrap_or(0)
         };
-        Ok(self.attr(ino, kind, size))
+        Ok(self.attr(ino, &seen, size))
     }
 
-    /// What `ino` is and its object, copied out (the store is never asked under the inode
-    /// lock: a walk's lookups would wait on each other there).
-    fn kind_and_oid(&self, ino: u64) -> Option<(EntryKind, ObjectId)> {
-        self.read_inodes().get(ino).map(|n| (n.kind, n.oid))
+    /// What `ino` is, copied out (the store is never asked under the inode lock: a walk's
+    /// lookups would wait on each other there).
+    fn seen(&self, ino: u64) -> Option<Seen> {
+        self.read_inodes().get(ino).map(|n| Seen {
+            kind: n.kind,
+            oid: n.oid,
+            key: n.key(),
+        })
     }
 
-    fn attr(&self, ino: u64, kind: EntryKind, size: u64) -> Attr {
-        let perm = match kind {
+    fn attr(&self, ino: u64, seen: &Seen, size: u64) -> Attr {
+        let perm = match seen.kind {
             EntryKind::Directory | EntryKind::Submodule | EntryKind::Executable => 0o755,
             EntryKind::File => 0o644,
             EntryKind::Symlink => 0o777,
         };
-        let commit_time = self.commit_time.load(Ordering::Relaxed).max(0) as u64;
+        let times = self.times.read().unwrap_or_else(|p| p.into_inner());
+        let mtime = times.time_of(seen.key, &seen.oid).max(0) as u64;
         Attr {
             ino,
-            kind,
+            kind: seen.kind,
             size,
             perm,
-            mtime: UNIX_EPOCH + Duration::from_secs(commit_time),
+            mtime: UNIX_EPOCH + Duration::from_secs(mtime),
             uid: self.owner.0,
             gid: self.owner.1,
         }

@@ -96,6 +96,7 @@ async fn mount_with(s: &Setup, owner: (u32, u32), look_ahead: usize) -> Arc<Moun
         owner,
         options,
         Arc::default(),
+        None,
     )
     .await
     .expect("open")

@@ -21,7 +21,7 @@ use tracing::{info, warn, Instrument};
 pub use crate::access::Caller;
 use crate::access::{Access, Policy, Refusal};
 use crate::config::MountConfig;
-use crate::fs::{FsError, FsOptions, MountFs};
+use crate::fs::{FsError, FsOptions, MountFs, TimesFile};
 use crate::fuse::{FuseAdapter, KernelNotifier, ReadPath};
 pub use crate::location::Timeouts;
 use crate::location::{self, default_name_of, Location, LocationError};
@@ -305,6 +305,9 @@ pub struct Places {
     /// Where writable mounts' FUSE views go: a directory only the daemon reaches (beside its
     /// socket, in its runtime directory).
     pub lowers: PathBuf,
+    /// Where each mount's file times are kept, by mount name (in the daemon's state
+    /// directory, so that a remount and a restart show unchanged files as they were).
+    pub times: PathBuf,
 }
 
 impl Supervisor {
@@ -455,6 +458,13 @@ impl Supervisor {
             follow_trunk: self.fs_options.follow_trunk && !spec.writable,
             ..self.fs_options
         };
+        let times = TimesFile {
+            path: self.places.times.join(name.as_str()),
+            identity: match spec.location.mega_url() {
+                Some(url) => format!("{url} {}", spec.location.repo()),
+                None => spec.location.repo(),
+            },
+        };
         let open = MountFs::open(
             name.as_str(),
             source,
@@ -462,6 +472,7 @@ impl Supervisor {
             owner,
             options,
             metrics,
+            Some(times),
         );
         let fs = tokio::time::timeout(self.timeouts.request, open)
             .await
