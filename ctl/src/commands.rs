@@ -92,6 +92,17 @@ async fn prefetch(cli: &Cli, target: &str, patterns: &[String], depth: u32) -> a
         .filter(|p| p.finished)
         .ok_or_else(|| anyhow!("the daemon ended the prefetch without a word"))?;
     println!("{}", progress::summary(&last, started.elapsed()));
+    if last.walk_done && last.files_total == 0 && !patterns.is_empty() {
+        let limit = match depth {
+            0 => String::new(),
+            d => format!(" within --depth {d}"),
+        };
+        return Err(anyhow!(
+            "no file of {target} matches {}{limit}: patterns are paths from the mount's \
+             root (quote globs, so that the shell leaves them alone)",
+            patterns.join(" ")
+        ));
+    }
     if !last.walk_done {
         return Err(anyhow!("the prefetch of {target} stopped: {}", last.error));
     }

@@ -122,7 +122,10 @@ enum Command {
         target: String,
         /// Paths or globs inside the mount ("src", "src/**/*.rs") [default: all of it].
         patterns: Vec<String>,
-        /// Walk at most this many directory levels below each pattern's fixed part.
+        /// Walk at most this many directory levels, counted from where each pattern ends:
+        /// `src --depth 1` takes the files directly in src, `crates/*/Cargo.toml --depth 1`
+        /// each crate's Cargo.toml (the levels a pattern's wildcards name always count; `**`
+        /// names none).
         #[arg(long)]
         depth: Option<u32>,
     },

@@ -140,6 +140,31 @@ fn a_git_server_mount_follows_a_tag() {
 }
 
 #[test]
+fn an_abbreviated_commit_id_works_where_a_ref_points_at_it() {
+    let s = setup(true);
+    let url = s.server.url("fixture.git");
+    let args = |name: &str, reference: &str| {
+        let point = s.daemon.mountpoint(name).display().to_string();
+        let args = ["connect", &url, "--mount-point", &point, "--name", name];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--ref".to_string(), reference.to_string()]);
+        args
+    };
+    let short = args("short", &s.fixture.head[..7]);
+    s.daemon
+        .ctl_ok(&short.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = s.daemon.status();
+    assert_eq!(status["mounts"][0]["commit"], s.fixture.head.as_str());
+    // No branch or tag points at it: say what to give instead.
+    let nowhere = args("nowhere", "deadbeef");
+    let err = s
+        .daemon
+        .ctl_err(&nowhere.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("abbreviated commit id"), "{err}");
+    assert!(err.contains("full 40-character id"), "{err}");
+}
+
+#[test]
 fn a_server_without_filters_is_refused_clearly() {
     let s = setup(false);
     let point = s.daemon.mountpoint("nofilter");

@@ -76,6 +76,25 @@ fn globs_and_depth_choose_what_is_fetched() {
         .daemon
         .ctl_ok(&["prefetch", "globs", "src", "--depth", "1"]);
     assert!(out.contains("prefetched 1 of 1 files"), "{out}");
+    // Depth counts from where the pattern ends: its own wildcard levels always count.
+    let out = world
+        .daemon
+        .ctl_ok(&["prefetch", "globs", "src/*/mid.txt", "--depth", "1"]);
+    assert!(out.contains("prefetched 1 of 1 files"), "{out}");
+    let out = world
+        .daemon
+        .ctl_ok(&["prefetch", "globs", "src/*", "--depth", "2"]);
+    assert!(out.contains("prefetched 2 of 2 files"), "{out}");
+
+    // Nothing matched is an error that says where patterns start.
+    let err = world
+        .daemon
+        .ctl_err(&["prefetch", "globs", "src/*.nothing"]);
+    assert!(
+        err.contains("no file of globs matches src/*.nothing"),
+        "{err}"
+    );
+    assert!(err.contains("from the mount's root"), "{err}");
 
     let err = world.daemon.ctl_err(&["prefetch", "globs", "no/such/dir"]);
     assert!(
@@ -138,12 +157,19 @@ fn the_prefetch_stops_when_its_client_goes_away() {
     // SAFETY: a signal to our own child process.
     unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
     client.wait().expect("wait");
-    wait_until("the daemon to stop the prefetch", || {
-        world
-            .daemon
-            .log()
-            .contains("prefetch stopped: the client went away")
-    });
+    let deadline = Instant::now() + LIMIT;
+    while !world
+        .daemon
+        .log()
+        .contains("prefetch stopped: the client went away")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop the prefetch; its log:\n{}",
+            world.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Released now, the held answers find nobody waiting: nothing was cached.
     world.server.set_faults(Faults::default());

@@ -54,6 +54,17 @@ impl Pattern {
             .collect()
     }
 
+    /// Directory levels below its base that the pattern itself names, and that a walk for it
+    /// takes whatever its depth limit: each wildcard component but the last (which names the
+    /// files taken, or a directory whose files are). `**` names none.
+    pub fn own_levels(&self) -> u32 {
+        let globs = self.parts[self.base().len()..]
+            .iter()
+            .filter(|part| matches!(part, Part::Glob(_)))
+            .count();
+        globs.saturating_sub(1) as u32
+    }
+
     /// Whether file `path` (components) is wanted: the pattern matches it or a directory
     /// above it.
     pub fn matches(&self, path: &[&[u8]]) -> bool {
@@ -117,5 +128,16 @@ mod tests {
         );
         assert_eq!(base("**/x"), Vec::<Vec<u8>>::new());
         assert!(Pattern::parse("src/../etc").is_err());
+    }
+
+    #[test]
+    fn a_patterns_own_levels_are_those_its_wildcards_name() {
+        let own = |p: &str| Pattern::parse(p).expect("pattern").own_levels();
+        assert_eq!(own("src"), 0);
+        assert_eq!(own("src/*.rs"), 0);
+        assert_eq!(own("crates/*/Cargo.toml"), 1);
+        assert_eq!(own("a/*/b/*.c"), 2);
+        assert_eq!(own("**/Cargo.toml"), 0);
+        assert_eq!(own(""), 0);
     }
 }

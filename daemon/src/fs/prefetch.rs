@@ -47,7 +47,10 @@ impl PrefetchProgress {
 /// A directory to walk, and how deep below its pattern's base it is.
 struct Dir {
     ino: u64,
+    /// Below its pattern's base.
     level: u32,
+    /// The levels its pattern names, walked on top of the depth asked for.
+    own_levels: u32,
 }
 
 /// What one prefetch has already taken on: patterns overlap (`src` and `src/*.rs`), and each
@@ -63,7 +66,7 @@ impl Seen {
 }
 
 /// Fetches the listings and files `patterns` want (all of the mount if none), down to
-/// `depth` levels below each pattern's base (0: no limit). Failures of single files are
+/// `depth` levels below where each pattern ends (0: no limit; see `Pattern::own_levels`). Failures of single files are
 /// counted and logged, not fatal; a base that does not exist is.
 pub(super) async fn run(
     fs: &Arc<MountFs>,
@@ -85,6 +88,7 @@ pub(super) async fn run(
             level.push(Dir {
                 ino: base,
                 level: 0,
+                own_levels: pattern.own_levels(),
             });
         } else if seen.first(base) {
             let file = (fs.path_of(base), fs.file_oid(base)?);
@@ -143,11 +147,12 @@ async fn prefetch_directory(
     let mut below = Vec::new();
     for entry in &listing.entries {
         match entry.kind {
-            EntryKind::Directory if depth == 0 || dir.level + 1 < depth => {
+            EntryKind::Directory if depth == 0 || dir.level + 1 < depth + dir.own_levels => {
                 if let Some(ino) = fs.child(dir.ino, &entry.name) {
                     below.push(Dir {
                         ino,
                         level: dir.level + 1,
+                        own_levels: dir.own_levels,
                     });
                 }
             }

@@ -263,16 +263,23 @@ impl GitSource {
         if let Ok(oid) = ObjectId::from_hex(&self.reference) {
             return Ok(oid);
         }
-        let args: Vec<String> = [
-            "peel",
-            "symrefs",
-            "ref-prefix HEAD",
-            "ref-prefix refs/heads/",
-            "ref-prefix refs/tags/",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let abbreviated = is_abbreviated_id(&self.reference);
+        // An abbreviated id can be resolved only against the tips the server lists: all of
+        // them, then.
+        let prefixes: &[&str] = if abbreviated {
+            &["ref-prefix HEAD", "ref-prefix refs/"]
+        } else {
+            &[
+                "ref-prefix HEAD",
+                "ref-prefix refs/heads/",
+                "ref-prefix refs/tags/",
+            ]
+        };
+        let args: Vec<String> = ["peel", "symrefs"]
+            .iter()
+            .chain(prefixes)
+            .map(|s| s.to_string())
+            .collect();
         let body = self
             .request(Some(Self::command("ls-refs", &args)), "ls-refs")
             .await?;
@@ -287,6 +294,7 @@ impl GitSource {
             format!("refs/heads/{wanted}"),
             format!("refs/tags/{wanted}"),
         ];
+        let mut abbreviates = std::collections::BTreeSet::new();
         for pkt in pkts {
             let Pkt::Data(d) = pkt else { continue };
             let line = pktline::text(d);
@@ -297,17 +305,24 @@ impl GitSource {
             let (Some(oid), Some(name)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            if !candidates.iter().any(|c| c == name) {
-                continue;
-            }
             // An annotated tag names the tag object; `peeled:` names its commit.
             let peeled = parts.find_map(|p| p.strip_prefix("peeled:")).unwrap_or(oid);
-            return ObjectId::from_hex(peeled).map_err(|e| self.error("ls-refs", e.to_string()));
+            if candidates.iter().any(|c| c == name) {
+                return ObjectId::from_hex(peeled)
+                    .map_err(|e| self.error("ls-refs", e.to_string()));
+            }
+            if abbreviated && peeled.starts_with(&self.reference.to_ascii_lowercase()) {
+                abbreviates.insert(peeled.to_string());
+            }
         }
-        Err(SourceError::UnknownRef {
-            repo: self.server.clone(),
-            reference: wanted.to_string(),
-        })
+        let (repo, reference) = (self.server.clone(), wanted.to_string());
+        match abbreviates.len() {
+            1 => ObjectId::from_hex(abbreviates.first().map_or("", String::as_str))
+                .map_err(|e| self.error("ls-refs", e.to_string())),
+            0 if abbreviated => Err(SourceError::AbbreviatedId { repo, reference }),
+            0 => Err(SourceError::UnknownRef { repo, reference }),
+            _ => Err(SourceError::AmbiguousId { repo, reference }),
+        }
     }
 
     /// `fetch` with `want`s and a filter: the objects of the (small) pack that comes back,
@@ -402,6 +417,12 @@ impl GitSource {
 }
 
 /// The scheme a 401 asks for; Basic where it names none we know.
+/// Whether `reference` looks like an abbreviated commit id (as git abbreviates: at least 4
+/// hex digits, fewer than 40).
+fn is_abbreviated_id(reference: &str) -> bool {
+    (4..40).contains(&reference.len()) && reference.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn asked_scheme(headers: &reqwest::header::HeaderMap) -> Option<AuthScheme> {
     let value = headers
         .get(reqwest::header::WWW_AUTHENTICATE)?

@@ -57,6 +57,14 @@ pub enum SourceError {
     RepoNotFound(String),
     #[error("unknown ref {reference:?} in {repo}")]
     UnknownRef { repo: String, reference: String },
+    #[error(
+        "{reference:?} looks like an abbreviated commit id, and no branch or tag of {repo} \
+         points at a commit it abbreviates (git's protocol resolves only full ids): give the \
+         full 40-character id (`git rev-parse {reference}` in a clone)"
+    )]
+    AbbreviatedId { repo: String, reference: String },
+    #[error("{reference:?} abbreviates several commits of {repo}: give more of the id")]
+    AmbiguousId { repo: String, reference: String },
     #[error("{0}")]
     Unsupported(String),
     #[error(
