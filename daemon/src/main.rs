@@ -23,7 +23,7 @@ use megafsd::mounts::Stale;
 use megafsd::notify;
 use megafsd::service::ControlService;
 use megafsd::store::Store;
-use megafsd::supervisor::{KernelOptions, Places, Supervisor, Timeouts};
+use megafsd::supervisor::{KernelOptions, Places, Records, Supervisor, Timeouts};
 use megafsd::sys::{self, is_root};
 use megafsd::workspace::Workspaces;
 
@@ -310,6 +310,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
             .unwrap_or(Path::new("/run/megafs"))
             .join("lower"),
         times: settings.state_dir.join("times"),
+        records: Records::new(settings.state_dir.join("mounts")),
     };
     let supervisor = Arc::new(Supervisor::new(
         store.clone(),
@@ -357,6 +358,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     );
 
     supervisor.apply_config(&config.mounts).await;
+    supervisor.restore_connected().await;
     let summary = supervisor.summary().await;
     notify::ready(&summary);
     info!(status = %summary, "megafsd ready");

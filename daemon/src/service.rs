@@ -67,7 +67,9 @@ fn to_status(e: SupervisorError) -> Status {
     use SupervisorError as E;
     let message = e.to_string();
     match e {
-        E::Invalid(_) | E::Location(_) | E::Name(_) => Status::invalid_argument(message),
+        E::Invalid(_) | E::Location(_) | E::Name(_) | E::Ambiguous { .. } => {
+            Status::invalid_argument(message)
+        }
         E::NotWritable(_) => Status::failed_precondition(message),
         E::Workspace(WorkspaceError::NotYours { .. }) => Status::permission_denied(message),
         E::Workspace(WorkspaceError::OtherRepository { .. }) => {
@@ -85,7 +87,9 @@ fn to_status(e: SupervisorError) -> Status {
             SourceError::RepoNotFound(_) | SourceError::UnknownRef { .. } => {
                 Status::not_found(message)
             }
-            SourceError::Unsupported(_) => Status::invalid_argument(message),
+            SourceError::Unsupported(_)
+            | SourceError::AbbreviatedId { .. }
+            | SourceError::AmbiguousId { .. } => Status::invalid_argument(message),
             SourceError::Unreachable { .. } | SourceError::Timeout { .. } => {
                 Status::unavailable(message)
             }
@@ -475,7 +479,9 @@ async fn report_prefetch(
         tokio::select! {
             done = &mut work => break done,
             _ = tx.closed() => {
+                // Said only once the work is gone: nothing it fetched lands afterwards.
                 work.abort();
+                let _ = work.await;
                 info!("prefetch stopped: the client went away");
                 return;
             }

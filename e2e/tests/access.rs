@@ -345,7 +345,7 @@ fn the_configuration_sets_allowed_roots_and_lets_users_share() {
 }
 
 #[test]
-fn a_users_mount_left_by_a_killed_daemon_is_cleaned_at_start() {
+fn a_users_mount_left_by_a_killed_daemon_is_cleaned_and_mounted_again_as_theirs() {
     let base = homes();
     let alice = user("megafs-alice", base.path());
     let mut world = world("");
@@ -358,8 +358,12 @@ fn a_users_mount_left_by_a_killed_daemon_is_cleaned_at_start() {
     assert!(is_mounted(&point), "a killed daemon leaves its mount");
     // Root cannot ask a user's mount whether it is alive; the daemon asks as its owner.
     world.daemon.start_again();
-    assert!(!is_mounted(&point), "{}", world.daemon.log());
     assert!(world.daemon.log().contains("cleaned a stale mount"));
+    // It was recorded: mounted again at start, as the user's, private as before.
+    assert!(is_mounted(&point), "{}", world.daemon.log());
+    assert_reads_readme(&alice, &point);
+    let status = world.daemon.status();
+    assert_eq!(status["mounts"][0]["owner_uid"], alice.uid, "{status}");
 }
 
 #[test]

@@ -320,7 +320,7 @@ fn a_daemon_killed_during_heavy_reads_restarts_with_a_consistent_cache() {
     s.server.set_faults(Faults::default());
     s.daemon.start_again();
     assert_cache_consistent(&s.daemon.cache_dir);
-    let point = connect(&s, &s.server.url());
+    // The mount was recorded: the daemon mounted it again at its start.
     let big = std::fs::read(point.join("big/five-mb.bin")).expect("read");
     assert_eq!(big, fixture::pseudo_random(5 * 1024 * 1024, 42));
 }

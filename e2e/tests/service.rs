@@ -307,7 +307,7 @@ fn mounts_unmounted_behind_the_daemons_back_are_restored_or_marked_lost() {
 }
 
 #[test]
-fn a_killed_daemons_mounts_are_cleaned_at_the_next_start() {
+fn a_killed_daemons_mounts_are_cleaned_and_mounted_again_at_the_next_start() {
     let s = setup();
     let mut daemon = daemon_with(
         |dir| local_mount("survivor", &s.fixture, &planned_point(dir, "survivor"), ""),
@@ -336,7 +336,12 @@ fn a_killed_daemons_mounts_are_cleaned_at_the_next_start() {
         "{}",
         daemon.log()
     );
-    assert!(!is_mounted(&runtime), "the orphan is gone");
+    // The connected mount was recorded: cleaned, then mounted again.
+    assert_eq!(
+        read(runtime.join("README.md")),
+        b"fixture v2\n",
+        "connected mount is back"
+    );
     assert_eq!(
         read(configured.join("README.md")),
         b"fixture v2\n",

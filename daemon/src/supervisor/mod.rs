@@ -4,6 +4,7 @@
 
 mod mountpoint;
 mod reconcile;
+mod record;
 mod session;
 mod workspace;
 
@@ -36,6 +37,8 @@ use crate::workspace::{conflicts, diff};
 use crate::workspace::{Usage, WorkspaceError, Workspaces};
 use crate::{mounts, sys};
 use reconcile::Retrying;
+use record::Record;
+pub use record::Records;
 pub use session::KernelOptions;
 use workspace::Overlay;
 
@@ -100,6 +103,8 @@ pub enum SupervisorError {
     UnknownMount(String),
     #[error("{0} is busy (files are open in it); close them, or disconnect with --force")]
     Busy(PathBuf),
+    #[error("{target} is shown by several mounts ({names}): name the one you mean")]
+    Ambiguous { target: String, names: String },
     #[error("files are open under {path} ({holders}); close them, or {action} with --force")]
     InUse {
         path: PathBuf,
@@ -308,6 +313,8 @@ pub struct Places {
     /// Where each mount's file times are kept, by mount name (in the daemon's state
     /// directory, so that a remount and a restart show unchanged files as they were).
     pub times: PathBuf,
+    /// Run-time mounts, to mount again when the daemon starts (in its state directory).
+    pub records: Records,
 }
 
 impl Supervisor {
@@ -381,6 +388,10 @@ impl Supervisor {
             .mount(&spec, &name, &mountpoint, dir, caller)
             .instrument(span)
             .await;
+        if result.is_ok() && config.is_none() {
+            self.record(&name, Record::of(&spec, &mountpoint, caller))
+                .await;
+        }
         let mut table = self.table.lock().await;
         table.pending_names.remove(&name);
         table.pending_points.remove(&mountpoint);
@@ -389,6 +400,8 @@ impl Supervisor {
             table.retrying.retain(|r| r.config.name != config.name);
             entry.next_refresh = config.refresh_interval.map(|i| Instant::now() + i);
         }
+        // Mounted again under its name: the lost row of that name is this one now.
+        table.lost.retain(|lost| lost.name != name);
         entry.config = config;
         let status = entry.status();
         info!(
@@ -406,6 +419,12 @@ impl Supervisor {
         for_config: bool,
     ) -> Result<(), SupervisorError> {
         let mut table = self.table.lock().await;
+        // A run-time mount whose filesystem is gone (not yet noticed by `supervise`) gives way
+        // to the new one: one row per name.
+        table.mounts.retain(|m| {
+            let same = &m.name == name || m.mountpoint == mountpoint;
+            !(same && m.config.is_none() && m.is_lost())
+        });
         // A configured mount waiting for a retry holds its name, except against itself.
         let taken_by_config = !for_config && table.retrying.iter().any(|r| &r.config.name == name);
         if table.pending_names.contains(name)
@@ -678,26 +697,35 @@ impl Supervisor {
         };
         let entry = {
             let mut table = self.table.lock().await;
-            if let Some(i) = table.lost.iter().position(|l| l.name == target) {
-                // Forget a lost mount: there is nothing left to unmount.
-                let lost = &table.lost[i];
-                if let Err(refusal) = access.may_manage(&caller, lost.name.as_str(), lost.owner_uid)
-                {
-                    return Err(unknown_to(&caller, target, refusal));
-                }
-                let lost = table.lost.swap_remove(i);
-                return Ok(MountStatus {
-                    state: MountState::Unmounted,
-                    ..lost
-                });
-            }
-            let index = find_for(
+            let found = find_for(
                 &table.mounts,
                 target,
                 canonical.as_deref(),
                 &caller,
                 &access,
-            )?;
+            );
+            let index = match found {
+                Ok(index) => index,
+                Err(SupervisorError::UnknownMount(_)) => {
+                    let Some(i) = table.lost.iter().position(|l| l.name == target) else {
+                        return Err(SupervisorError::UnknownMount(target.to_string()));
+                    };
+                    // Forget a lost mount: there is nothing left to unmount.
+                    let lost = &table.lost[i];
+                    let owner = lost.owner_uid;
+                    if let Err(refusal) = access.may_manage(&caller, lost.name.as_str(), owner) {
+                        return Err(unknown_to(&caller, target, refusal));
+                    }
+                    let lost = table.lost.swap_remove(i);
+                    drop(table);
+                    self.forget_record(&lost.name).await;
+                    return Ok(MountStatus {
+                        state: MountState::Unmounted,
+                        ..lost
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             let entry = &table.mounts[index];
             let point = entry.mountpoint.clone();
             let lower = entry.overlay.as_ref().map(|o| o.lower.clone());
@@ -712,6 +740,9 @@ impl Supervisor {
                 .map_err(|e| task_failed("unmounting", e))??;
             table.mounts.swap_remove(index)
         };
+        if entry.config.is_none() {
+            self.forget_record(&entry.name).await;
+        }
         let status = entry.status();
         info!(
             mount = %entry.name, mountpoint = %entry.mountpoint.display(), force,
@@ -724,6 +755,72 @@ impl Supervisor {
             state: MountState::Unmounted,
             ..status
         })
+    }
+
+    /// Writes down run-time mount `name`, to mount it again at the next start; a failure
+    /// costs only that.
+    async fn record(&self, name: &MountName, record: Record) {
+        let (records, name) = (self.places.records.clone(), name.clone());
+        let saved = tokio::task::spawn_blocking(move || records.save(&name, &record)).await;
+        if let Ok(Err(error)) | Err(error) = saved.map_err(std::io::Error::other) {
+            warn!(%error, "cannot record the mount; it will not come back at the next start");
+        }
+    }
+
+    async fn forget_record(&self, name: &MountName) {
+        let (records, name) = (self.places.records.clone(), name.clone());
+        let forgotten = tokio::task::spawn_blocking(move || records.forget(&name)).await;
+        if let Ok(Err(error)) | Err(error) = forgotten.map_err(std::io::Error::other) {
+            warn!(%error, "cannot forget the mount's record; it may come back at the next start");
+        }
+    }
+
+    /// Mounts again, each as its owner, the run-time mounts recorded when the daemon last
+    /// ran (all at once); one that fails shows as `lost`, with why, until it is connected
+    /// again or disconnected.
+    pub async fn restore_connected(self: &Arc<Self>) {
+        let records = self.places.records.clone();
+        let all = match tokio::task::spawn_blocking(move || records.all()).await {
+            Ok(Ok(all)) => all,
+            Ok(Err(error)) => {
+                warn!(%error, "cannot read the recorded mounts");
+                return;
+            }
+            Err(error) => {
+                warn!(%error, "cannot read the recorded mounts");
+                return;
+            }
+        };
+        let restores = all.into_iter().map(|(name, record)| {
+            let this = Arc::clone(self);
+            async move { this.restore(name, record).await }
+        });
+        futures::future::join_all(restores).await;
+    }
+
+    async fn restore(self: &Arc<Self>, name: MountName, record: Result<Record, String>) {
+        let connect = record.and_then(|r| r.to_connect(&name).map(|c| (r, c)));
+        let (record, (spec, caller)) = match connect {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(mount = %name, %error, "a recorded mount cannot be read; forgetting it");
+                self.forget_record(&name).await;
+                return;
+            }
+        };
+        let status = lost_status(&name, &record, &spec);
+        match self.connect_as(spec, caller, None).await {
+            Ok(_) => info!(mount = %name, "restored a mount made before the daemon started"),
+            Err(e) => {
+                warn!(mount = %name, error = %e, "cannot restore a recorded mount");
+                let mut table = self.table.lock().await;
+                table.lost.retain(|lost| lost.name != name);
+                table.lost.push(MountStatus {
+                    error: format!("not restored at start: {e}"),
+                    ..status
+                });
+            }
+        }
     }
 
     /// The filesystem of a mount, for work on it that is not the supervisor's (prefetch).
@@ -1158,13 +1255,31 @@ fn find_for(
     access: &Access,
 ) -> Result<usize, SupervisorError> {
     let theirs = |m: &MountEntry| access.may_manage(caller, m.name.as_str(), m.owner_uid);
-    if let Some(i) = find_target(mounts, target, canonical, |m| theirs(m).is_ok()) {
-        return Ok(i);
+    match find_target(mounts, target, canonical, |m| theirs(m).is_ok()) {
+        Found::One(i) => return Ok(i),
+        Found::Several(names) => {
+            return Err(SupervisorError::Ambiguous {
+                target: target.to_string(),
+                names: names.join(", "),
+            })
+        }
+        Found::None => {}
     }
-    match find_target(mounts, target, canonical, |_| true).map(|i| theirs(&mounts[i])) {
-        Some(Err(refusal)) => Err(unknown_to(caller, target, refusal)),
+    match find_target(mounts, target, canonical, |_| true) {
+        Found::One(i) => match theirs(&mounts[i]) {
+            Err(refusal) => Err(unknown_to(caller, target, refusal)),
+            Ok(()) => Err(SupervisorError::UnknownMount(target.to_string())),
+        },
         _ => Err(SupervisorError::UnknownMount(target.to_string())),
     }
+}
+
+/// What a target names.
+enum Found {
+    One(usize),
+    /// Several mounts of one repository: which is meant cannot be told.
+    Several(Vec<String>),
+    None,
 }
 
 /// `target` as unknown to `caller`, whom `refusal` keeps out of it: logged as refused.
@@ -1177,33 +1292,73 @@ fn unknown_to(caller: &Caller, target: &str, refusal: Refusal) -> SupervisorErro
 }
 
 /// Which mount of those `eligible` `target` names: a name first, then a mountpoint, then a
-/// repository, then the default name of a repository path; an ambiguous last resort is none.
+/// repository (several mounts of it: which one is not guessed), then the default name of a
+/// repository path; an ambiguous last resort is none.
 fn find_target(
     mounts: &[MountEntry],
     target: &str,
     canonical: Option<&Path>,
     eligible: impl Fn(&MountEntry) -> bool,
-) -> Option<usize> {
+) -> Found {
     let first =
         |pred: &dyn Fn(&MountEntry) -> bool| mounts.iter().position(|m| eligible(m) && pred(m));
     let path = Path::new(target);
-    first(&|m| m.name == target)
-        .or_else(|| first(&|m| m.mountpoint == path || Some(m.mountpoint.as_path()) == canonical))
-        .or_else(|| first(&|m| m.location.repo() == target))
-        .or_else(|| {
-            // Not for a path that exists: `disconnect ./rg` means the mount at ./rg.
-            if canonical.is_some() {
-                return None;
-            }
-            let default = default_name_of(target);
-            let by_default: Vec<usize> = (0..mounts.len())
-                .filter(|&i| eligible(&mounts[i]) && mounts[i].name == default.as_str())
-                .collect();
-            match by_default[..] {
-                [i] => Some(i),
-                _ => None,
-            }
-        })
+    let named = first(&|m| m.name == target)
+        .or_else(|| first(&|m| m.mountpoint == path || Some(m.mountpoint.as_path()) == canonical));
+    if let Some(i) = named {
+        return Found::One(i);
+    }
+    let of_repo: Vec<usize> = (0..mounts.len())
+        .filter(|&i| eligible(&mounts[i]) && mounts[i].location.repo() == target)
+        .collect();
+    match of_repo[..] {
+        [] => {}
+        [i] => return Found::One(i),
+        _ => {
+            return Found::Several(
+                of_repo
+                    .iter()
+                    .map(|&i| mounts[i].name.to_string())
+                    .collect(),
+            )
+        }
+    }
+    // Not for a path that exists: `disconnect ./rg` means the mount at ./rg.
+    if canonical.is_some() {
+        return Found::None;
+    }
+    let default = default_name_of(target);
+    let by_default: Vec<usize> = (0..mounts.len())
+        .filter(|&i| eligible(&mounts[i]) && mounts[i].name == default.as_str())
+        .collect();
+    match by_default[..] {
+        [i] => Found::One(i),
+        _ => Found::None,
+    }
+}
+
+/// How a recorded mount that could not be restored shows in `status`.
+fn lost_status(name: &MountName, record: &Record, spec: &ConnectSpec) -> MountStatus {
+    MountStatus {
+        name: name.clone(),
+        mountpoint: record.mountpoint.clone(),
+        source: spec.location.describe(),
+        repo: spec.location.repo(),
+        git_ref: record.git_ref.clone(),
+        commit: String::new(),
+        commit_time: 0,
+        state: MountState::Lost,
+        fetched_objects: 0,
+        fetched_bytes: 0,
+        cache_hits: 0,
+        owner_uid: record.owner_uid,
+        from_config: false,
+        error: String::new(),
+        refreshed_at: 0,
+        read_path: "",
+        writable: record.writable,
+        workspace: Usage::default(),
+    }
 }
 
 /// Unmounts an entry: cleanly where possible, lazily (naming who holds it) where busy.

@@ -27,6 +27,9 @@ pub(super) fn check(
         )));
     }
     let plain = access.check_mountpoint_path(caller, path)?;
+    if mounts::is_dead(&plain) {
+        clean_dead(&plain)?;
+    }
     let admin = access.is_admin(caller);
     let dir = mounts::open_dir(&plain, !admin).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) => SupervisorError::MountpointMissing(path.to_path_buf()),
@@ -58,6 +61,40 @@ pub(super) fn check(
         return Err(SupervisorError::MountpointNotEmpty(canonical));
     }
     Ok((canonical, dir))
+}
+
+/// Cleans the dead FUSE mount at `path` (`Transport endpoint is not connected`: its daemon is
+/// gone) if it is a megafs mount, as the next mount there would find it cleaned at the
+/// daemon's start; another filesystem's is not ours to take, and is named with the command
+/// that cleans it.
+fn clean_dead(path: &Path) -> Result<(), SupervisorError> {
+    let how = match crate::sys::is_root() {
+        true => format!("umount -l {}", path.display()),
+        false => format!("fusermount3 -uz {}", path.display()),
+    };
+    let ours = mounts::megafs_mounts()
+        .ok()
+        .and_then(|all| all.into_iter().find(|m| m.mountpoint == path));
+    let Some(dead) = ours else {
+        return Err(SupervisorError::Invalid(format!(
+            "{} holds a dead FUSE mount (Transport endpoint is not connected) that is not \
+             megafs's; `{how}` cleans it",
+            path.display()
+        )));
+    };
+    match mounts::unmount(path, true) {
+        Ok(()) => {
+            info!(mountpoint = %path.display(), mount = %dead.name,
+                  "cleaned a dead megafs mount left on the mountpoint");
+            Ok(())
+        }
+        Err(e) => Err(SupervisorError::Invalid(format!(
+            "{} holds a dead megafs mount ({}) that cannot be cleaned here ({e}); `{how}` \
+             cleans it",
+            path.display(),
+            dead.name
+        ))),
+    }
 }
 
 /// A configured mountpoint that does not exist is created; its parent must exist.
