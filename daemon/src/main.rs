@@ -293,6 +293,8 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     };
     let fs_options = FsOptions {
         fetch_timeout: settings.fetch_timeout,
+        // A program's read of a file fails within the request timeout in all.
+        wait_limit: Some(settings.request_timeout),
         stream_min_size: settings.stream_min_size,
         look_ahead: settings.look_ahead,
         follow_trunk: true,

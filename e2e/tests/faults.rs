@@ -170,6 +170,74 @@ fn under_every_fault_reads_are_right_or_eio_and_recover() {
     s.daemon.ctl_ok(&["status"]);
 }
 
+/// How long a program's whole read of a file (lookup, open, read: several requests) may take
+/// against a server that does not deliver: the request limit once, with room for the machine.
+const WHOLE_READ_LIMIT: Duration = Duration::from_millis(4500);
+
+#[test]
+fn a_read_fails_within_the_request_timeout_whatever_the_server_does() {
+    let s = setup();
+    let point = connect(&s, &s.server.url());
+    let cases = [
+        (
+            "never answers",
+            Faults {
+                stall: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "freezes mid-transfer",
+            Faults {
+                hold_blobs_after: Some(3),
+                ..Faults::default()
+            },
+        ),
+        (
+            "trickles a byte a second",
+            Faults {
+                trickle_blobs_ms: Some(1000),
+                ..Faults::default()
+            },
+        ),
+    ];
+    // Root files: the root is listed at mount, so only their contents are fetched.
+    let files = ["README.md", "run.sh", "data.bin"];
+    for ((what, faults), file) in cases.into_iter().zip(files) {
+        s.server.set_faults(faults);
+        // Timed from the program's side: cat's open and read together.
+        let started = Instant::now();
+        let out = std::process::Command::new("cat")
+            .arg(point.join(file))
+            .output()
+            .expect("cat");
+        let took = started.elapsed();
+        assert!(!out.status.success(), "{what}: cat read {file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Input/output error"), "{what}: {err}");
+        assert!(
+            took < WHOLE_READ_LIMIT,
+            "{what}: cat took {took:?}\n{}",
+            s.daemon.log()
+        );
+    }
+    // The log says what was waited for, and where.
+    let log = s.daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("within the request timeout"))
+        .unwrap_or_else(|| panic!("no timeout line in:\n{log}"));
+    for part in ["mount=fixture", "path=", "oid=", "server="] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+    // Behaving again, every file reads.
+    s.server.set_faults(Faults::default());
+    assert_eq!(
+        std::fs::read(point.join("README.md")).expect("read"),
+        b"fixture v2\n"
+    );
+}
+
 #[test]
 fn a_flaky_server_never_gives_a_wrong_byte() {
     let s = setup();

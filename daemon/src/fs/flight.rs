@@ -1,5 +1,12 @@
 //! Single-flight: concurrent requests for the same work share one run of it. The work runs
 //! as its own task, so it completes (and fills the cache) even if every waiter gives up.
+//!
+//! With a wait limit, the waiting has one deadline per run, shared by every request that
+//! waits on it, and a process whose request just failed on a key after a long wait gets the
+//! same failure at once for its next request on it (a quick failure costs nothing to meet
+//! again): a program's read is several requests (lookup, getattr,
+//! open, read), each of which would otherwise wait the whole limit again on the same stuck
+//! fetch. Anyone else (another process, trying again by hand) waits anew.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,6 +14,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tracing::Instrument;
@@ -18,6 +26,25 @@ use super::error::FsError;
 struct Flight<T: Clone> {
     result: Shared<BoxFuture<'static, Result<T, FsError>>>,
     done: Arc<AtomicBool>,
+    /// Until when its waiters wait (with a wait limit).
+    window_ends: Arc<Mutex<Instant>>,
+}
+
+/// A key's last failure, and the processes it was handed to.
+struct Failure {
+    at: Instant,
+    error: FsError,
+    askers: Vec<u32>,
+}
+
+tokio::task_local! {
+    /// The process a request (a task) is answered for.
+    static ASKER: u32;
+}
+
+/// Runs `work` (a request answered on a task) for process `pid`.
+pub async fn asked_by<F: Future>(pid: u32, work: F) -> F::Output {
+    ASKER.scope(pid, work).await
 }
 
 impl<T: Clone> Clone for Flight<T> {
@@ -25,13 +52,22 @@ impl<T: Clone> Clone for Flight<T> {
         Flight {
             result: self.result.clone(),
             done: self.done.clone(),
+            window_ends: self.window_ends.clone(),
         }
     }
 }
 
+/// How long after a failure a process's next request on the same key fails at once: long
+/// enough for the rest of one read's requests.
+const RIGHT_AFTER: Duration = Duration::from_secs(2);
+
 /// Runs of work by key, each giving every waiter a `T` (cheap to clone: `()`, an `Arc`).
 pub struct Flights<K, T: Clone = ()> {
     running: Mutex<HashMap<K, Flight<T>>>,
+    /// How long the waiters of one run wait in all; None: until it ends.
+    wait_limit: Option<Duration>,
+    /// Recent failures by key (with a wait limit).
+    failures: Mutex<HashMap<K, Failure>>,
 }
 
 impl<K, T> Flights<K, T>
@@ -39,9 +75,16 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     T: Clone + Send + Sync + 'static,
 {
+    #[cfg(test)]
     pub fn new() -> Self {
+        Flights::with_wait_limit(None)
+    }
+
+    pub fn with_wait_limit(wait_limit: Option<Duration>) -> Self {
         Flights {
             running: Mutex::new(HashMap::new()),
+            wait_limit,
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,6 +94,11 @@ where
     where
         F: Future<Output = Result<T, FsError>> + Send + 'static,
     {
+        let asker = self.wait_limit.and(ASKER.try_with(|pid| *pid).ok());
+        let asked = Instant::now();
+        if let Some(error) = asker.and_then(|pid| self.recent_failure(&key, pid)) {
+            return Err(error);
+        }
         let flight = {
             let mut running = self.lock();
             // A finished flight whose waiters all gave up is stale: start afresh.
@@ -76,13 +124,42 @@ where
                     }
                     .boxed()
                     .shared();
-                    let flight = Flight { result, done };
+                    let flight = Flight {
+                        result,
+                        done,
+                        window_ends: Arc::new(Mutex::new(
+                            Instant::now() + self.wait_limit.unwrap_or_default(),
+                        )),
+                    };
                     running.insert(key.clone(), flight.clone());
                     flight
                 }
             }
         };
-        let result = flight.result.clone().await;
+        let result = match self.wait_limit {
+            None => flight.result.clone().await,
+            Some(limit) => {
+                let ends = window_for(&flight.window_ends, limit);
+                let waited = tokio::time::timeout_at(ends.into(), flight.result.clone()).await;
+                match waited {
+                    Ok(result) => result,
+                    // The work goes on (it fills the cache); this request is answered.
+                    Err(_) => {
+                        let error = FsError::Timeout(limit);
+                        if let Some(pid) = asker {
+                            self.remember_failure(&key, pid, &error);
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let long_wait = self
+            .wait_limit
+            .is_some_and(|limit| asked.elapsed() >= limit / 2);
+        if let (Err(error), Some(pid), true) = (&result, asker, long_wait) {
+            self.remember_failure(&key, pid, error);
+        }
         let mut running = self.lock();
         if running
             .get(&key)
@@ -91,6 +168,28 @@ where
             running.remove(&key);
         }
         result
+    }
+
+    /// The failure `pid` was handed for `key` just before, if any.
+    fn recent_failure(&self, key: &K, pid: u32) -> Option<FsError> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let failure = failures.get(key)?;
+        (failure.at.elapsed() < RIGHT_AFTER && failure.askers.contains(&pid))
+            .then(|| failure.error.clone())
+    }
+
+    fn remember_failure(&self, key: &K, pid: u32, error: &FsError) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        failures.retain(|_, f| now < f.at + RIGHT_AFTER);
+        let failure = failures.entry(key.clone()).or_insert_with(|| Failure {
+            at: now,
+            error: error.clone(),
+            askers: Vec::new(),
+        });
+        if !failure.askers.contains(&pid) {
+            failure.askers.push(pid);
+        }
     }
 
     /// Whether a run for `key` is under way.
@@ -103,6 +202,17 @@ where
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Flight<T>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Until when a request waits on a run: the run's deadline while it holds, else (the run
+/// outlived it, and this is not a request that just failed on it) a new one.
+fn window_for(window_ends: &Mutex<Instant>, limit: Duration) -> Instant {
+    let mut ends = window_ends.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if now >= *ends {
+        *ends = now + limit;
+    }
+    *ends
 }
 
 #[cfg(test)]
@@ -160,6 +270,38 @@ mod tests {
         assert!(abandoned.is_err(), "the caller gave up");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         flights.run(7, async { Ok(()) }).await.expect("a fresh run");
+    }
+
+    #[tokio::test]
+    async fn every_waiter_of_a_run_shares_one_deadline() {
+        let limit = Duration::from_millis(200);
+        let flights = Arc::new(Flights::<_, ()>::with_wait_limit(Some(limit)));
+        let stuck = || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        };
+        let started = Instant::now();
+        let first = asked_by(42, flights.run(1, stuck())).await;
+        assert!(matches!(first, Err(FsError::Timeout(_))), "{first:?}");
+        assert!(started.elapsed() < limit * 2, "{:?}", started.elapsed());
+        // The same process's next request, right after: at once.
+        let again = Instant::now();
+        assert!(asked_by(42, flights.run(1, stuck())).await.is_err());
+        assert!(again.elapsed() < limit / 2, "{:?}", again.elapsed());
+        // Another process (trying again by hand, say) waits anew.
+        let other = Instant::now();
+        assert!(asked_by(43, flights.run(1, stuck())).await.is_err());
+        assert!(other.elapsed() >= limit, "{:?}", other.elapsed());
+        // A waiter joining midway waits only what is left of the window.
+        let flights2 = flights.clone();
+        let early = tokio::spawn(async move { flights2.run(2, stuck()).await });
+        tokio::time::sleep(limit / 2).await;
+        let joined = Instant::now();
+        assert!(flights.run(2, stuck()).await.is_err());
+        assert!(joined.elapsed() < limit * 3 / 4, "{:?}", joined.elapsed());
+        assert!(early.await.expect("join").is_err());
+        // Work that finishes in time is answered as ever.
+        flights.run(3, async { Ok(()) }).await.expect("in time");
     }
 
     #[tokio::test]

@@ -50,15 +50,17 @@ impl Loader {
         source: Arc<dyn Source>,
         store: Arc<Store>,
         fetch_timeout: Duration,
+        wait_limit: Option<Duration>,
         metrics: Arc<MountMetrics>,
     ) -> Loader {
+        let limit = wait_limit;
         Loader {
             server: source.describe(),
             source,
             store,
-            trees: Flights::new(),
-            blobs: Flights::new(),
-            sizes: Flights::new(),
+            trees: Flights::with_wait_limit(limit),
+            blobs: Flights::with_wait_limit(limit),
+            sizes: Flights::with_wait_limit(limit),
             metrics,
             offline: AtomicBool::new(false),
             fetch_timeout,
@@ -181,15 +183,17 @@ impl Loader {
         oid: ObjectId,
     ) -> Result<Arc<[u8]>, FsError> {
         let this = Arc::clone(self);
-        let path = path.clone();
+        let (path, path_of_tree) = (path.clone(), path.clone());
         metrics::reached(Tier::Server);
-        self.trees
+        let waited = self
+            .trees
             .run(oid, async move {
                 this.metrics
                     .in_flight(this.fetch_tree_now(&path, oid))
                     .await
             })
-            .await
+            .await;
+        waited.inspect_err(|e| self.note_timeout(e, "a directory", &path_of_tree, oid))
     }
 
     async fn fetch_tree_now(&self, path: &RepoPath, oid: ObjectId) -> Result<Arc<[u8]>, FsError> {
@@ -282,9 +286,10 @@ impl Loader {
             return Ok(());
         }
         let this = Arc::clone(self);
-        let path = path.clone();
+        let (path, path_of_blob) = (path.clone(), path.clone());
         metrics::reached(Tier::Server);
-        self.blobs
+        let waited = self
+            .blobs
             .run(oid, async move {
                 if this.store.contains(&oid) {
                     return Ok(());
@@ -298,7 +303,8 @@ impl Loader {
                 info!(%oid, %path, bytes, "fetched blob");
                 Ok(())
             })
-            .await
+            .await;
+        waited.inspect_err(|e| self.note_timeout(e, "a file", &path_of_blob, oid))
     }
 
     /// Streams blob `oid` into the cache as it arrives (memory does not grow with its size);
@@ -506,6 +512,17 @@ impl Loader {
                 warn!(server = %self.server, %path, %oid, error = %e, "cannot fetch {what}");
                 e.into()
             }
+        }
+    }
+
+    /// Logs a request that stopped waiting for the server, naming what it waited for (the
+    /// request's span names the mount).
+    fn note_timeout(&self, e: &FsError, what: &str, path: &RepoPath, oid: ObjectId) {
+        if let FsError::Timeout(limit) = e {
+            warn!(
+                server = %self.server, %path, %oid, limit = ?limit,
+                "no answer for {what} within the request timeout; the fetch goes on in the background"
+            );
         }
     }
 

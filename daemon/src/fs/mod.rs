@@ -29,6 +29,7 @@ use ahead::LookAhead;
 pub use ahead::DEFAULT_LOOK_AHEAD;
 use arrival::{Arrival, Ready};
 pub use error::FsError;
+pub use flight::asked_by;
 pub use inode::ROOT_INO;
 use inode::{InodeTable, Listing};
 use loader::Loader;
@@ -58,6 +59,9 @@ pub trait KernelCache: Send + Sync {
 pub struct FsOptions {
     /// The longest one fetch (retries included) may take.
     pub fetch_timeout: Duration,
+    /// The longest the requests waiting on one fetch wait for it, all together (see
+    /// `flight`); None: until it ends. The fetch itself goes on, up to `fetch_timeout`.
+    pub wait_limit: Option<Duration>,
     /// Files at least this big are read as they arrive (see `arrival`); None: never.
     pub stream_min_size: Option<u64>,
     /// Subdirectories of a directory the kernel reads whose listings load in the background
@@ -73,6 +77,7 @@ impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             fetch_timeout: Duration::from_secs(600),
+            wait_limit: None,
             stream_min_size: Some(DEFAULT_STREAM_MIN_SIZE),
             look_ahead: DEFAULT_LOOK_AHEAD,
             follow_trunk: true,
@@ -158,7 +163,13 @@ impl MountFs {
         metrics: Arc<MountMetrics>,
         times_file: Option<TimesFile>,
     ) -> Result<Arc<MountFs>, FsError> {
-        let loader = Arc::new(Loader::new(source, store, options.fetch_timeout, metrics));
+        let loader = Arc::new(Loader::new(
+            source,
+            store,
+            options.fetch_timeout,
+            options.wait_limit,
+            metrics,
+        ));
         let snapshot = loader.resolve().await?;
         let times = times::kept(&loader, times_file.as_ref(), &snapshot).await;
         let recall = Recall::open(&loader, snapshot.root_tree).await;

@@ -135,7 +135,11 @@ impl FuseAdapter {
         self.runtime.spawn(
             async move {
                 let deadline = async {
-                    tokio::time::timeout(timeout, work)
+                    // Asked for the calling process: the requests of one program's read
+                    // share one deadline on a fetch (see `fs`), which fires first; this one
+                    // is for everything else, a moment later.
+                    let limit = timeout + Duration::from_millis(250);
+                    crate::fs::asked_by(call.pid, tokio::time::timeout(limit, work))
                         .await
                         .unwrap_or(Err(FsError::Timeout(timeout)))
                 };

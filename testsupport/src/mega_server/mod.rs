@@ -39,6 +39,8 @@ pub struct Faults {
     /// Send this many bytes of a longer blob, then hold the rest back until the faults are
     /// set again (always applies, like `blob_delay_ms`).
     pub hold_blobs_after: Option<u64>,
+    /// Send a blob one byte at a time, this many milliseconds apart (always applies).
+    pub trickle_blobs_ms: Option<u64>,
     /// Send half of a blob body, then drop the connection.
     pub truncate_blobs: bool,
     /// Drop the connection right after the headers of a blob or tree answer.
@@ -66,6 +68,7 @@ impl Default for Faults {
             corrupt_trees: false,
             blob_delay_ms: 0,
             hold_blobs_after: None,
+            trickle_blobs_ms: None,
             truncate_blobs: false,
             reset: false,
             stall: false,
@@ -215,6 +218,7 @@ impl ServerState {
                 *faults = Faults {
                     blob_delay_ms: faults.blob_delay_ms,
                     hold_blobs_after: faults.hold_blobs_after,
+                    trickle_blobs_ms: faults.trickle_blobs_ms,
                     corrupt_trees: faults.corrupt_trees,
                     ..Faults::default()
                 };
@@ -531,7 +535,39 @@ async fn blob(
     if let Some(hold) = faults.hold_blobs_after.filter(|&n| n < length) {
         return octet_stream(&oid_text, held_back(&state, data, hold as usize), length);
     }
+    if let Some(ms) = faults.trickle_blobs_ms {
+        return octet_stream(&oid_text, trickled(&state, data, ms), length);
+    }
     octet_stream(&oid_text, Body::from(data), length)
+}
+
+/// A body sent a byte at a time, `ms` milliseconds apart, and the rest at once when the
+/// faults are set again (so that no answer outlives a test).
+fn trickled(state: &ServerState, data: Vec<u8>, ms: u64) -> Body {
+    let released = state.faults_set.subscribe();
+    let bytes = futures::stream::unfold(
+        (data, 0usize, released, false),
+        move |(data, at, mut released, free)| async move {
+            if at >= data.len() {
+                return None;
+            }
+            if free {
+                let rest = bytes::Bytes::from(data[at..].to_vec());
+                return Some((
+                    Ok::<_, std::io::Error>(rest),
+                    (data, usize::MAX, released, true),
+                ));
+            }
+            let pause = tokio::time::sleep(std::time::Duration::from_millis(ms));
+            let free = tokio::select! {
+                _ = pause => false,
+                _ = released.changed() => true,
+            };
+            let byte = bytes::Bytes::from(vec![data[at]]);
+            Some((Ok(byte), (data, at + 1, released, free)))
+        },
+    );
+    Body::from_stream(bytes)
 }
 
 /// A body whose first `hold` bytes go at once and the rest once the faults are set again.
