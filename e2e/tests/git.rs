@@ -140,6 +140,60 @@ fn a_git_server_mount_follows_a_tag() {
 }
 
 #[test]
+fn a_git_mount_whose_server_is_gone_shows_offline_and_reads_what_was_fetched() {
+    let mut s = setup(true);
+    let url = s.server.url("fixture.git");
+    let point = s.daemon.mountpoint("gone");
+    let args = [
+        "connect",
+        &url,
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "gone",
+    ];
+    s.daemon.ctl_ok(&args);
+    let readme = point.join("README.md");
+    assert_eq!(std::fs::read(&readme).expect("read"), b"fixture v2\n");
+    s.daemon.ctl_ok(&["disconnect", "gone"]);
+    // The server goes away (its port closed); the mount comes from what the cache remembers.
+    let root = s.server_root();
+    drop(std::mem::replace(
+        &mut s.server,
+        GitServer::start_with(&root, true, false).expect("another server"),
+    ));
+    s.daemon.ctl_ok(&args);
+    let status = s.daemon.status();
+    assert_eq!(status["mounts"][0]["state"], "offline", "{status}");
+    assert_eq!(std::fs::read(&readme).expect("cached"), b"fixture v2\n");
+    s.daemon.ctl_ok(&["disconnect", "gone"]);
+
+    // Mounted while the server answers, then it goes: the first failed fetch says offline.
+    let mut s = setup(true);
+    let url = s.server.url("fixture.git");
+    let point = s.daemon.mountpoint("later");
+    let args = [
+        "connect",
+        &url,
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "later",
+    ];
+    s.daemon.ctl_ok(&args);
+    assert_eq!(s.daemon.status()["mounts"][0]["state"], "mounted");
+    let root = s.server_root();
+    drop(std::mem::replace(
+        &mut s.server,
+        GitServer::start_with(&root, true, false).expect("another server"),
+    ));
+    let never = point.join("run.sh");
+    assert!(within(LIMIT, move || std::fs::read(never)).is_err());
+    let status = s.daemon.status();
+    assert_eq!(status["mounts"][0]["state"], "offline", "{status}");
+}
+
+#[test]
 fn an_abbreviated_commit_id_works_where_a_ref_points_at_it() {
     let s = setup(true);
     let url = s.server.url("fixture.git");

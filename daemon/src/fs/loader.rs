@@ -510,6 +510,10 @@ impl Loader {
             e @ SourceError::TrunkMoved { .. } => e.into(),
             e => {
                 warn!(server = %self.server, %path, %oid, error = %e, "cannot fetch {what}");
+                // Until a fetch succeeds again, `status` says so.
+                if e.is_unavailable() {
+                    self.offline.store(true, Ordering::Relaxed);
+                }
                 e.into()
             }
         }
