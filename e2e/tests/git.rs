@@ -139,19 +139,23 @@ fn a_git_server_mount_follows_a_tag() {
     assert!(err.contains("unknown ref \"nope\""), "{err}");
 }
 
+/// `connect` of `url` onto `point` as `name`.
+fn git_connect<'a>(url: &'a str, point: &'a std::path::Path, name: &'a str) -> [&'a str; 6] {
+    [
+        "connect",
+        url,
+        "--mount-point",
+        path_str(point),
+        "--name",
+        name,
+    ]
+}
+
 #[test]
 fn a_git_mount_whose_server_is_gone_shows_offline_and_reads_what_was_fetched() {
     let mut s = setup(true);
-    let url = s.server.url("fixture.git");
-    let point = s.daemon.mountpoint("gone");
-    let args = [
-        "connect",
-        &url,
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        "gone",
-    ];
+    let (url, point) = (s.server.url("fixture.git"), s.daemon.mountpoint("gone"));
+    let args = git_connect(&url, &point, "gone");
     s.daemon.ctl_ok(&args);
     let readme = point.join("README.md");
     assert_eq!(std::fs::read(&readme).expect("read"), b"fixture v2\n");
@@ -170,17 +174,8 @@ fn a_git_mount_whose_server_is_gone_shows_offline_and_reads_what_was_fetched() {
 
     // Mounted while the server answers, then it goes: the first failed fetch says offline.
     let mut s = setup(true);
-    let url = s.server.url("fixture.git");
-    let point = s.daemon.mountpoint("later");
-    let args = [
-        "connect",
-        &url,
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        "later",
-    ];
-    s.daemon.ctl_ok(&args);
+    let (url, point) = (s.server.url("fixture.git"), s.daemon.mountpoint("later"));
+    s.daemon.ctl_ok(&git_connect(&url, &point, "later"));
     assert_eq!(s.daemon.status()["mounts"][0]["state"], "mounted");
     let root = s.server_root();
     drop(std::mem::replace(

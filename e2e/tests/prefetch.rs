@@ -145,14 +145,23 @@ fn the_prefetch_stops_when_its_client_goes_away() {
         ..Faults::default()
     });
     world.server.clear_requests();
-    let mut client = Command::new(bin("mega-fuse"))
+    let mut command = Command::new(bin("mega-fuse"));
+    command
         .arg("--socket")
         .arg(&world.daemon.socket)
         .args(["prefetch", "stop", "many"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mega-fuse prefetch");
+        .stderr(Stdio::null());
+    // Ctrl-C as at a terminal, even where the tests run in the background (a shell's `&`
+    // starts them with SIGINT ignored, and children inherit that).
+    // SAFETY: only async-signal-safe signal(2) between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut client = command.spawn().expect("mega-fuse prefetch");
     wait_until("the prefetch to ask for blobs", || blob_gets(&world) > 0);
     // SAFETY: a signal to our own child process.
     unsafe { libc::kill(client.id() as i32, libc::SIGINT) };

@@ -22,19 +22,7 @@ fn row<'a>(status: &'a serde_json::Value, name: &str) -> Vec<&'a serde_json::Val
 fn connected_mounts_come_back_after_a_kill_and_disconnect_forgets_them() {
     let mut world = World::new();
     let mega = world.mount_mega("back");
-    let url = world.server.url();
-    let ws = world.daemon.mountpoint("back-ws");
-    world.daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &url,
-        "--mount-point",
-        path_str(&ws),
-        "--name",
-        "back-ws",
-        "--writable",
-    ]);
+    let ws = world.mount_writable("back-ws");
     fs::write(ws.join("local.txt"), b"mine\n").expect("write");
     let gone = world.mount_local("gone", "");
     world.daemon.ctl_ok(&["disconnect", "gone"]);
@@ -140,31 +128,13 @@ fn a_dead_megafs_mount_on_the_mountpoint_is_cleaned_by_connect() {
     let point = world.daemon.mountpoint("reused");
     // Another daemon mounts there and dies: the mount it leaves answers ENOTCONN.
     let mut other = megafs_testsupport::harness::Daemon::start();
-    other.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &world.server.url(),
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        "reused",
-    ]);
+    world.connect_mega(&other, "reused", &point, &[]);
     other.kill();
     assert_eq!(
         megafs_testsupport::harness::statfs(&point).err(),
         Some(libc::ENOTCONN)
     );
-    world.daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &world.server.url(),
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        "reused",
-    ]);
+    world.connect_mega(&world.daemon, "reused", &point, &[]);
     assert_eq!(
         fs::read(point.join("README.md")).expect("read"),
         b"fixture v2\n"

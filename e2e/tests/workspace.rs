@@ -16,23 +16,6 @@ use megafs_testsupport::harness::{is_mounted, within, Daemon};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// Mounts the fixture from the dev Mega server as a workspace named `name`.
-fn connect_writable(world: &World, name: &str) -> std::path::PathBuf {
-    let point = world.daemon.mountpoint(name);
-    world.daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &world.server.url(),
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        name,
-        "--writable",
-    ]);
-    point
-}
-
 fn changes(daemon: &Daemon, name: &str) -> Vec<String> {
     let out = daemon.ctl_ok(&["changes", name]);
     out.lines().map(str::to_string).collect()
@@ -201,7 +184,7 @@ fn assert_everything(m: &Path) {
 #[test]
 fn a_workspace_takes_every_write_and_keeps_it_across_a_remount() {
     let world = World::new();
-    let m = connect_writable(&world, "ws");
+    let m = world.mount_writable("ws");
     let status = world.daemon.status();
     let mount = &status["mounts"][0];
     assert_eq!(mount["writable"], true, "{mount}");
@@ -247,7 +230,7 @@ fn a_workspace_takes_every_write_and_keeps_it_across_a_remount() {
         .workspace_dir("ws")
         .join("upper/new.txt")
         .exists());
-    connect_writable(&world, "ws");
+    world.mount_writable("ws");
     let point = m.clone();
     within(LIMIT, move || assert_everything(&point));
     assert_eq!(changes(&world.daemon, "ws"), expected);
@@ -256,7 +239,7 @@ fn a_workspace_takes_every_write_and_keeps_it_across_a_remount() {
 #[test]
 fn a_file_written_back_to_its_bytes_is_not_modified() {
     let world = World::new();
-    let m = connect_writable(&world, "back");
+    let m = world.mount_writable("back");
     fs::write(m.join("README.md"), b"changed\n").expect("change");
     assert_eq!(changes(&world.daemon, "back"), ["M README.md"]);
     fs::write(m.join("README.md"), b"fixture v2\n").expect("change back");
@@ -274,7 +257,7 @@ fn a_file_written_back_to_its_bytes_is_not_modified() {
 #[test]
 fn a_workspace_is_of_one_repository_and_discarded_on_request() {
     let world = World::new();
-    let m = connect_writable(&world, "mine");
+    let m = world.mount_writable("mine");
     fs::write(m.join("new.txt"), b"x\n").expect("write");
     world.daemon.ctl_ok(&["disconnect", "mine"]);
 
@@ -305,7 +288,7 @@ fn a_workspace_is_of_one_repository_and_discarded_on_request() {
         "{out}"
     );
     assert!(!dir.exists());
-    let m = connect_writable(&world, "mine");
+    let m = world.mount_writable("mine");
     assert!(!m.join("new.txt").exists());
     fs::write(m.join("again.txt"), b"y\n").expect("write");
     let out = world.daemon.ctl_ok(&["disconnect", "mine", "--discard"]);
@@ -358,7 +341,7 @@ fn writes_survive_a_killed_daemon() {
 #[test]
 fn reset_takes_paths_back_to_the_commit_and_waits_for_open_files() {
     let world = World::new();
-    let m = connect_writable(&world, "undo");
+    let m = world.mount_writable("undo");
     fs::write(m.join("README.md"), b"changed\n").expect("write");
     fs::write(m.join("src/main.rs"), b"fn main() {}\n").expect("write");
     fs::remove_file(m.join("empty.txt")).expect("unlink");

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{errno, path_str, World, MEGA_REPO};
+use common::{errno, path_str, World};
 use megafs_testsupport::harness::within;
 use megafs_testsupport::mega_server::Faults;
 
@@ -91,27 +91,11 @@ fn detach(path: &Path) {
     }
 }
 
-fn connect_writable(world: &World, name: &str) -> PathBuf {
-    let point = world.daemon.mountpoint(name);
-    world.daemon.ctl_ok(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &world.server.url(),
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        name,
-        "--writable",
-    ]);
-    point
-}
-
 #[test]
 fn a_full_disk_fails_the_write_that_does_not_fit_and_keeps_the_rest() {
     let world = World::new();
     let _small = Tmpfs::mount(&world.daemon.state_dir(), "2m");
-    let m = connect_writable(&world, "full");
+    let m = world.mount_writable("full");
     fs::write(m.join("kept.txt"), b"written before the disk filled\n").expect("write");
     fs::write(m.join("README.md"), b"edited\n").expect("write");
 
@@ -144,7 +128,7 @@ fn a_full_disk_fails_the_write_that_does_not_fit_and_keeps_the_rest() {
     within(LIMIT, intact.clone());
     fs::remove_file(m.join("big.out")).expect("freeing the space");
     world.daemon.ctl_ok(&["disconnect", "full"]);
-    connect_writable(&world, "full");
+    world.mount_writable("full");
     within(LIMIT, intact);
     let out = world.daemon.ctl_ok(&["changes", "full"]);
     assert_eq!(out, "M README.md\nA kept.txt\n");
@@ -155,17 +139,7 @@ fn a_state_directory_overlayfs_cannot_use_is_named_at_connect() {
     let world = World::new();
     let _state = OverlayStateDir::mount(&world.daemon.state_dir());
     let point = world.daemon.mountpoint("nowhere");
-    let err = world.daemon.ctl_err(&[
-        "connect",
-        MEGA_REPO,
-        "--mega-url",
-        &world.server.url(),
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        "nowhere",
-        "--writable",
-    ]);
+    let err = world.connect_mega_err("nowhere", &point, &["--writable"]);
     let dir = world.daemon.workspace_dir("nowhere");
     assert!(err.contains(&dir.display().to_string()), "{err}");
     assert!(
@@ -183,7 +157,7 @@ fn a_state_directory_overlayfs_cannot_use_is_named_at_connect() {
 #[test]
 fn with_the_server_down_changed_and_cached_files_work_and_others_fail_with_eio() {
     let world = World::new();
-    let m = connect_writable(&world, "down");
+    let m = world.mount_writable("down");
     let point = m.clone();
     within(LIMIT, move || {
         // Cached by reading; changed by writing.

@@ -55,17 +55,47 @@ impl World {
     /// Mounts the fixture from the dev Mega server; returns the mountpoint.
     pub fn mount_mega(&self, name: &str) -> PathBuf {
         let point = self.daemon.mountpoint(name);
-        self.daemon.ctl_ok(&[
+        self.connect_mega(&self.daemon, name, &point, &[]);
+        point
+    }
+
+    /// Mounts the fixture from the dev Mega server as a workspace named `name`.
+    pub fn mount_writable(&self, name: &str) -> PathBuf {
+        let point = self.daemon.mountpoint(name);
+        self.connect_mega(&self.daemon, name, &point, &["--writable"]);
+        point
+    }
+
+    /// The arguments of `connect` for the fixture on the dev Mega server, onto `point` as
+    /// `name`, then `extra`.
+    fn mega_args<'a>(&self, url: &'a str, name: &'a str, point: &'a Path) -> Vec<&'a str> {
+        let at = path_str(point);
+        vec![
             "connect",
             MEGA_REPO,
             "--mega-url",
-            &self.server.url(),
+            url,
             "--mount-point",
-            path_str(&point),
+            at,
             "--name",
             name,
-        ]);
-        point
+        ]
+    }
+
+    /// `connect` of the fixture from the dev Mega server on `daemon`, expected to work.
+    pub fn connect_mega(&self, daemon: &Daemon, name: &str, point: &Path, extra: &[&str]) {
+        let url = self.server.url();
+        let mut args = self.mega_args(&url, name, point);
+        args.extend_from_slice(extra);
+        daemon.ctl_ok(&args);
+    }
+
+    /// `connect` of the fixture from the dev Mega server, expected to fail: its message.
+    pub fn connect_mega_err(&self, name: &str, point: &Path, extra: &[&str]) -> String {
+        let url = self.server.url();
+        let mut args = self.mega_args(&url, name, point);
+        args.extend_from_slice(extra);
+        self.daemon.ctl_err(&args)
     }
 
     /// Mounts the fixture as a local repository at `git_ref` (empty: HEAD).
