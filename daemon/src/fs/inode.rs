@@ -23,8 +23,8 @@ use crate::repo_path::RepoPath;
 pub const ROOT_INO: u64 = 1;
 
 /// Numbers made of hashes lie in [HASHED, 2 * HASHED): under 2^48, so that overlayfs (a
-/// workspace's) has high bits to spare for its own numbering (xino), and above the few the
-/// table counts out itself (retired roots).
+/// workspace's) has high bits to spare for its own numbering (xino), and far above the
+/// root's.
 const HASHED: u64 = 1 << 47;
 
 /// The key of the root's path, which every other path's key is made from.
@@ -184,7 +184,6 @@ impl Nodes {
 
 pub struct InodeTable {
     nodes: Nodes,
-    next_ino: u64,
     /// Entries whose listed number another entry's node took first (path key and id to the
     /// number their node has instead): hash collisions across listings, so nearly always empty.
     moved: HashMap<(u64, ObjectId), u64>,
@@ -207,7 +206,6 @@ impl InodeTable {
                 nodes.insert(ROOT_INO, root);
                 nodes
             },
-            next_ino: ROOT_INO + 1,
             moved: HashMap::new(),
         }
     }
@@ -229,32 +227,13 @@ impl InodeTable {
         }
     }
 
-    fn allocate(&mut self) -> u64 {
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        ino
-    }
-
-    /// Points the root at a new tree (a refresh): the old root's listing moves to a retired
-    /// inode, so that nodes under it the kernel still holds keep their paths. Entries that did
-    /// not change get their numbers, and their nodes, back when the new root is listed.
-    /// Returns the old listing.
+    /// Points the root at a new tree (a refresh) and returns its old listing. Nodes the kernel
+    /// still holds keep their paths (their parents are unchanged); entries that did not change
+    /// get their numbers, and their nodes, back when the new root is listed.
     pub fn retire_root(&mut self, new_tree: ObjectId) -> Option<Arc<Listing>> {
-        let retired_ino = self.allocate();
         let root = self.nodes.get_mut(&ROOT_INO)?;
-        let old = Node {
-            parent: ROOT_INO,
-            name: Arc::from(&b""[..]),
-            kind: root.kind,
-            oid: root.oid,
-            listing: root.listing.take(),
-            key: ROOT_KEY,
-            lookups: 0,
-        };
         root.oid = new_tree;
-        let listing = old.listing.clone();
-        self.nodes.insert(retired_ino, old);
-        listing
+        root.listing.take()
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
@@ -644,6 +623,33 @@ mod tests {
         );
         nodes.get_mut(&9000).expect("held").lookups = 3;
         assert_eq!(nodes.get(&9000).map(|n| n.lookups), Some(3));
+    }
+
+    #[test]
+    fn refreshes_leave_no_old_roots_behind() {
+        let mut table = InodeTable::new(ObjectId::EMPTY_TREE);
+        let listing = |byte: u8| vec![entry("dir", EntryKind::Directory, byte)];
+        table.add_listing(ROOT_INO, listing(1));
+        // A node the kernel holds under the first root keeps that root.
+        let held = table.node_for(ROOT_INO, b"dir").unwrap();
+        table.remember(held);
+        for byte in 2..10 {
+            table.retire_root(ObjectId::from_bytes([byte; 20]));
+            table.add_listing(ROOT_INO, listing(byte));
+        }
+        // The root and the held node: refreshes leave nothing behind.
+        assert_eq!(table.len(), 2);
+        assert_eq!(
+            table.path_of(held).as_bytes(),
+            b"dir",
+            "its path still resolves"
+        );
+        assert_eq!(
+            table.get(held).map(|n| n.oid),
+            Some(ObjectId::from_bytes([1; 20]))
+        );
+        table.forget(held, 1);
+        assert_eq!(table.len(), 1, "only the root");
     }
 
     #[test]
