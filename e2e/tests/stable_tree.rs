@@ -14,14 +14,18 @@ use megafs_testsupport::fixture::git;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Every path under `root` (relative, the root as "") with its inode number, walked in
-/// `order` (names sorted, or reversed) so that two walks do not look things up alike.
-fn numbers(root: &Path, reversed: bool) -> BTreeMap<PathBuf, u64> {
+/// Every path under `root` (relative, the root as "") with what `of` takes from its stat,
+/// walked with names sorted or `reversed`, so that two walks do not look things up alike.
+fn walk<T>(
+    root: &Path,
+    reversed: bool,
+    of: impl Fn(&std::fs::Metadata) -> T,
+) -> BTreeMap<PathBuf, T> {
     let mut found = BTreeMap::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
         let meta = std::fs::symlink_metadata(root.join(&rel)).expect("stat");
-        found.insert(rel.clone(), meta.ino());
+        found.insert(rel.clone(), of(&meta));
         if meta.is_dir() {
             let mut names: Vec<_> = std::fs::read_dir(root.join(&rel))
                 .expect("readdir")
@@ -35,6 +39,16 @@ fn numbers(root: &Path, reversed: bool) -> BTreeMap<PathBuf, u64> {
         }
     }
     found
+}
+
+/// Every path's inode number.
+fn numbers(root: &Path, reversed: bool) -> BTreeMap<PathBuf, u64> {
+    walk(root, reversed, MetadataExt::ino)
+}
+
+/// Every path's mtime, in seconds.
+fn mtimes(root: &Path) -> BTreeMap<PathBuf, i64> {
+    walk(root, false, MetadataExt::mtime)
 }
 
 fn inodes_held(point: &Path) -> u64 {
@@ -100,22 +114,6 @@ fn a_path_keeps_its_inode_number_while_its_object_does() {
     remounted.remove(Path::new(""));
     expected.remove(Path::new(""));
     assert_eq!(remounted, expected);
-}
-
-/// Every path under `root` (relative) with its mtime in seconds.
-fn mtimes(root: &Path) -> BTreeMap<PathBuf, i64> {
-    let mut found = BTreeMap::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel) = pending.pop() {
-        let meta = std::fs::symlink_metadata(root.join(&rel)).expect("stat");
-        found.insert(rel.clone(), meta.mtime());
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(root.join(&rel)).expect("readdir") {
-                pending.push(rel.join(entry.expect("entry").file_name()));
-            }
-        }
-    }
-    found
 }
 
 /// What `make` would run in `build` (a dry run), one line per command.

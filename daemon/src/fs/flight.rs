@@ -6,7 +6,10 @@
 //! same failure at once for its next request on it (a quick failure costs nothing to meet
 //! again): a program's read is several requests (lookup, getattr,
 //! open, read), each of which would otherwise wait the whole limit again on the same stuck
-//! fetch. Anyone else (another process, trying again by hand) waits anew.
+//! fetch. Anyone else (another process, trying again by hand) waits anew. Only requests
+//! answered for a process have the limit; the daemon's own work (a prefetch, a look-ahead,
+//! a mount) waits until the run ends, and a run it started long before gives the first
+//! request that joins it a whole window.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,8 +29,8 @@ use super::error::FsError;
 struct Flight<T: Clone> {
     result: Shared<BoxFuture<'static, Result<T, FsError>>>,
     done: Arc<AtomicBool>,
-    /// Until when its waiters wait (with a wait limit).
-    window_ends: Arc<Mutex<Instant>>,
+    /// Until when the requests waiting on it wait (with a wait limit): set by the first.
+    window_ends: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A key's last failure, and the processes it was handed to.
@@ -127,16 +130,14 @@ where
                     let flight = Flight {
                         result,
                         done,
-                        window_ends: Arc::new(Mutex::new(
-                            Instant::now() + self.wait_limit.unwrap_or_default(),
-                        )),
+                        window_ends: Arc::new(Mutex::new(None)),
                     };
                     running.insert(key.clone(), flight.clone());
                     flight
                 }
             }
         };
-        let result = match self.wait_limit {
+        let result = match self.wait_limit.filter(|_| asker.is_some()) {
             None => flight.result.clone().await,
             Some(limit) => {
                 let ends = window_for(&flight.window_ends, limit);
@@ -204,15 +205,16 @@ where
     }
 }
 
-/// Until when a request waits on a run: the run's deadline while it holds, else (the run
-/// outlived it, and this is not a request that just failed on it) a new one.
-fn window_for(window_ends: &Mutex<Instant>, limit: Duration) -> Instant {
+/// Until when a request waits on a run: the run's deadline while it holds, else (the first
+/// request, or the run outlived the last window and this is not a request that just failed
+/// on it) a new one.
+fn window_for(window_ends: &Mutex<Option<Instant>>, limit: Duration) -> Instant {
     let mut ends = window_ends.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
-    if now >= *ends {
-        *ends = now + limit;
+    match *ends {
+        Some(at) if now < at => at,
+        _ => *ends.insert(now + limit),
     }
-    *ends
 }
 
 #[cfg(test)]
@@ -294,14 +296,35 @@ mod tests {
         assert!(other.elapsed() >= limit, "{:?}", other.elapsed());
         // A waiter joining midway waits only what is left of the window.
         let flights2 = flights.clone();
-        let early = tokio::spawn(async move { flights2.run(2, stuck()).await });
+        let early = tokio::spawn(async move { asked_by(1, flights2.run(2, stuck())).await });
         tokio::time::sleep(limit / 2).await;
         let joined = Instant::now();
-        assert!(flights.run(2, stuck()).await.is_err());
+        assert!(asked_by(2, flights.run(2, stuck())).await.is_err());
         assert!(joined.elapsed() < limit * 3 / 4, "{:?}", joined.elapsed());
         assert!(early.await.expect("join").is_err());
+        // The daemon's own work waits until the run ends; a request joining a run that work
+        // started long before still has a whole window.
+        let flights3 = flights.clone();
+        let background = tokio::spawn(async move {
+            flights3
+                .run(4, async {
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    Ok(())
+                })
+                .await
+        });
+        tokio::time::sleep(limit * 3 / 2).await;
+        let late = Instant::now();
+        assert!(asked_by(5, flights.run(4, stuck())).await.is_err());
+        assert!(late.elapsed() >= limit * 9 / 10, "{:?}", late.elapsed());
+        background
+            .await
+            .expect("join")
+            .expect("background work waits to the end");
         // Work that finishes in time is answered as ever.
-        flights.run(3, async { Ok(()) }).await.expect("in time");
+        asked_by(6, flights.run(3, async { Ok(()) }))
+            .await
+            .expect("in time");
     }
 
     #[tokio::test]

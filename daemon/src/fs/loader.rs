@@ -43,6 +43,8 @@ pub struct Loader {
     offline: AtomicBool,
     /// The longest one fetch (retries included) may take.
     fetch_timeout: Duration,
+    /// The longest a request waits on the fetches it needs, all together (see `flight`).
+    wait_limit: Option<Duration>,
 }
 
 impl Loader {
@@ -53,18 +55,22 @@ impl Loader {
         wait_limit: Option<Duration>,
         metrics: Arc<MountMetrics>,
     ) -> Loader {
-        let limit = wait_limit;
         Loader {
             server: source.describe(),
             source,
             store,
-            trees: Flights::with_wait_limit(limit),
-            blobs: Flights::with_wait_limit(limit),
-            sizes: Flights::with_wait_limit(limit),
+            trees: Flights::with_wait_limit(wait_limit),
+            blobs: Flights::with_wait_limit(wait_limit),
+            sizes: Flights::with_wait_limit(wait_limit),
             metrics,
             offline: AtomicBool::new(false),
             fetch_timeout,
+            wait_limit,
         }
+    }
+
+    pub fn wait_limit(&self) -> Option<Duration> {
+        self.wait_limit
     }
 
     /// The source, as `status` and logs show it.

@@ -28,8 +28,13 @@ use crate::source::Snapshot;
 pub const MAX_COMPARED: usize = 200_000;
 
 /// The longest a move between two commits may spend comparing trees (at a mount, or before a
-/// refresh shows the new commit) before stamping everything anew.
+/// refresh shows the new commit) before stamping everything anew; at most half the wait
+/// limit, so that a mount still fits in its request's deadline.
 const COMPARE_BUDGET: Duration = Duration::from_secs(10);
+
+fn compare_budget(wait_limit: Option<Duration>) -> Duration {
+    wait_limit.map_or(COMPARE_BUDGET, |limit| (limit / 2).min(COMPARE_BUDGET))
+}
 
 /// Where a mount's stamps are kept, and what they must be of.
 #[derive(Clone, Debug)]
@@ -304,7 +309,7 @@ pub(super) async fn kept(
         Err(error) => {
             // Whatever was handed out before is unknown: stamp everything as new now, so
             // that nothing changed can look older than what was built from it.
-            warn!(path = %file.path.display(), %error, "the kept file times are unreadable;                   every file is stamped anew");
+            warn!(path = %file.path.display(), %error, "the kept file times are unreadable; every file is stamped anew");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
@@ -327,8 +332,9 @@ pub(super) async fn moved(
     file: Option<&TimesFile>,
     snapshot: &Snapshot,
 ) -> Times {
+    let budget = compare_budget(loader.wait_limit());
     let compared = tokio::time::timeout(
-        COMPARE_BUDGET,
+        budget,
         changes_between(loader, times.root(), snapshot.root_tree, MAX_COMPARED),
     )
     .await;
@@ -339,7 +345,10 @@ pub(super) async fn moved(
             times.restamped(snapshot)
         }
         Err(_) => {
-            warn!(budget = ?COMPARE_BUDGET, "comparing the commits' trees took too long;                   every file is stamped anew");
+            warn!(
+                ?budget,
+                "comparing the commits' trees took too long; every file is stamped anew"
+            );
             times.restamped(snapshot)
         }
     };
