@@ -780,13 +780,10 @@ impl Supervisor {
     /// again or disconnected.
     pub async fn restore_connected(self: &Arc<Self>) {
         let records = self.places.records.clone();
-        let all = match tokio::task::spawn_blocking(move || records.all()).await {
+        let read = tokio::task::spawn_blocking(move || records.all()).await;
+        let all = match read.map_err(std::io::Error::other) {
             Ok(Ok(all)) => all,
-            Ok(Err(error)) => {
-                warn!(%error, "cannot read the recorded mounts");
-                return;
-            }
-            Err(error) => {
+            Ok(Err(error)) | Err(error) => {
                 warn!(%error, "cannot read the recorded mounts");
                 return;
             }
