@@ -132,6 +132,89 @@ fn dev_server_answers_like_the_recorded_mega_server() {
     );
 }
 
+/// The entries of a raw tree body: (mode, name, id in hex).
+fn tree_entries(body: &[u8]) -> Vec<(String, String, String)> {
+    let mut entries = Vec::new();
+    let mut rest = body;
+    while let Some(nul) = rest.iter().position(|&b| b == 0) {
+        let head = String::from_utf8_lossy(&rest[..nul]).to_string();
+        let (mode, name) = head.split_once(' ').expect("mode and name");
+        let id: String = rest[nul + 1..nul + 21]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        entries.push((mode.to_string(), name.to_string(), id));
+        rest = &rest[nul + 21..];
+    }
+    entries
+}
+
+fn tree_id_hex(body: &[u8]) -> String {
+    megafs_testsupport::mega_server::tree_id(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Seen on the real server, and so on the dev one: the trunk lists an imported repository as
+/// a placeholder tree whose id is not the repository's, the path serves the real root tree,
+/// and the placeholder is served neither by path nor as a blob.
+#[test]
+fn the_trunk_lists_an_import_by_a_placeholder_as_the_recorded_server_does() {
+    let dir = transcripts();
+    let work = tempfile::tempdir().expect("temp dir");
+    let repo = work.path().join("testrepo.git");
+    let cloned = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(dir.join("testrepo.bundle"))
+        .arg(&repo)
+        .output()
+        .expect("git clone");
+    assert!(cloned.status.success(), "cloning the bundle");
+    let root = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["rev-parse", &format!("{RECORDED_TRUNK}^{{tree}}")])
+        .output()
+        .expect("rev-parse");
+    let real_root = String::from_utf8_lossy(&root.stdout).trim().to_string();
+
+    // What the real server answered.
+    let recorded = |name: &str| std::fs::read(dir.join(format!("{name}.body"))).expect(name);
+    let listed = |body: &[u8]| {
+        tree_entries(body)
+            .into_iter()
+            .find(|(_, name, _)| name == "testrepo")
+            .map(|(mode, _, id)| (mode, id))
+            .expect("testrepo listed")
+    };
+    let (mode, placeholder) = listed(&recorded("tree_thirdparty"));
+    assert_eq!(mode, "40000");
+    assert_eq!(tree_id_hex(&recorded("tree_root")), real_root);
+    assert_ne!(
+        placeholder, real_root,
+        "the recorded trunk lists a placeholder"
+    );
+
+    // What the dev server answers.
+    let served = ServedRepo::open("/third-party/testrepo", &repo, RECORDED_TRUNK).expect("open");
+    let server = DevServer::start(vec![served]).expect("start");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let client = reqwest_like::Client::new();
+    let get = |path: &str| runtime.block_on(client.send("GET", &format!("{}{path}", server.url())));
+    let (mode, placeholder) = listed(&get("/api/v1/file/tree?path=/third-party").body);
+    assert_eq!(mode, "40000");
+    let by_path = get("/api/v1/file/tree?path=/third-party/testrepo");
+    assert_eq!(tree_id_hex(&by_path.body), real_root);
+    assert_ne!(placeholder, real_root, "the dev trunk lists a placeholder");
+    let by_placeholder = get(&format!(
+        "/api/v1/file/tree?path=/third-party/testrepo&oid={placeholder}"
+    ));
+    assert_eq!((by_placeholder.status, by_placeholder.body.len()), (200, 0));
+    let as_blob = get(&format!("/api/v1/file/blob/{placeholder}"));
+    assert_eq!(as_blob.status, 404);
+}
+
 fn header(block: &str, name: &str) -> Option<String> {
     block.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;

@@ -32,6 +32,15 @@ pub enum FsError {
     Cache(Arc<std::io::Error>),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    #[error(
+        "the imported repository at {import} moved on {server} since this mount entered it, \
+         and {path} is not there as shown (remount to see the repository as it is now)"
+    )]
+    ImportMoved {
+        import: RepoPath,
+        path: RepoPath,
+        server: String,
+    },
     #[error("more than {0} entries differ between the two commits")]
     TooManyChanges(usize),
     #[error("internal: {0}")]
@@ -51,6 +60,7 @@ impl FsError {
             | FsError::Corrupt { .. }
             | FsError::Cache(_)
             | FsError::Timeout(_)
+            | FsError::ImportMoved { .. }
             | FsError::TooManyChanges(_)
             | FsError::Internal(_) => libc::EIO,
         }

@@ -4,13 +4,20 @@
 //! (single-flight), bounds each fetch by its deadline, counts what it fetched, and turns
 //! every failure into one [`FsError`] and one log line naming path, object and server.
 //!
+//! Mega's trunk lists an imported repository (`/third-party/NAME`) as a placeholder tree, while
+//! the path serves the repository's real root tree under another id. A directory whose path no
+//! longer serves the tree its parent listed is such an import when the mount's root is still
+//! what the server serves (then every trunk tree down to it is as listed, and only an import
+//! can differ); otherwise the trunk moved. An import's root, once entered, is kept for the
+//! life of the mount under the id its body hashes to, and everything below it chains from there.
+//!
 //! It answers: a tree's entries, a blob's cache file (fetched first if needed), many blobs
 //! into the cache at once, and sizes. Nothing above it touches the source or the store.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -34,6 +41,13 @@ pub struct Loader {
     /// The source as logs and errors name it.
     server: String,
     trees: Flights<ObjectId, Arc<[u8]>>,
+    /// Imported repositories entered: (path, the placeholder its parent lists) -> the
+    /// repository's root tree, as the path served it.
+    imports: RwLock<HashMap<(RepoPath, ObjectId), ObjectId>>,
+    /// Entering an import, once per path (placeholders are not known to differ).
+    crossings: Flights<RepoPath, Arc<[u8]>>,
+    /// The root tree the mount shows, which tells an import from a moved trunk.
+    shown_root: RwLock<Option<ObjectId>>,
     blobs: Flights<ObjectId>,
     /// Size queries by the tree of the directory whose files they are for.
     sizes: Flights<ObjectId>,
@@ -60,6 +74,9 @@ impl Loader {
             source,
             store,
             trees: Flights::with_wait_limit(wait_limit),
+            imports: RwLock::default(),
+            crossings: Flights::with_wait_limit(wait_limit),
+            shown_root: RwLock::default(),
             blobs: Flights::with_wait_limit(wait_limit),
             sizes: Flights::with_wait_limit(wait_limit),
             metrics,
@@ -95,14 +112,23 @@ impl Loader {
         match self.within_deadline(self.source.resolve()).await {
             Ok(snapshot) => {
                 self.adopt(&snapshot).await?;
+                self.show(snapshot.root_tree);
                 Ok(snapshot)
             }
             Err(e) if e.is_unavailable() => match self.remembered(&e) {
-                Some(snapshot) => Ok(snapshot),
+                Some(snapshot) => {
+                    self.show(snapshot.root_tree);
+                    Ok(snapshot)
+                }
                 None => Err(e.into()),
             },
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Tells the loader the mount now shows root tree `root`.
+    pub fn show(&self, root: ObjectId) {
+        *self.shown_root.write().unwrap_or_else(|p| p.into_inner()) = Some(root);
     }
 
     /// What the source shows now, without adopting it.
@@ -172,6 +198,7 @@ impl Loader {
         path: &RepoPath,
         oid: ObjectId,
     ) -> Result<Vec<TreeEntry>, FsError> {
+        let oid = self.imported_root(path, oid);
         let body = match self.store.read(&oid).map_err(FsError::cache)? {
             Some(body) => {
                 self.metrics.cache_hit();
@@ -182,8 +209,99 @@ impl Loader {
         parse_tree(&body).map_err(|error| self.refuse_tree(path, oid, error))
     }
 
-    /// Fetches tree `oid` into the cache (once, however many want it).
+    /// Fetches tree `oid` into the cache (once, however many want it); at an imported
+    /// repository's placeholder, the repository's root tree.
     pub async fn fetch_tree(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Arc<[u8]>, FsError> {
+        let oid = self.imported_root(path, oid);
+        match self.fetch_listed_tree(path, oid).await {
+            Err(FsError::Source(e))
+                if matches!(*e, SourceError::TrunkMoved { .. }) && !path.is_root() =>
+            {
+                self.enter_import(path, oid, e).await
+            }
+            other => other,
+        }
+    }
+
+    /// The root tree of the import entered at `path` where its parent lists `oid`; else `oid`.
+    fn imported_root(&self, path: &RepoPath, oid: ObjectId) -> ObjectId {
+        let imports = self.imports.read().unwrap_or_else(|p| p.into_inner());
+        if imports.is_empty() {
+            return oid;
+        }
+        imports.get(&(path.clone(), oid)).copied().unwrap_or(oid)
+    }
+
+    /// `path` no longer serves tree `listed`, which its parent lists (`moved` says so): the
+    /// root of an imported repository, entered once however many ask, or else the trunk moved.
+    async fn enter_import(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        listed: ObjectId,
+        moved: Arc<SourceError>,
+    ) -> Result<Arc<[u8]>, FsError> {
+        let this = Arc::clone(self);
+        let at = path.clone();
+        self.crossings
+            .run(path.clone(), async move {
+                this.cross_into(&at, listed, moved).await
+            })
+            .await
+    }
+
+    async fn cross_into(
+        &self,
+        path: &RepoPath,
+        listed: ObjectId,
+        moved: Arc<SourceError>,
+    ) -> Result<Arc<[u8]>, FsError> {
+        if let Some(import) = self.import_holding(path) {
+            // Below an import's root, ids chain again: the repository itself moved.
+            return Err(FsError::ImportMoved {
+                import,
+                path: path.clone(),
+                server: self.server.clone(),
+            });
+        }
+        let shown = *self.shown_root.read().unwrap_or_else(|p| p.into_inner());
+        let root = RepoPath::root();
+        let (here, top) = futures::join!(
+            self.within_deadline(self.source.tree_at(path)),
+            self.within_deadline(self.source.tree_at(&root)),
+        );
+        let here = here.map_err(|e| self.failed("an imported repository", path, listed, e))?;
+        let top = top.map_err(|e| self.failed("the mount's root", &root, listed, e))?;
+        let (Some(body), Some(top)) = (here, top) else {
+            return Err(FsError::Source(moved));
+        };
+        self.count_fetch((body.len() + top.len()) as u64);
+        if Some(ObjectId::hash(ObjectKind::Tree, &top)) != shown {
+            return Err(FsError::Source(moved));
+        }
+        let real = ObjectId::hash(ObjectKind::Tree, &body);
+        info!(%path, placeholder = %listed, tree = %real, "entering an imported repository");
+        self.store.insert(&real, &body).map_err(FsError::cache)?;
+        let mut imports = self.imports.write().unwrap_or_else(|p| p.into_inner());
+        imports.insert((path.clone(), listed), real);
+        Ok(Arc::from(body))
+    }
+
+    /// The root of the entered import that `path` lies below, if any.
+    fn import_holding(&self, path: &RepoPath) -> Option<RepoPath> {
+        let imports = self.imports.read().unwrap_or_else(|p| p.into_inner());
+        imports
+            .keys()
+            .map(|(import, _)| import)
+            .find(|import| path.is_within(import) && path != *import)
+            .cloned()
+    }
+
+    /// Fetches tree `oid`, as listed at `path`, into the cache (once, however many want it).
+    async fn fetch_listed_tree(
         self: &Arc<Self>,
         path: &RepoPath,
         oid: ObjectId,

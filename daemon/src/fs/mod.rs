@@ -272,6 +272,7 @@ impl MountFs {
         let recall = Recall::open(&self.loader, fresh.root_tree).await;
         *self.recall.write().unwrap_or_else(|p| p.into_inner()) = recall;
         let old = self.write_inodes().retire_root(fresh.root_tree);
+        self.loader.show(fresh.root_tree);
         info!(from = %current.commit, to = %fresh.commit, "refreshed");
         *self.times.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(times);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {

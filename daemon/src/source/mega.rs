@@ -230,6 +230,15 @@ impl Source for MegaSource {
         Ok(body)
     }
 
+    async fn tree_at(&self, path: &RepoPath) -> Result<Option<Vec<u8>>, SourceError> {
+        let full = self.full_path(path)?;
+        let what = format!("tree {full} (by path)");
+        let body = self
+            .get("/api/v1/file/tree", &[("path", &full)], &what)
+            .await?;
+        Ok((!body.is_empty()).then_some(body))
+    }
+
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError> {
         let endpoint = format!("/api/v1/file/blob/{oid}");
         self.get(&endpoint, &[], &format!("blob {oid}"))

@@ -155,6 +155,14 @@ pub trait Source: Send + Sync {
     /// The raw body of tree `oid`, found at `path`.
     async fn fetch_tree(&self, path: &RepoPath, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
 
+    /// The raw body of the tree `path` serves now, whatever its parent listed there; None
+    /// where nothing is. Only a source whose paths follow a moving trunk (Mega) has this: an
+    /// imported repository's root is found by it (see `fs::loader`). Others serve trees by
+    /// id alone.
+    async fn tree_at(&self, _path: &RepoPath) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(None)
+    }
+
     /// The raw content of blob `oid`.
     async fn fetch_blob(&self, oid: ObjectId) -> Result<Vec<u8>, SourceError>;
 

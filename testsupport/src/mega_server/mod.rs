@@ -20,7 +20,7 @@ use axum::Router;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-pub use monorepo::{components, tree_id, Monorepo, ServedRepo};
+pub use monorepo::{components, is_imported, placeholder_id, tree_id, Monorepo, ServedRepo};
 
 use crate::background::Background;
 

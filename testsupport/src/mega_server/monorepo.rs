@@ -1,6 +1,11 @@
 //! A Mega monorepo made of git repositories on disk: each repository appears at its own path
 //! (`/third-party/testrepo`), and the directories above them are trees made up on the fly.
 //! The trunk is each repository's ref as it is on disk now, so committing to one moves it.
+//!
+//! A repository served under `/third-party/` is an imported one, and the trunk lists it the
+//! way a real server does: as a placeholder tree (holding only `.gitkeep`) whose id is not the
+//! repository's, while its path serves the repository's real root tree. A repository served
+//! anywhere else is part of the trunk itself: its trees chain up to the monorepo's root.
 
 use std::collections::BTreeSet;
 
@@ -137,10 +142,15 @@ impl Monorepo {
         for name in sorted {
             let mut child = parts.to_vec();
             child.push(&name);
-            let child_body = self
-                .tree(&format!("/{}", child.join("/")))?
-                .ok_or_else(|| anyhow!("child {name} vanished"))?;
+            let child_path = format!("/{}", child.join("/"));
             body.extend_from_slice(format!("40000 {name}\0").as_bytes());
+            if is_imported(&child_path) && self.repos.iter().any(|s| s.mount == child_path) {
+                body.extend_from_slice(&placeholder_id(&child_path));
+                continue;
+            }
+            let child_body = self
+                .tree(&child_path)?
+                .ok_or_else(|| anyhow!("child {name} vanished"))?;
             body.extend_from_slice(&tree_id(&child_body));
         }
         Ok(body)
@@ -198,25 +208,41 @@ impl Monorepo {
         };
         let (served, rel) = match self.place(&parts) {
             Place::InRepo(served, rel) => (served, rel),
-            Place::Above(parts) => {
-                // The newest head among the repositories below.
-                let mut best: Option<LastCommit> = None;
-                for served in &self.repos {
-                    let mount = components(&served.mount).unwrap_or_default();
-                    if mount.len() > parts.len() && mount[..parts.len()] == parts[..] {
-                        let candidate = commit_info(served, &[], None)?;
-                        if let Some(c) = candidate {
-                            if best.as_ref().is_none_or(|b| c.date > b.date) {
-                                best = Some(c);
-                            }
-                        }
-                    }
-                }
-                return Ok(best);
-            }
+            Place::Above(parts) => return self.trunk_commit(&parts),
             Place::Nowhere => return Ok(None),
         };
         commit_info(served, &rel, refs)
+    }
+}
+
+impl Monorepo {
+    /// The trunk's commit above repositories: made up from the heads below, so that it
+    /// moves whenever one of them does (a real trunk gets a commit for every change), and
+    /// dated as the newest of them.
+    fn trunk_commit(&self, parts: &[&str]) -> anyhow::Result<Option<LastCommit>> {
+        let mut hasher = Sha1::new();
+        let mut newest: Option<LastCommit> = None;
+        for served in &self.repos {
+            let mount = components(&served.mount).unwrap_or_default();
+            if mount.len() <= parts.len() || mount[..parts.len()] != parts[..] {
+                continue;
+            }
+            let Some(head) = commit_info(served, &[], None)? else {
+                continue;
+            };
+            hasher.update(served.mount.as_bytes());
+            hasher.update(head.oid.as_bytes());
+            if newest.as_ref().is_none_or(|n| head.date > n.date) {
+                newest = Some(head);
+            }
+        }
+        Ok(newest.map(|head| LastCommit {
+            oid: hex::encode(hasher.finalize()),
+            short_message: "the trunk".to_string(),
+            author: MEGA_ACCOUNT.to_string(),
+            committer: MEGA_ACCOUNT.to_string(),
+            ..head
+        }))
     }
 }
 
@@ -278,6 +304,26 @@ fn commit_info(
             author
         },
     }))
+}
+
+/// Whether a repository served at `mount` is an imported one (the real server keeps imports
+/// under `/third-party/`).
+pub fn is_imported(mount: &str) -> bool {
+    mount.starts_with("/third-party/")
+}
+
+/// The id the trunk lists for the imported repository at `mount`: a tree holding only a
+/// `.gitkeep`. The real server's placeholder differs per repository and is never served by
+/// id; what its `.gitkeep` holds is not known, so this one's is made up from the path.
+pub fn placeholder_id(mount: &str) -> [u8; 20] {
+    let keep = format!("imported repository {mount}\n");
+    let mut hasher = Sha1::new();
+    hasher.update(format!("blob {}\0", keep.len()).as_bytes());
+    hasher.update(keep.as_bytes());
+    let keep_id: [u8; 20] = hasher.finalize().into();
+    let mut body = b"100644 .gitkeep\0".to_vec();
+    body.extend_from_slice(&keep_id);
+    tree_id(&body)
 }
 
 /// The id git gives a tree with this body.
