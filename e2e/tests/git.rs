@@ -270,12 +270,14 @@ fn a_directorys_sizes_come_in_one_batch() {
     assert_eq!(sizes, vec![14; 8]);
     let requests = s.server.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
-    let wants = requests[0]
-        .args
-        .iter()
-        .filter(|a| a.starts_with("want "))
-        .count();
-    assert_eq!(wants, 8, "every file of the directory in one fetch");
+    let tree = fixture::git(&s.fixture.path, &["rev-parse", "HEAD:many"]).expect("rev-parse");
+    let args = &requests[0].args;
+    assert!(args.contains(&format!("want {tree}")), "{args:?}");
+    assert!(
+        args.iter()
+            .any(|a| a.starts_with("filter combine:tree:1+blob:limit=")),
+        "the directory's small files in one fetch: {args:?}"
+    );
     // Their contents came with them.
     s.server.clear_requests();
     let f3 = point.join("many/f3.txt");
@@ -301,6 +303,43 @@ fn a_deleted_object_fails_alone() {
     assert_eq!(
         within(LIMIT, move || std::fs::read(f4)).expect("the others arrive"),
         b"file number 4\n"
+    );
+}
+
+#[test]
+fn a_big_files_size_comes_without_its_content() {
+    let s = setup(true);
+    // Served as a server keeps objects: packed (a loose big object must be compressed
+    // again before any of it is sent).
+    let served = s.server_root().join("fixture.git");
+    let packed = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&served)
+        .args(["repack", "-adq"])
+        .status()
+        .expect("git repack");
+    assert!(packed.success());
+    let point = mount(&s, "big");
+    let sent_before = s.server.bytes_sent();
+    assert_eq!(sizes_of(point.join("big")), vec![5 * 1024 * 1024]);
+    let sent = s.server.bytes_sent() - sent_before;
+    let status = s.daemon.status();
+    let fetched = status["mounts"][0]["fetched_bytes"]
+        .as_u64()
+        .expect("fetched");
+    assert!(sent < 1 << 20, "the server sent {sent} bytes for a size");
+    assert!(
+        fetched < 1 << 20,
+        "the mount fetched {fetched} bytes for a size"
+    );
+    let commands = commands(&s);
+    assert_eq!(commands, ["fetch", "fetch"], "small files, then the size");
+    // The content comes when read.
+    let big = point.join("big/five-mb.bin");
+    let read = within(LIMIT, move || std::fs::read(big)).expect("read");
+    assert!(
+        read == fixture::pseudo_random(5 * 1024 * 1024, 42),
+        "wrong bytes"
     );
 }
 

@@ -32,6 +32,9 @@ struct GitState {
     /// The `Authorization` header every request must carry, if any.
     required_auth: Option<String>,
     log: Mutex<Vec<GitRequest>>,
+    /// Bytes of answers handed to the connection so far (what a client that stops reading
+    /// early never asked to be sent stays with git).
+    sent: Arc<std::sync::atomic::AtomicU64>,
     /// A hostile server's answer to every fetch, in place of git's (see `hostile`).
     fetch_answer: Mutex<Option<Vec<u8>>>,
 }
@@ -101,6 +104,7 @@ impl GitServer {
             object_info,
             required_auth,
             log: Mutex::new(Vec::new()),
+            sent: Arc::default(),
             fetch_answer: Mutex::new(None),
         });
         let app = Router::new().fallback(cgi).with_state(state.clone());
@@ -138,6 +142,11 @@ impl GitServer {
             .fetch_answer
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = answer;
+    }
+
+    /// Bytes of answer bodies sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn clear_requests(&self) {
@@ -294,20 +303,68 @@ fn run_backend(
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(body)?;
     }
-    let output = child.wait_with_output()?;
-    parse_cgi(&output.stdout)
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    // The header first; the body streams as git writes it, as a web server in front of
+    // http-backend sends it (a client may stop reading early, and the fetch then stops).
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let (end, sep) = loop {
+        if let Some(found) = header_end(&out) {
+            break found;
+        }
+        let n = std::io::Read::read(&mut stdout, &mut chunk)?;
+        if n == 0 {
+            let _ = child.wait();
+            anyhow::bail!("no CGI header end");
+        }
+        out.extend_from_slice(&chunk[..n]);
+    };
+    let first = Bytes::copy_from_slice(&out[end + sep..]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+    let sent = Arc::clone(&state.sent);
+    std::thread::spawn(move || {
+        let mut next = Some(first);
+        loop {
+            let piece = match next.take() {
+                Some(piece) => piece,
+                None => match std::io::Read::read(&mut stdout, &mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => Bytes::copy_from_slice(&chunk[..n]),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        break;
+                    }
+                },
+            };
+            let len = piece.len() as u64;
+            if !piece.is_empty() && tx.blocking_send(Ok(piece)).is_err() {
+                // The client went away: stop git rather than let it write on.
+                let _ = child.kill();
+                break;
+            }
+            sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = child.wait();
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    response_with(&out[..end], Body::from_stream(stream))
 }
 
-/// CGI output: header lines (with `Status:`), a blank line, the body.
-fn parse_cgi(out: &[u8]) -> anyhow::Result<Response> {
-    let split = out
-        .windows(4)
+/// Where CGI output's header ends: its offset and the separator's length.
+fn header_end(out: &[u8]) -> Option<(usize, usize)> {
+    out.windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| (p, 4))
         .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)))
-        .ok_or_else(|| anyhow::anyhow!("no CGI header end"))?;
-    let head = String::from_utf8_lossy(&out[..split.0]).into_owned();
-    let mut response = Response::new(Body::from(out[split.0 + split.1..].to_vec()));
+}
+
+/// A response with CGI header lines `head` (with `Status:`) and `body`.
+fn response_with(head: &[u8], body: Body) -> anyhow::Result<Response> {
+    let head = String::from_utf8_lossy(head).into_owned();
+    let mut response = Response::new(body);
     for line in head.lines() {
         let Some((name, value)) = line.split_once(':') else {
             continue;

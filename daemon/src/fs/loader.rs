@@ -35,6 +35,10 @@ use crate::store::{Pin, Store};
 /// How many size queries one directory may have in flight at once.
 const SIZE_QUERY_PARALLELISM: usize = 16;
 
+/// Where sizes cost contents, a directory's files under this size come with its sizes (read
+/// next, as often as not); bigger ones are only sized, from the start of their answer.
+const SMALL_FILE: u64 = 256 << 10;
+
 pub struct Loader {
     source: Arc<dyn Source>,
     store: Arc<Store>,
@@ -534,7 +538,7 @@ impl Loader {
                 // Sizes that cost the contents come with the batch, or not at all: a file
                 // whose content failed is not asked for again, whole, for its size.
                 let mut failed = HashMap::new();
-                if this.source.sizes_need_content() {
+                if this.source.sizes_need_content() && !this.small_files_into_cache(tree).await {
                     for (_, oid, result) in this.blobs_into_cache(&files).await {
                         if let Err(e) = result {
                             failed.insert(oid, e);
@@ -567,6 +571,33 @@ impl Loader {
                 sizes.into_iter().collect()
             })
             .await
+    }
+
+    /// The files of directory tree `tree` under [`SMALL_FILE`] into the cache in one fetch,
+    /// where the source can leave the bigger ones out: whether it could. A failed fetch is
+    /// logged; the sizes then come one by one.
+    async fn small_files_into_cache(&self, tree: ObjectId) -> bool {
+        let fetch = self
+            .source
+            .fetch_small_files_into(tree, SMALL_FILE, self.store.as_ref());
+        let fetched = tokio::time::timeout(self.fetch_timeout, fetch);
+        match self.metrics.in_flight(fetched).await {
+            Ok(None) => false,
+            Ok(Some(Ok(kept))) => {
+                for len in kept.values() {
+                    self.count_fetch(*len);
+                }
+                true
+            }
+            Ok(Some(Err(error))) => {
+                warn!(server = %self.server, %tree, %error, "cannot fetch a directory's small files");
+                true
+            }
+            Err(_) => {
+                warn!(server = %self.server, %tree, "no answer for a directory's small files within the fetch timeout");
+                true
+            }
+        }
     }
 
     // Listing records (see `recall`).

@@ -708,6 +708,23 @@ impl Source for GitSource {
         self.capabilities.get().is_some_and(|c| !c.object_info)
     }
 
+    async fn fetch_small_files_into(
+        &self,
+        tree: ObjectId,
+        limit: u64,
+        sink: &dyn BlobSink,
+    ) -> Option<Result<HashMap<ObjectId, u64>, SourceError>> {
+        // The tree, its own files under the limit, and its subtrees' bare trees (passed over).
+        let filter = format!("filter combine:tree:1+blob:limit={limit}");
+        let fetched = http::retry(&self.meter, "fetch", || async {
+            let mut blobs = BlobsToSink::new(sink);
+            self.fetch_into(&[tree], &[&filter], &mut blobs).await?;
+            Ok(blobs.kept)
+        })
+        .await;
+        Some(fetched)
+    }
+
     async fn blob_size(&self, oid: ObjectId) -> Result<u64, SourceError> {
         if self.capabilities().await?.object_info {
             let args = vec!["size".to_string(), format!("oid {oid}")];
@@ -727,8 +744,10 @@ impl Source for GitSource {
             }
             return Err(self.error("object-info", format!("no size for {oid}")));
         }
-        // Without object-info the only way to learn a size is the content itself.
-        Ok(self.fetch_blob(oid).await?.len() as u64)
+        // Without object-info, the size is in the header of the blob's pack entry: read that
+        // far, then drop the answer (closing the connection) rather than take the content.
+        let (len, _content) = self.fetch_blob_stream(oid).await?;
+        Ok(len)
     }
 }
 

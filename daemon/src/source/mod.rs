@@ -198,6 +198,18 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// The files of directory tree `tree` smaller than `limit` bytes, fetched into `sink` in
+    /// one go, the bigger ones left out by the server; each kept one's length. None where the
+    /// source cannot leave files out (then sizes cost whole contents).
+    async fn fetch_small_files_into(
+        &self,
+        _tree: ObjectId,
+        _limit: u64,
+        _sink: &dyn BlobSink,
+    ) -> Option<Result<std::collections::HashMap<ObjectId, u64>, SourceError>> {
+        None
+    }
+
     /// The length and content of blob `oid` as it arrives, so that big files never have to
     /// fit in memory. By default, the whole blob at once.
     async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
