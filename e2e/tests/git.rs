@@ -344,6 +344,35 @@ fn a_big_files_size_comes_without_its_content() {
 }
 
 #[test]
+fn a_walk_reading_the_tree_brings_many_directories_per_request() {
+    let s = setup(true);
+    let point = mount(&s, "walk");
+    // `grep -r` reads every file, one directory after another.
+    let found = within(LIMIT, move || {
+        std::process::Command::new("grep")
+            .args(["-r", "-l", "a leaf, deep down"])
+            .arg(&point)
+            .output()
+    })
+    .expect("grep");
+    let listed = String::from_utf8_lossy(&found.stdout);
+    assert!(listed.contains("src/nested/deep/leaf.txt"), "{listed}");
+    let small_file_fetches: Vec<_> = s
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.args.iter().any(|a| a.starts_with("filter combine:")))
+        .collect();
+    // The root's files, then the rest of the tree in one go once the walk shows (before,
+    // one for each of the six directories holding files).
+    assert!(
+        small_file_fetches.len() <= 3,
+        "{} fetches of small files: {small_file_fetches:#?}",
+        small_file_fetches.len()
+    );
+}
+
+#[test]
 fn object_info_gives_sizes_without_content() {
     let s = setup_with(true, true);
     let point = mount(&s, "info");

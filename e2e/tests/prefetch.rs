@@ -133,6 +133,23 @@ fn a_git_mount_prefetches_a_directory_in_one_request() {
     assert!(out.contains("prefetched 8 of 8 files"), "{out}");
     let fetches = server.requests().len();
     assert_eq!(fetches, 1, "the directory's 8 files in one fetch");
+
+    // The whole mount: many directories' files share a fetch (a few go out at once while the
+    // walk goes on), rather than one fetch per directory.
+    server.clear_requests();
+    let out = world.daemon.ctl_ok(&["prefetch", "gitpre"]);
+    assert!(out.contains("prefetched"), "{out}");
+    let requests = server.requests();
+    let directories_with_files = 6;
+    assert!(
+        requests.len() < directories_with_files,
+        "{} fetches for {directories_with_files} directories: {requests:?}",
+        requests.len()
+    );
+    let big = point.join("big/five-mb.bin");
+    server.clear_requests();
+    assert_eq!(std::fs::metadata(big).expect("stat").len(), 5 << 20);
+    assert_eq!(server.requests(), [], "everything came with the prefetch");
 }
 
 #[test]
@@ -192,4 +209,34 @@ fn the_prefetch_stops_when_its_client_goes_away() {
         );
     }
     assert_eq!(blob_gets(&world), 8, "every file was fetched only now");
+}
+
+#[test]
+fn a_walk_reading_a_mega_mount_has_each_directorys_small_files_fetched_ahead() {
+    let world = World::new();
+    let point = world.mount_mega("walkread");
+    // A walk that only stats (`du`) fetches no content.
+    let du = within(LIMIT, {
+        let point = point.clone();
+        move || Command::new("du").arg("-a").arg(&point).output()
+    })
+    .expect("du");
+    assert!(du.status.success(), "{du:?}");
+    assert_eq!(blob_gets(&world), 0, "du fetched content");
+    // A read in a directory the walk came through brings its other small files along, for
+    // the walk's next reads (`grep -r` reads them one after another).
+    let first = within(LIMIT, {
+        let path = point.join("many/f0.txt");
+        move || std::fs::read_to_string(path)
+    })
+    .expect("read");
+    assert_eq!(first, "file number 0\n");
+    let many = megafs_testsupport::fixture::MANY_FILES;
+    wait_until("the directory's other files", || blob_gets(&world) >= many);
+    world.server.clear_requests();
+    for i in 0..many {
+        let text = std::fs::read_to_string(point.join(format!("many/f{i}.txt"))).expect("read");
+        assert_eq!(text, format!("file number {i}\n"));
+    }
+    assert_eq!(blob_gets(&world), 0, "the rest were at hand");
 }

@@ -14,7 +14,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use crate::object::{EntryKind, ObjectId, TreeEntry};
@@ -90,6 +90,12 @@ pub struct Listing {
     by_name: Vec<u32>,
     /// Its subdirectories' listings were sent for (see `ahead`).
     pub looked_ahead: AtomicBool,
+    /// When the sizes of its files were last asked for (see `MountFs::note_walk`; 0: never).
+    pub sizes_asked: AtomicU64,
+    /// A walk going down the tree came through it (see `MountFs::note_walk`).
+    pub in_walk: AtomicBool,
+    /// A walk's read-ahead of its small files was sent for (see `MountFs::read_ahead`).
+    pub read_ahead: AtomicBool,
 }
 
 impl Listing {
@@ -100,6 +106,9 @@ impl Listing {
             entries,
             by_name,
             looked_ahead: AtomicBool::new(false),
+            sizes_asked: AtomicU64::new(0),
+            in_walk: AtomicBool::new(false),
+            read_ahead: AtomicBool::new(false),
         }
     }
 

@@ -39,6 +39,13 @@ const SIZE_QUERY_PARALLELISM: usize = 16;
 /// next, as often as not); bigger ones are only sized, from the start of their answer.
 const SMALL_FILE: u64 = 256 << 10;
 
+/// How many levels above a directory a walk is looked for (see `MountFs::note_walk`), and
+/// how many levels of small files one request of a walk brings.
+pub const WALK_DEPTH: u32 = 4;
+
+/// The most files one request of a walk may bring (see [`Loader::walk_batch`]).
+const WALK_MAX_FILES: usize = 4096;
+
 pub struct Loader {
     source: Arc<dyn Source>,
     store: Arc<Store>,
@@ -55,6 +62,8 @@ pub struct Loader {
     blobs: Flights<ObjectId>,
     /// Size queries by the tree of the directory whose files they are for.
     sizes: Flights<ObjectId>,
+    /// Trees whose small files a walk has fetched, levels deep, or is fetching.
+    walked: std::sync::Mutex<std::collections::HashSet<ObjectId>>,
     metrics: Arc<MountMetrics>,
     /// Mounted from the last known commit because the source was unreachable; cleared by the
     /// first successful fetch.
@@ -83,6 +92,7 @@ impl Loader {
             shown_root: RwLock::default(),
             blobs: Flights::with_wait_limit(wait_limit),
             sizes: Flights::with_wait_limit(wait_limit),
+            walked: Default::default(),
             metrics,
             offline: AtomicBool::new(false),
             fetch_timeout,
@@ -189,10 +199,24 @@ impl Loader {
     /// asking thread to do itself. None where the source is needed or the tree is malformed
     /// ([`Loader::entries`] then says why).
     pub fn entries_at_hand(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
-        let body = self.store.read(oid).ok()??;
-        let entries = parse_tree(&body).ok()?;
+        let entries = self.cached_entries(oid)?;
         self.metrics.cache_hit();
         Some(entries)
+    }
+
+    /// The entries of tree `oid` if it is cached and parses, not counted as a hit.
+    fn cached_entries(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
+        let body = self.store.read(oid).ok()??;
+        parse_tree(&body).ok()
+    }
+
+    /// The entries of tree `oid` if it is cached or the source holds it, without a request.
+    fn entries_without_request(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
+        self.cached_entries(oid).or_else(|| {
+            let body = self.source.tree_at_hand(oid)?;
+            oid.verify(ObjectKind::Tree, &body).ok()?;
+            parse_tree(&body).ok()
+        })
     }
 
     /// The entries of tree `oid`, found at `path`: from the cache, else fetched (once, for
@@ -530,6 +554,7 @@ impl Loader {
         self: &Arc<Self>,
         tree: ObjectId,
         files: Vec<(RepoPath, ObjectId)>,
+        walk_ahead: Vec<ObjectId>,
     ) -> Result<(), FsError> {
         let this = Arc::clone(self);
         metrics::reached(Tier::Server);
@@ -538,7 +563,9 @@ impl Loader {
                 // Sizes that cost the contents come with the batch, or not at all: a file
                 // whose content failed is not asked for again, whole, for its size.
                 let mut failed = HashMap::new();
-                if this.source.sizes_need_content() && !this.small_files_into_cache(tree).await {
+                if this.source.sizes_need_content()
+                    && !this.small_files_into_cache(tree, walk_ahead).await
+                {
                     for (_, oid, result) in this.blobs_into_cache(&files).await {
                         if let Err(e) = result {
                             failed.insert(oid, e);
@@ -573,13 +600,90 @@ impl Loader {
             .await
     }
 
+    /// The trees one request of a walk takes [`WALK_DEPTH`] levels deep, each with
+    /// the trees whose files that brings: `tree`, then as many of `ahead` as keep the files
+    /// below them all within [`WALK_MAX_FILES`], counted in the trees at hand (a git mount
+    /// has them all); empty where `tree` alone has more, or its trees are not at hand.
+    fn walk_batch(&self, tree: ObjectId, ahead: Vec<ObjectId>) -> Vec<(ObjectId, Vec<ObjectId>)> {
+        if ahead.is_empty() {
+            return Vec::new();
+        }
+        let mut budget = WALK_MAX_FILES;
+        let mut batch = Vec::new();
+        for candidate in std::iter::once(tree).chain(ahead) {
+            match self.reach(candidate, WALK_DEPTH, budget) {
+                Some((files, trees)) => {
+                    budget -= files;
+                    batch.push((candidate, trees));
+                }
+                None => break,
+            }
+        }
+        batch
+    }
+
+    /// How many files tree `tree` holds `depth` levels down, and the trees holding them, if
+    /// no more than `budget` and every tree needed is cached.
+    fn reach(&self, tree: ObjectId, depth: u32, budget: usize) -> Option<(usize, Vec<ObjectId>)> {
+        let mut count = 0;
+        let mut trees = Vec::new();
+        let mut level = vec![tree];
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for oid in level {
+                for entry in self.entries_without_request(&oid)? {
+                    match entry.kind {
+                        crate::object::EntryKind::Directory => next.push(entry.oid),
+                        crate::object::EntryKind::Submodule => {}
+                        _ => count += 1,
+                    }
+                }
+                if count > budget {
+                    return None;
+                }
+                trees.push(oid);
+            }
+            level = next;
+        }
+        Some((count, trees))
+    }
+
+    /// Whether learning sizes costs contents (see [`Source::sizes_need_content`]).
+    pub fn sizes_need_content(&self) -> bool {
+        self.source.sizes_need_content()
+    }
+
     /// The files of directory tree `tree` under [`SMALL_FILE`] into the cache in one fetch,
-    /// where the source can leave the bigger ones out: whether it could. A failed fetch is
-    /// logged; the sizes then come one by one.
-    async fn small_files_into_cache(&self, tree: ObjectId) -> bool {
-        let fetch = self
-            .source
-            .fetch_small_files_into(tree, SMALL_FILE, self.store.as_ref());
+    /// where the source can leave the bigger ones out: whether it could. With `walk_ahead`
+    /// (the trees of the directories a walk reaches next), those of `tree` and of each of them
+    /// [`WALK_DEPTH`] levels deep come in the same fetch, each tree once a mount. A
+    /// failed fetch is logged; the sizes then come one by one.
+    async fn small_files_into_cache(&self, tree: ObjectId, walk_ahead: Vec<ObjectId>) -> bool {
+        let walk = self.walk_batch(tree, walk_ahead);
+        let (trees, depth) = {
+            let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+            if walk.is_empty() {
+                let first = walked.insert(tree);
+                (if first { vec![tree] } else { vec![] }, 1)
+            } else {
+                // Each tree once; the directories below it are done with it.
+                let mut tops = Vec::new();
+                for (top, reached) in walk {
+                    if !walked.contains(&top) {
+                        tops.push(top);
+                        walked.extend(reached);
+                    }
+                }
+                (tops, WALK_DEPTH)
+            }
+        };
+        if trees.is_empty() {
+            // A walk brought them already: what is left is bigger files, sized one by one.
+            return true;
+        }
+        let fetch =
+            self.source
+                .fetch_small_files_into(&trees, depth, SMALL_FILE, self.store.as_ref());
         let fetched = tokio::time::timeout(self.fetch_timeout, fetch);
         match self.metrics.in_flight(fetched).await {
             Ok(None) => false,

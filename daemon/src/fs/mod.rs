@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use tracing::{info, warn, Instrument};
 
@@ -87,6 +88,24 @@ impl Default for FsOptions {
 
 /// Below this, a file is served only once whole and verified.
 pub const DEFAULT_STREAM_MIN_SIZE: u64 = 16 << 20;
+
+/// How soon after a directory's sizes those of one below it must be asked for to count as a
+/// walk going down (see [`MountFs::note_walk`]).
+const WALK_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many of the directories after one a walk enters come with it.
+const WALK_SIBLINGS: usize = 31;
+
+/// A walk's read-ahead fetches files up to this size, this many at once.
+const READ_AHEAD_MAX_SIZE: u64 = 256 << 10;
+const READ_AHEAD_PARALLELISM: usize = 8;
+
+/// Milliseconds since the daemon started (never 0).
+fn millis_since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
 
 /// Attributes of one inode, independent of the kernel interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -462,6 +481,9 @@ impl MountFs {
                 }
                 return self.read_arriving(ino, oid, len, offset, size).await;
             }
+        }
+        if !self.loader.contains(&oid) {
+            self.read_ahead(ino);
         }
         let file = self.open_blob(ino, oid).await?;
         read_into(size, |buf, at| {
@@ -877,12 +899,136 @@ impl MountFs {
         }
     }
 
-    /// Learns the sizes of every file in directory `dir` that has none yet.
+    /// Learns the sizes of every file in directory `dir` that has none yet. Where sizes
+    /// cost contents and a walk is going down through here, the next directories' files come
+    /// along (see [`MountFs::note_walk`]).
     async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
-        let Some((tree, files)) = self.files_without_size(dir)? else {
-            return Ok(());
+        let walking = self.note_walk(dir);
+        if let Some((tree, files)) = self.files_without_size(dir)? {
+            let ahead = match walking && self.loader.sizes_need_content() {
+                true => self.directories_after(dir),
+                false => Vec::new(),
+            };
+            self.loader.learn_sizes(tree, files, ahead).await?;
+        }
+        Ok(())
+    }
+
+    /// A read of `ino` that the cache misses, in a directory a walk came through, where
+    /// sizes cost no content (Mega): the directory's small files not cached yet are fetched
+    /// in the background, several at once, once per listing, so the walk's reads, one file
+    /// after another (`grep -r`), find them at hand; a read of one joins its fetch. A walk
+    /// that only stats (`du`, `find`) fetches nothing.
+    fn read_ahead(self: &Arc<Self>, ino: u64) {
+        if self.loader.sizes_need_content() {
+            return; // Small files came with the sizes.
+        }
+        let Ok(dir) = self.parent_of(ino) else {
+            return;
         };
-        self.loader.learn_sizes(tree, files).await
+        let Ok(Some(listing)) = self.loaded_listing(dir) else {
+            return;
+        };
+        if !listing.in_walk.load(Ordering::Relaxed)
+            || listing.read_ahead.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let small = |oid: &ObjectId| {
+            self.loader
+                .known_size(oid)
+                .is_some_and(|size| size <= READ_AHEAD_MAX_SIZE)
+                && !self.loader.contains(oid)
+        };
+        let base = self.path_of(dir);
+        let files: Vec<(RepoPath, ObjectId)> = listing
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable))
+            .filter(|e| small(&e.oid))
+            .map(|e| (base.join(&e.name), e.oid))
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        let loader = Arc::clone(&self.loader);
+        let span = tracing::info_span!("read_ahead", mount = %self.name, dir = %base);
+        self.runtime.spawn(
+            async move {
+                stream::iter(files)
+                    .for_each_concurrent(READ_AHEAD_PARALLELISM, |(path, oid)| {
+                        let loader = Arc::clone(&loader);
+                        async move {
+                            // A failure is the demand read's to report.
+                            let _ = loader.ensure_blob(&path, oid, None).await;
+                        }
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Whether a walk is going down the tree through `dir` (`grep -r`, `du`, a build): the
+    /// sizes of its files are asked for (marked now) less than [`WALK_WINDOW`] after those of
+    /// a directory at most [`loader::WALK_DEPTH`] levels above it. Then `dir` is marked as in
+    /// the walk (see [`MountFs::read_ahead`]). Not for a lone `ls -l`.
+    fn note_walk(&self, dir: u64) -> bool {
+        let now = millis_since_start();
+        let inodes = self.read_inodes();
+        let Some(listing) = inodes.get(dir).and_then(|n| n.listing.clone()) else {
+            return false;
+        };
+        listing.sizes_asked.store(now, Ordering::Relaxed);
+        let recent = |ino: u64| {
+            inodes
+                .get(ino)
+                .and_then(|n| n.listing.as_ref())
+                .map(|l| l.sizes_asked.load(Ordering::Relaxed))
+                .is_some_and(|at| {
+                    at != 0 && now.saturating_sub(at) < WALK_WINDOW.as_millis() as u64
+                })
+        };
+        let parent = inodes.get(dir).map_or(ROOT_INO, |n| n.parent);
+        let mut above = parent;
+        let mut walking = false;
+        for _ in 0..loader::WALK_DEPTH {
+            if above == dir {
+                break;
+            }
+            walking |= recent(above);
+            let next = inodes.get(above).map_or(ROOT_INO, |n| n.parent);
+            if next == above {
+                break;
+            }
+            above = next;
+        }
+        let walking = walking && parent != dir;
+        if walking {
+            listing.in_walk.store(true, Ordering::Relaxed);
+        }
+        walking
+    }
+
+    /// The trees of the directories after `dir` in its parent's listing, up to
+    /// [`WALK_SIBLINGS`]: where sizes cost content, a walk's small files come with `dir`'s,
+    /// [`loader::WALK_DEPTH`] levels deep, so one request brings many directories' files
+    /// rather than one each.
+    fn directories_after(&self, dir: u64) -> Vec<ObjectId> {
+        let inodes = self.read_inodes();
+        let parent = inodes.get(dir).map_or(ROOT_INO, |n| n.parent);
+        let Some(siblings) = inodes.get(parent).and_then(|n| n.listing.clone()) else {
+            return Vec::new();
+        };
+        siblings
+            .entries
+            .iter()
+            .skip_while(|e| e.ino != dir)
+            .skip(1)
+            .filter(|e| e.kind == EntryKind::Directory)
+            .take(WALK_SIBLINGS)
+            .map(|e| e.oid)
+            .collect()
     }
 
     /// The tree of directory `dir` and its files whose sizes are not known yet, if any.

@@ -704,21 +704,28 @@ impl Source for GitSource {
         Ok((len, pieces))
     }
 
+    fn tree_at_hand(&self, oid: &ObjectId) -> Option<Vec<u8>> {
+        let trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        trees.get(oid).cloned()
+    }
+
     fn sizes_need_content(&self) -> bool {
         self.capabilities.get().is_some_and(|c| !c.object_info)
     }
 
     async fn fetch_small_files_into(
         &self,
-        tree: ObjectId,
+        trees: &[ObjectId],
+        depth: u32,
         limit: u64,
         sink: &dyn BlobSink,
     ) -> Option<Result<HashMap<ObjectId, u64>, SourceError>> {
-        // The tree, its own files under the limit, and its subtrees' bare trees (passed over).
-        let filter = format!("filter combine:tree:1+blob:limit={limit}");
+        // Each tree, the files under the limit `depth` levels down, and the bare trees of the
+        // level below (passed over).
+        let filter = format!("filter combine:tree:{depth}+blob:limit={limit}");
         let fetched = http::retry(&self.meter, "fetch", || async {
             let mut blobs = BlobsToSink::new(sink);
-            self.fetch_into(&[tree], &[&filter], &mut blobs).await?;
+            self.fetch_into(trees, &[&filter], &mut blobs).await?;
             Ok(blobs.kept)
         })
         .await;

@@ -192,18 +192,26 @@ pub trait Source: Send + Sync {
             .await
     }
 
+    /// Tree `oid`'s body if the source holds it already (a git mount's trees all came with
+    /// its commit), without asking the server.
+    fn tree_at_hand(&self, _oid: &ObjectId) -> Option<Vec<u8>> {
+        None
+    }
+
     /// Whether learning a blob's size costs fetching its content anyway (then the content is
     /// fetched into the cache instead, so a later read is free).
     fn sizes_need_content(&self) -> bool {
         false
     }
 
-    /// The files of directory tree `tree` smaller than `limit` bytes, fetched into `sink` in
+    /// The files smaller than `limit` bytes in directory trees `trees` and their
+    /// subdirectories, `depth` levels deep (1: their own files only), fetched into `sink` in
     /// one go, the bigger ones left out by the server; each kept one's length. None where the
     /// source cannot leave files out (then sizes cost whole contents).
     async fn fetch_small_files_into(
         &self,
-        _tree: ObjectId,
+        _trees: &[ObjectId],
+        _depth: u32,
         _limit: u64,
         _sink: &dyn BlobSink,
     ) -> Option<Result<std::collections::HashMap<ObjectId, u64>, SourceError>> {
