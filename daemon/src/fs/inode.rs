@@ -90,8 +90,9 @@ pub struct Listing {
     by_name: Vec<u32>,
     /// Its subdirectories' listings were sent for (see `ahead`).
     pub looked_ahead: AtomicBool,
-    /// When the sizes of its files were last asked for (see `MountFs::note_walk`; 0: never).
-    pub sizes_asked: AtomicU64,
+    /// When the kernel last read it or asked for its files' sizes (see `MountFs::note_walk`;
+    /// 0: never).
+    pub visited: AtomicU64,
     /// A walk going down the tree came through it (see `MountFs::note_walk`).
     pub in_walk: AtomicBool,
     /// A walk's read-ahead of its small files was sent for (see `MountFs::read_ahead`).
@@ -106,7 +107,7 @@ impl Listing {
             entries,
             by_name,
             looked_ahead: AtomicBool::new(false),
-            sizes_asked: AtomicU64::new(0),
+            visited: AtomicU64::new(0),
             in_walk: AtomicBool::new(false),
             read_ahead: AtomicBool::new(false),
         }

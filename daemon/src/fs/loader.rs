@@ -39,9 +39,23 @@ const SIZE_QUERY_PARALLELISM: usize = 16;
 /// next, as often as not); bigger ones are only sized, from the start of their answer.
 const SMALL_FILE: u64 = 256 << 10;
 
-/// How many levels above a directory a walk is looked for (see `MountFs::note_walk`), and
-/// how many levels of small files one request of a walk brings.
+/// How many levels above a directory a walk is looked for (see `MountFs::note_walk`).
 pub const WALK_DEPTH: u32 = 4;
+
+/// How many levels of small files one request of a walk brings: all of a tree's, as a rule
+/// (a tree with more than [`WALK_MAX_FILES`] is split as the walk goes down into it).
+const WALK_FETCH_DEPTH: u32 = 64;
+
+/// How many fetches for a walk go out ahead of the one it waits for.
+const WALK_FETCHES_AHEAD: usize = 2;
+
+/// The trees one fetch for a walk takes (see [`Loader::walk_batches`]): the ones asked for,
+/// and every tree whose files that brings.
+#[derive(Default)]
+struct WalkBatch {
+    tops: Vec<ObjectId>,
+    reached: Vec<ObjectId>,
+}
 
 /// The most files one request of a walk may bring (see [`Loader::walk_batch`]).
 const WALK_MAX_FILES: usize = 4096;
@@ -62,8 +76,10 @@ pub struct Loader {
     blobs: Flights<ObjectId>,
     /// Size queries by the tree of the directory whose files they are for.
     sizes: Flights<ObjectId>,
-    /// Trees whose small files a walk has fetched, levels deep, or is fetching.
-    walked: std::sync::Mutex<std::collections::HashSet<ObjectId>>,
+    /// Fetches of many directories' small files for a walk, by the first tree of each.
+    walks: Flights<ObjectId, bool>,
+    /// The trees whose small files such a fetch brought or is bringing, with its key.
+    walked: std::sync::Mutex<HashMap<ObjectId, ObjectId>>,
     metrics: Arc<MountMetrics>,
     /// Mounted from the last known commit because the source was unreachable; cleared by the
     /// first successful fetch.
@@ -92,6 +108,7 @@ impl Loader {
             shown_root: RwLock::default(),
             blobs: Flights::with_wait_limit(wait_limit),
             sizes: Flights::with_wait_limit(wait_limit),
+            walks: Flights::with_wait_limit(wait_limit),
             walked: Default::default(),
             metrics,
             offline: AtomicBool::new(false),
@@ -600,26 +617,53 @@ impl Loader {
             .await
     }
 
-    /// The trees one request of a walk takes [`WALK_DEPTH`] levels deep, each with
-    /// the trees whose files that brings: `tree`, then as many of `ahead` as keep the files
-    /// below them all within [`WALK_MAX_FILES`], counted in the trees at hand (a git mount
-    /// has them all); empty where `tree` alone has more, or its trees are not at hand.
-    fn walk_batch(&self, tree: ObjectId, ahead: Vec<ObjectId>) -> Vec<(ObjectId, Vec<ObjectId>)> {
+    /// The requests a walk through `tree` makes, each of trees to take [`WALK_FETCH_DEPTH`]
+    /// levels deep with the files below them all within [`WALK_MAX_FILES`] (counted in the
+    /// trees at hand: a git mount has them all), each tree with the trees whose files that
+    /// brings: `tree` and as many of `ahead` as fit first, then the next of `ahead` in up to
+    /// [`WALK_FETCHES_AHEAD`] more. Empty where `tree` alone has more files, or its trees are
+    /// not at hand. Trees a walk has fetched are left out.
+    fn walk_batches(&self, tree: ObjectId, ahead: Vec<ObjectId>) -> Vec<WalkBatch> {
         if ahead.is_empty() {
             return Vec::new();
         }
+        let walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batches: Vec<WalkBatch> = Vec::new();
+        let mut batch = WalkBatch::default();
         let mut budget = WALK_MAX_FILES;
-        let mut batch = Vec::new();
         for candidate in std::iter::once(tree).chain(ahead) {
-            match self.reach(candidate, WALK_DEPTH, budget) {
-                Some((files, trees)) => {
-                    budget -= files;
-                    batch.push((candidate, trees));
-                }
-                None => break,
+            if walked.contains_key(&candidate) {
+                continue;
             }
+            let reached = match self.reach(candidate, WALK_FETCH_DEPTH, budget) {
+                Some(reached) => reached,
+                None if batch.tops.is_empty() => break, // Too big for any request.
+                None => {
+                    batches.push(std::mem::take(&mut batch));
+                    budget = WALK_MAX_FILES;
+                    if batches.len() > WALK_FETCHES_AHEAD {
+                        break;
+                    }
+                    match self.reach(candidate, WALK_FETCH_DEPTH, budget) {
+                        Some(reached) => reached,
+                        None => break,
+                    }
+                }
+            };
+            budget -= reached.0;
+            batch.tops.push(candidate);
+            batch.reached.extend(reached.1);
         }
-        batch
+        if !batch.tops.is_empty() && batches.len() <= WALK_FETCHES_AHEAD {
+            batches.push(batch);
+        }
+        if batches
+            .first()
+            .is_none_or(|b| b.tops.first() != Some(&tree))
+        {
+            return Vec::new(); // `tree` alone is too big.
+        }
+        batches
     }
 
     /// How many files tree `tree` holds `depth` levels down, and the trees holding them, if
@@ -648,6 +692,18 @@ impl Loader {
         Some((count, trees))
     }
 
+    /// Whether the source fetches many directories' small files in one request (see
+    /// [`Source::filters_blobs`]).
+    pub fn batches_small_files(&self) -> bool {
+        self.source.filters_blobs()
+    }
+
+    /// A walk's fetch of the small files of `tree` and the trees after it (see
+    /// [`Loader::small_files_into_cache`]), for a read the cache missed.
+    pub async fn walk_small_files(self: &Arc<Self>, tree: ObjectId, ahead: Vec<ObjectId>) {
+        self.small_files_into_cache(tree, ahead).await;
+    }
+
     /// Whether learning sizes costs contents (see [`Source::sizes_need_content`]).
     pub fn sizes_need_content(&self) -> bool {
         self.source.sizes_need_content()
@@ -655,36 +711,82 @@ impl Loader {
 
     /// The files of directory tree `tree` under [`SMALL_FILE`] into the cache in one fetch,
     /// where the source can leave the bigger ones out: whether it could. With `walk_ahead`
-    /// (the trees of the directories a walk reaches next), those of `tree` and of each of them
-    /// [`WALK_DEPTH`] levels deep come in the same fetch, each tree once a mount. A
-    /// failed fetch is logged; the sizes then come one by one.
-    async fn small_files_into_cache(&self, tree: ObjectId, walk_ahead: Vec<ObjectId>) -> bool {
-        let walk = self.walk_batch(tree, walk_ahead);
-        let (trees, depth) = {
-            let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
-            if walk.is_empty() {
-                let first = walked.insert(tree);
-                (if first { vec![tree] } else { vec![] }, 1)
-            } else {
-                // Each tree once; the directories below it are done with it.
-                let mut tops = Vec::new();
-                for (top, reached) in walk {
-                    if !walked.contains(&top) {
-                        tops.push(top);
-                        walked.extend(reached);
-                    }
-                }
-                (tops, WALK_DEPTH)
+    /// (the trees of the directories a walk reaches next), those of `tree` and of the next of
+    /// them come [`WALK_FETCH_DEPTH`] levels deep in the same fetch, and the fetches for the ones
+    /// after go out in the background, so the walk finds them on their way; each tree once a
+    /// mount, a request for one joining the fetch that brings it. A failed fetch is logged;
+    /// the sizes then come one by one.
+    async fn small_files_into_cache(
+        self: &Arc<Self>,
+        tree: ObjectId,
+        walk_ahead: Vec<ObjectId>,
+    ) -> bool {
+        let under_way = self.walked_by(&tree);
+        if let Some(key) = under_way {
+            // Joined, or done already: what is left is bigger files, sized one by one.
+            if self.walks.is_running(&key) {
+                let _ = self.walks.run(key, async { Ok(true) }).await;
             }
-        };
-        if trees.is_empty() {
-            // A walk brought them already: what is left is bigger files, sized one by one.
             return true;
         }
+        let mut batches = self.walk_batches(tree, walk_ahead).into_iter();
+        let (first, depth) = match batches.next() {
+            Some(first) => (first, WALK_FETCH_DEPTH),
+            None => (
+                WalkBatch {
+                    tops: vec![tree],
+                    reached: vec![tree],
+                },
+                1,
+            ),
+        };
+        let first = self.walk_fetch(first, depth);
+        for later in batches {
+            let fetch = self.walk_fetch(later, WALK_FETCH_DEPTH);
+            tokio::spawn(fetch);
+        }
+        first.await
+    }
+
+    /// The key of the walk fetch that brings tree `tree`'s small files, if one was made.
+    fn walked_by(&self, tree: &ObjectId) -> Option<ObjectId> {
+        let walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        walked.get(tree).copied()
+    }
+
+    /// One fetch of the small files of `batch`'s trees, `depth` levels deep, registered at
+    /// once for the trees it brings (so later requests join it) and run whoever waits:
+    /// whether the source could leave the bigger files out.
+    fn walk_fetch(
+        self: &Arc<Self>,
+        batch: WalkBatch,
+        depth: u32,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let key = batch.tops[0];
+        {
+            let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+            for tree in &batch.reached {
+                walked.entry(*tree).or_insert(key);
+            }
+        }
+        let this = Arc::clone(self);
+        async move {
+            let work = {
+                let this = Arc::clone(&this);
+                async move { Ok(this.fetch_small_files(&batch.tops, depth).await) }
+            };
+            this.walks.run(key, work).await.unwrap_or(true)
+        }
+    }
+
+    /// The small files of `trees`, `depth` levels deep, into the cache in one fetch: whether
+    /// the source could leave the bigger ones out. A failure is logged.
+    async fn fetch_small_files(&self, trees: &[ObjectId], depth: u32) -> bool {
         let fetch =
             self.source
-                .fetch_small_files_into(&trees, depth, SMALL_FILE, self.store.as_ref());
+                .fetch_small_files_into(trees, depth, SMALL_FILE, self.store.as_ref());
         let fetched = tokio::time::timeout(self.fetch_timeout, fetch);
+        let tree = trees[0];
         match self.metrics.in_flight(fetched).await {
             Ok(None) => false,
             Ok(Some(Ok(kept))) => {
@@ -694,11 +796,11 @@ impl Loader {
                 true
             }
             Ok(Some(Err(error))) => {
-                warn!(server = %self.server, %tree, %error, "cannot fetch a directory's small files");
+                warn!(server = %self.server, %tree, trees = trees.len(), %error, "cannot fetch a directory's small files");
                 true
             }
             Err(_) => {
-                warn!(server = %self.server, %tree, "no answer for a directory's small files within the fetch timeout");
+                warn!(server = %self.server, %tree, trees = trees.len(), "no answer for a directory's small files within the fetch timeout");
                 true
             }
         }

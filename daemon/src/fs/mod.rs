@@ -16,7 +16,7 @@ mod prefetch;
 mod recall;
 mod times;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -89,12 +89,13 @@ impl Default for FsOptions {
 /// Below this, a file is served only once whole and verified.
 pub const DEFAULT_STREAM_MIN_SIZE: u64 = 16 << 20;
 
-/// How soon after a directory's sizes those of one below it must be asked for to count as a
-/// walk going down (see [`MountFs::note_walk`]).
+/// How soon after a directory was visited the sizes of files below it must be asked for to
+/// count as a walk going down (see [`MountFs::note_walk`]).
 const WALK_WINDOW: Duration = Duration::from_secs(10);
 
-/// How many of the directories after one a walk enters come with it.
-const WALK_SIBLINGS: usize = 31;
+/// How many of the directories after one a walk enters are fetched for ahead of it (as many
+/// as fit in the loader's fetches for the walk; see `Loader::walk_batches`).
+const WALK_SIBLINGS: usize = 1024;
 
 /// A walk's read-ahead fetches files up to this size, this many at once.
 const READ_AHEAD_MAX_SIZE: u64 = 256 << 10;
@@ -158,6 +159,12 @@ pub struct MountFs {
     /// opened again. The kernel drops the pages of a failed arrival, and a program reading
     /// on would otherwise cost a whole new fetch for each page it asks for next.
     failed_arrivals: Mutex<HashMap<ObjectId, FsError>>,
+    /// Files whose arrival failed after some of their bytes were served: the kernel drops
+    /// their pages at their next open.
+    wrong_pages: Mutex<HashSet<u64>>,
+    /// Fetches a walk's read-ahead may have under way at once, over all its directories (a
+    /// walk passes through directories faster than their files arrive).
+    read_ahead_slots: Arc<tokio::sync::Semaphore>,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -198,6 +205,8 @@ impl MountFs {
             kernel: OnceLock::new(),
             arrivals: Mutex::new(HashMap::new()),
             failed_arrivals: Mutex::new(HashMap::new()),
+            wrong_pages: Mutex::new(HashSet::new()),
+            read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_PARALLELISM)),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             times: RwLock::new(Arc::new(times)),
             times_file,
@@ -440,14 +449,18 @@ impl MountFs {
     }
 
     /// Opens a file: its blob stays in the cache (once there) until the handle is released.
-    pub fn open_file(&self, ino: u64) -> Result<u64, FsError> {
+    /// Also whether the kernel must drop the pages it holds of it: a fetch of it failed since
+    /// it was last opened, and pages served as they arrived may be wrong (dropping them when
+    /// the fetch failed can race with replies still on their way to the kernel).
+    pub fn open_file(&self, ino: u64) -> Result<(u64, bool), FsError> {
         let oid = self.file_oid(ino)?;
         // A new open is a new try.
         lock(&self.failed_arrivals).remove(&oid);
+        let failed = lock(&self.wrong_pages).remove(&ino);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let pin = self.loader.pin(&oid);
         self.lock_handles().insert(handle, pin);
-        Ok(handle)
+        Ok((handle, failed))
     }
 
     pub fn release_file(&self, handle: u64) {
@@ -483,7 +496,7 @@ impl MountFs {
             }
         }
         if !self.loader.contains(&oid) {
-            self.read_ahead(ino);
+            self.read_ahead(ino).await;
         }
         let file = self.open_blob(ino, oid).await?;
         read_into(size, |buf, at| {
@@ -558,6 +571,7 @@ impl MountFs {
                     .await;
                 if let Err(e) = &result {
                     lock(&this.failed_arrivals).insert(oid, e.clone());
+                    lock(&this.wrong_pages).insert(ino);
                     // The kernel may hold pages of it read before the failure.
                     if let Some(kernel) = this.kernel.get() {
                         kernel.stale_pages(ino);
@@ -808,6 +822,9 @@ impl MountFs {
         if ino == ROOT_INO {
             self.recall().start(&self.name);
         }
+        // A walk is seen in the listings it reads too: with sizes known, `readdirplus` is all
+        // the kernel asks for before reading the files.
+        self.note_walk(ino);
         self.look_ahead(ino, listing);
     }
 
@@ -914,24 +931,33 @@ impl MountFs {
         Ok(())
     }
 
-    /// A read of `ino` that the cache misses, in a directory a walk came through, where
-    /// sizes cost no content (Mega): the directory's small files not cached yet are fetched
-    /// in the background, several at once, once per listing, so the walk's reads, one file
-    /// after another (`grep -r`), find them at hand; a read of one joins its fetch. A walk
-    /// that only stats (`du`, `find`) fetches nothing.
-    fn read_ahead(self: &Arc<Self>, ino: u64) {
-        if self.loader.sizes_need_content() {
-            return; // Small files came with the sizes.
-        }
+    /// A read of `ino` that the cache misses, in a directory a walk came through: where the
+    /// source fetches many directories' small files at once (git), that fetch, waited for;
+    /// else (Mega) the directory's small files not cached yet are fetched in the background,
+    /// several at once, once per listing. Either way the walk's reads, one file after another
+    /// (`grep -r`), find the next files at hand, and a read of one joins its fetch. A walk
+    /// that only stats (`du`, `find`) fetches nothing here.
+    async fn read_ahead(self: &Arc<Self>, ino: u64) {
         let Ok(dir) = self.parent_of(ino) else {
             return;
         };
         let Ok(Some(listing)) = self.loaded_listing(dir) else {
             return;
         };
-        if !listing.in_walk.load(Ordering::Relaxed)
-            || listing.read_ahead.swap(true, Ordering::Relaxed)
-        {
+        if !listing.in_walk.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.loader.batches_small_files() {
+            // The walk's fetch for this directory and the next ones, as when sizes are
+            // learnt (with sizes known already, the walk's reads would be one request each).
+            let tree = self.read_inodes().get(dir).map(|n| n.oid);
+            if let Some(tree) = tree {
+                let ahead = self.directories_after(dir);
+                self.loader.walk_small_files(tree, ahead).await;
+            }
+            return;
+        }
+        if listing.read_ahead.swap(true, Ordering::Relaxed) {
             return;
         }
         let small = |oid: &ObjectId| {
@@ -951,14 +977,17 @@ impl MountFs {
         if files.is_empty() {
             return;
         }
-        let loader = Arc::clone(&self.loader);
+        let (loader, slots) = (Arc::clone(&self.loader), Arc::clone(&self.read_ahead_slots));
         let span = tracing::info_span!("read_ahead", mount = %self.name, dir = %base);
         self.runtime.spawn(
             async move {
                 stream::iter(files)
                     .for_each_concurrent(READ_AHEAD_PARALLELISM, |(path, oid)| {
-                        let loader = Arc::clone(&loader);
+                        let (loader, slots) = (Arc::clone(&loader), Arc::clone(&slots));
                         async move {
+                            let Ok(_slot) = slots.acquire().await else {
+                                return;
+                            };
                             // A failure is the demand read's to report.
                             let _ = loader.ensure_blob(&path, oid, None).await;
                         }
@@ -970,65 +999,74 @@ impl MountFs {
     }
 
     /// Whether a walk is going down the tree through `dir` (`grep -r`, `du`, a build): the
-    /// sizes of its files are asked for (marked now) less than [`WALK_WINDOW`] after those of
-    /// a directory at most [`loader::WALK_DEPTH`] levels above it. Then `dir` is marked as in
-    /// the walk (see [`MountFs::read_ahead`]). Not for a lone `ls -l`.
+    /// sizes of its files are asked for (marked now) less than [`WALK_WINDOW`] after a
+    /// directory at most [`loader::WALK_DEPTH`] levels above it was read or had its sizes
+    /// asked for. Then `dir` is marked as in the walk (see [`MountFs::read_ahead`]). Not for
+    /// a lone `ls -l`.
     fn note_walk(&self, dir: u64) -> bool {
         let now = millis_since_start();
         let inodes = self.read_inodes();
-        let Some(listing) = inodes.get(dir).and_then(|n| n.listing.clone()) else {
+        let listing_of = |ino: u64| inodes.get(ino).and_then(|n| n.listing.clone());
+        let Some(listing) = listing_of(dir) else {
             return false;
         };
-        listing.sizes_asked.store(now, Ordering::Relaxed);
-        let recent = |ino: u64| {
-            inodes
-                .get(ino)
-                .and_then(|n| n.listing.as_ref())
-                .map(|l| l.sizes_asked.load(Ordering::Relaxed))
-                .is_some_and(|at| {
-                    at != 0 && now.saturating_sub(at) < WALK_WINDOW.as_millis() as u64
-                })
-        };
-        let parent = inodes.get(dir).map_or(ROOT_INO, |n| n.parent);
-        let mut above = parent;
-        let mut walking = false;
+        listing.visited.store(now, Ordering::Relaxed);
+        let mut above = Vec::new();
+        let mut at = dir;
         for _ in 0..loader::WALK_DEPTH {
-            if above == dir {
+            let parent = inodes.get(at).map_or(ROOT_INO, |n| n.parent);
+            if parent == at {
                 break;
             }
-            walking |= recent(above);
-            let next = inodes.get(above).map_or(ROOT_INO, |n| n.parent);
-            if next == above {
-                break;
-            }
-            above = next;
+            above.extend(listing_of(parent));
+            at = parent;
         }
-        let walking = walking && parent != dir;
+        let window = WALK_WINDOW.as_millis() as u64;
+        let walking = above.iter().any(|l| {
+            let seen = l.visited.load(Ordering::Relaxed);
+            seen != 0 && now.saturating_sub(seen) < window
+        });
         if walking {
             listing.in_walk.store(true, Ordering::Relaxed);
+            // A walk that has gone on for long is still one: the directories it is in stay
+            // fresh while it goes on below them.
+            for l in above {
+                l.visited.store(now, Ordering::Relaxed);
+            }
         }
         walking
     }
 
-    /// The trees of the directories after `dir` in its parent's listing, up to
-    /// [`WALK_SIBLINGS`]: where sizes cost content, a walk's small files come with `dir`'s,
-    /// [`loader::WALK_DEPTH`] levels deep, so one request brings many directories' files
-    /// rather than one each.
+    /// The trees of the directories after `dir` in its parent's listing, then after its
+    /// parent in the grandparent's and so on, up to [`WALK_SIBLINGS`]: where the source
+    /// filters by size (git), a walk's small files come with `dir`'s, and the directories
+    /// below them, so one request brings many directories' files
+    /// rather than one each, and the next requests go out before the walk gets there.
     fn directories_after(&self, dir: u64) -> Vec<ObjectId> {
         let inodes = self.read_inodes();
-        let parent = inodes.get(dir).map_or(ROOT_INO, |n| n.parent);
-        let Some(siblings) = inodes.get(parent).and_then(|n| n.listing.clone()) else {
-            return Vec::new();
-        };
-        siblings
-            .entries
-            .iter()
-            .skip_while(|e| e.ino != dir)
-            .skip(1)
-            .filter(|e| e.kind == EntryKind::Directory)
-            .take(WALK_SIBLINGS)
-            .map(|e| e.oid)
-            .collect()
+        let mut after = Vec::new();
+        let mut at = dir;
+        // Then those after its parent, and so on up: where a depth-first walk goes next.
+        for _ in 0..loader::WALK_DEPTH {
+            let parent = inodes.get(at).map_or(ROOT_INO, |n| n.parent);
+            let Some(siblings) = inodes.get(parent).and_then(|n| n.listing.clone()) else {
+                break;
+            };
+            if parent == at || after.len() >= WALK_SIBLINGS {
+                break;
+            }
+            let next = siblings
+                .entries
+                .iter()
+                .skip_while(|e| e.ino != at)
+                .skip(1)
+                .filter(|e| e.kind == EntryKind::Directory)
+                .take(WALK_SIBLINGS - after.len())
+                .map(|e| e.oid);
+            after.extend(next);
+            at = parent;
+        }
+        after
     }
 
     /// The tree of directory `dir` and its files whose sizes are not known yet, if any.

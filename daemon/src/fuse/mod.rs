@@ -264,9 +264,10 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::EROFS);
         }
         let ((), tier) = metrics::tracked_here(|| match self.fs.open_file(ino.0) {
-            Ok(handle) => {
+            Ok((handle, drop_pages)) => {
                 let cached = || self.fs.cached_file(ino.0);
-                self.open_files.open(ino.0, handle, cached, reply)
+                self.open_files
+                    .open(ino.0, handle, drop_pages, cached, reply)
             }
             Err(e) => reply.error(errno(e)),
         });

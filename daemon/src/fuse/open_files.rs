@@ -73,14 +73,20 @@ impl OpenFiles {
     }
 
     /// Opens `ino` (handle `fh`) in the mode its other open files use; a first open goes
-    /// passthrough if `cached` gives its blob's cache file and the kernel allows it.
+    /// passthrough if `cached` gives its blob's cache file and the kernel allows it. With
+    /// `drop_pages`, the kernel is told not to keep the pages it holds of the file.
     pub(super) fn open(
         &self,
         ino: u64,
         fh: u64,
+        drop_pages: bool,
         cached: impl FnOnce() -> Option<std::fs::File>,
         reply: ReplyOpen,
     ) {
+        let keep = match drop_pages {
+            true => FopenFlags::empty(),
+            false => FopenFlags::FOPEN_KEEP_CACHE,
+        };
         let mut open = self.lock();
         if let Some(inode) = open.get_mut(&ino) {
             inode.handles += 1;
@@ -88,7 +94,7 @@ impl OpenFiles {
                 OpenMode::Passthrough(backing) => {
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing)
                 }
-                OpenMode::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                OpenMode::Cached => reply.opened(FileHandle(fh), keep),
             };
         }
         let mode = match self.backing(cached, &reply) {
@@ -98,7 +104,7 @@ impl OpenFiles {
                 OpenMode::Passthrough(backing)
             }
             None => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(FileHandle(fh), keep);
                 OpenMode::Cached
             }
         };

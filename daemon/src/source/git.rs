@@ -704,6 +704,10 @@ impl Source for GitSource {
         Ok((len, pieces))
     }
 
+    fn filters_blobs(&self) -> bool {
+        true // A server without filters is refused at mount.
+    }
+
     fn tree_at_hand(&self, oid: &ObjectId) -> Option<Vec<u8>> {
         let trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         trees.get(oid).cloned()

@@ -192,6 +192,11 @@ pub trait Source: Send + Sync {
             .await
     }
 
+    /// Whether [`Source::fetch_small_files_into`] works: the server leaves files out by size.
+    fn filters_blobs(&self) -> bool {
+        false
+    }
+
     /// Tree `oid`'s body if the source holds it already (a git mount's trees all came with
     /// its commit), without asking the server.
     fn tree_at_hand(&self, _oid: &ObjectId) -> Option<Vec<u8>> {
