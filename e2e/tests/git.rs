@@ -373,6 +373,43 @@ fn a_walk_reading_the_tree_brings_many_directories_per_request() {
 }
 
 #[test]
+fn a_walk_reading_files_whose_sizes_are_known_still_brings_many_directories_per_request() {
+    let s = setup(true);
+    let grep = |point: std::path::PathBuf| {
+        within(LIMIT, move || {
+            std::process::Command::new("grep")
+                .args(["-r", "-l", "a leaf, deep down"])
+                .arg(&point)
+                .output()
+        })
+        .expect("grep")
+    };
+    let point = mount(&s, "known");
+    grep(point);
+    // The cache keeps the sizes it learnt when it drops contents: a new mount then lists
+    // every size at once (readdirplus), and only the reads show the walk.
+    s.daemon.ctl_ok(&["disconnect", "known"]);
+    s.daemon.ctl_ok(&["cache", "clear"]);
+    let point = mount(&s, "known");
+    let found = grep(point);
+    let listed = String::from_utf8_lossy(&found.stdout);
+    assert!(listed.contains("src/nested/deep/leaf.txt"), "{listed}");
+    let fetches: Vec<_> = s
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.command.as_deref() == Some("fetch"))
+        .collect();
+    // The root's files, the rest of the tree's small files, the big file (before: one
+    // fetch per file read).
+    assert!(
+        fetches.len() <= 4,
+        "{} fetches: {fetches:#?}",
+        fetches.len()
+    );
+}
+
+#[test]
 fn object_info_gives_sizes_without_content() {
     let s = setup_with(true, true);
     let point = mount(&s, "info");

@@ -1029,9 +1029,10 @@ impl MountFs {
         if walking {
             listing.in_walk.store(true, Ordering::Relaxed);
             // A walk that has gone on for long is still one: the directories it is in stay
-            // fresh while it goes on below them.
+            // fresh while it goes on below them, and their own files are the walk's too.
             for l in above {
                 l.visited.store(now, Ordering::Relaxed);
+                l.in_walk.store(true, Ordering::Relaxed);
             }
         }
         walking
