@@ -327,7 +327,12 @@ fn a_big_files_size_comes_without_its_content() {
     let fetched = status["mounts"][0]["fetched_bytes"]
         .as_u64()
         .expect("fetched");
-    assert!(sent < 1 << 20, "the server sent {sent} bytes for a size");
+    // The answer was closed early: what the server sent before it saw that is what the
+    // connection's buffers took (up to a few MiB on loopback under load), not the file.
+    assert!(
+        sent < 5 * 1024 * 1024 / 2,
+        "the server sent {sent} bytes for a size"
+    );
     assert!(
         fetched < 1 << 20,
         "the mount fetched {fetched} bytes for a size"
@@ -343,11 +348,9 @@ fn a_big_files_size_comes_without_its_content() {
     );
 }
 
-#[test]
-fn a_walk_reading_the_tree_brings_many_directories_per_request() {
-    let s = setup(true);
-    let point = mount(&s, "walk");
-    // `grep -r` reads every file, one directory after another.
+/// `grep -r` through the mount at `point`, which reads every file, one directory after
+/// another; checks it found the deepest file.
+fn grep_for_the_leaf(point: std::path::PathBuf) {
     let found = within(LIMIT, move || {
         std::process::Command::new("grep")
             .args(["-r", "-l", "a leaf, deep down"])
@@ -357,6 +360,12 @@ fn a_walk_reading_the_tree_brings_many_directories_per_request() {
     .expect("grep");
     let listed = String::from_utf8_lossy(&found.stdout);
     assert!(listed.contains("src/nested/deep/leaf.txt"), "{listed}");
+}
+
+#[test]
+fn a_walk_reading_the_tree_brings_many_directories_per_request() {
+    let s = setup(true);
+    grep_for_the_leaf(mount(&s, "walk"));
     let small_file_fetches: Vec<_> = s
         .server
         .requests()
@@ -375,25 +384,12 @@ fn a_walk_reading_the_tree_brings_many_directories_per_request() {
 #[test]
 fn a_walk_reading_files_whose_sizes_are_known_still_brings_many_directories_per_request() {
     let s = setup(true);
-    let grep = |point: std::path::PathBuf| {
-        within(LIMIT, move || {
-            std::process::Command::new("grep")
-                .args(["-r", "-l", "a leaf, deep down"])
-                .arg(&point)
-                .output()
-        })
-        .expect("grep")
-    };
-    let point = mount(&s, "known");
-    grep(point);
+    grep_for_the_leaf(mount(&s, "known"));
     // The cache keeps the sizes it learnt when it drops contents: a new mount then lists
     // every size at once (readdirplus), and only the reads show the walk.
     s.daemon.ctl_ok(&["disconnect", "known"]);
     s.daemon.ctl_ok(&["cache", "clear"]);
-    let point = mount(&s, "known");
-    let found = grep(point);
-    let listed = String::from_utf8_lossy(&found.stdout);
-    assert!(listed.contains("src/nested/deep/leaf.txt"), "{listed}");
+    grep_for_the_leaf(mount(&s, "known"));
     let fetches: Vec<_> = s
         .server
         .requests()
