@@ -51,6 +51,18 @@ fn setup_with(allow_filter: bool, object_info: bool) -> Setup {
     }
 }
 
+/// The requests the server has seen that `keep` keeps.
+fn requests_where(
+    s: &Setup,
+    keep: impl Fn(&megafs_testsupport::git_server::GitRequest) -> bool,
+) -> Vec<megafs_testsupport::git_server::GitRequest> {
+    s.server
+        .requests()
+        .into_iter()
+        .filter(|r| keep(r))
+        .collect()
+}
+
 fn commands(s: &Setup) -> Vec<String> {
     s.server
         .requests()
@@ -366,12 +378,9 @@ fn grep_for_the_leaf(point: std::path::PathBuf) {
 fn a_walk_reading_the_tree_brings_many_directories_per_request() {
     let s = setup(true);
     grep_for_the_leaf(mount(&s, "walk"));
-    let small_file_fetches: Vec<_> = s
-        .server
-        .requests()
-        .into_iter()
-        .filter(|r| r.args.iter().any(|a| a.starts_with("filter combine:")))
-        .collect();
+    let small_file_fetches = requests_where(&s, |r| {
+        r.args.iter().any(|a| a.starts_with("filter combine:"))
+    });
     // The root's files, then the rest of the tree in one go once the walk shows (before,
     // one for each of the six directories holding files).
     assert!(
@@ -390,12 +399,7 @@ fn a_walk_reading_files_whose_sizes_are_known_still_brings_many_directories_per_
     s.daemon.ctl_ok(&["disconnect", "known"]);
     s.daemon.ctl_ok(&["cache", "clear"]);
     grep_for_the_leaf(mount(&s, "known"));
-    let fetches: Vec<_> = s
-        .server
-        .requests()
-        .into_iter()
-        .filter(|r| r.command.as_deref() == Some("fetch"))
-        .collect();
+    let fetches = requests_where(&s, |r| r.command.as_deref() == Some("fetch"));
     // The root's files, the rest of the tree's small files, the big file (before: one
     // fetch per file read).
     assert!(

@@ -49,6 +49,9 @@ const WALK_FETCH_DEPTH: u32 = 64;
 /// How many fetches for a walk go out ahead of the one it waits for.
 const WALK_FETCHES_AHEAD: usize = 2;
 
+/// The most files one request of a walk may bring (see [`Loader::walk_batches`]).
+const WALK_MAX_FILES: usize = 4096;
+
 /// The trees one fetch for a walk takes (see [`Loader::walk_batches`]): the ones asked for,
 /// and every tree whose files that brings.
 #[derive(Default)]
@@ -56,9 +59,6 @@ struct WalkBatch {
     tops: Vec<ObjectId>,
     reached: Vec<ObjectId>,
 }
-
-/// The most files one request of a walk may bring (see [`Loader::walk_batch`]).
-const WALK_MAX_FILES: usize = 4096;
 
 pub struct Loader {
     source: Arc<dyn Source>,
@@ -580,8 +580,12 @@ impl Loader {
                 // Sizes that cost the contents come with the batch, or not at all: a file
                 // whose content failed is not asked for again, whole, for its size.
                 let mut failed = HashMap::new();
+                // A wait cut short (for a process's request) leaves the sizes to come one by one.
                 if this.source.sizes_need_content()
-                    && !this.small_files_into_cache(tree, walk_ahead).await
+                    && !this
+                        .small_files_into_cache(tree, walk_ahead)
+                        .await
+                        .unwrap_or(true)
                 {
                     for (_, oid, result) in this.blobs_into_cache(&files).await {
                         if let Err(e) = result {
@@ -698,12 +702,6 @@ impl Loader {
         self.source.filters_blobs()
     }
 
-    /// A walk's fetch of the small files of `tree` and the trees after it (see
-    /// [`Loader::small_files_into_cache`]), for a read the cache missed.
-    pub async fn walk_small_files(self: &Arc<Self>, tree: ObjectId, ahead: Vec<ObjectId>) {
-        self.small_files_into_cache(tree, ahead).await;
-    }
-
     /// Whether learning sizes costs contents (see [`Source::sizes_need_content`]).
     pub fn sizes_need_content(&self) -> bool {
         self.source.sizes_need_content()
@@ -715,19 +713,19 @@ impl Loader {
     /// them come [`WALK_FETCH_DEPTH`] levels deep in the same fetch, and the fetches for the ones
     /// after go out in the background, so the walk finds them on their way; each tree once a
     /// mount, a request for one joining the fetch that brings it. A failed fetch is logged;
-    /// the sizes then come one by one.
-    async fn small_files_into_cache(
+    /// the sizes then come one by one. An error only where a process's request waited its
+    /// whole deadline on the fetch (the fetch goes on).
+    pub async fn small_files_into_cache(
         self: &Arc<Self>,
         tree: ObjectId,
         walk_ahead: Vec<ObjectId>,
-    ) -> bool {
-        let under_way = self.walked_by(&tree);
-        if let Some(key) = under_way {
+    ) -> Result<bool, FsError> {
+        if let Some(key) = self.walked_by(&tree) {
             // Joined, or done already: what is left is bigger files, sized one by one.
             if self.walks.is_running(&key) {
-                let _ = self.walks.run(key, async { Ok(true) }).await;
+                self.walks.run(key, async { Ok(true) }).await?;
             }
-            return true;
+            return Ok(true);
         }
         let mut batches = self.walk_batches(tree, walk_ahead).into_iter();
         let (first, depth) = match batches.next() {
@@ -761,7 +759,7 @@ impl Loader {
         self: &Arc<Self>,
         batch: WalkBatch,
         depth: u32,
-    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<bool, FsError>> + Send + 'static {
         let key = batch.tops[0];
         {
             let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
@@ -775,7 +773,7 @@ impl Loader {
                 let this = Arc::clone(&this);
                 async move { Ok(this.fetch_small_files(&batch.tops, depth).await) }
             };
-            this.walks.run(key, work).await.unwrap_or(true)
+            this.walks.run(key, work).await
         }
     }
 

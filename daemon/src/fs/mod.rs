@@ -103,7 +103,7 @@ const READ_AHEAD_PARALLELISM: usize = 8;
 
 /// Milliseconds since the daemon started (never 0).
 fn millis_since_start() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
     start.elapsed().as_millis() as u64 + 1
 }
@@ -496,7 +496,8 @@ impl MountFs {
             }
         }
         if !self.loader.contains(&oid) {
-            self.read_ahead(ino).await;
+            // A walk's fetch that used up the deadline fails the read: it must not wait again.
+            self.read_ahead(ino).await?;
         }
         let file = self.open_blob(ino, oid).await?;
         read_into(size, |buf, at| {
@@ -937,15 +938,15 @@ impl MountFs {
     /// several at once, once per listing. Either way the walk's reads, one file after another
     /// (`grep -r`), find the next files at hand, and a read of one joins its fetch. A walk
     /// that only stats (`du`, `find`) fetches nothing here.
-    async fn read_ahead(self: &Arc<Self>, ino: u64) {
+    async fn read_ahead(self: &Arc<Self>, ino: u64) -> Result<(), FsError> {
         let Ok(dir) = self.parent_of(ino) else {
-            return;
+            return Ok(());
         };
         let Ok(Some(listing)) = self.loaded_listing(dir) else {
-            return;
+            return Ok(());
         };
         if !listing.in_walk.load(Ordering::Relaxed) {
-            return;
+            return Ok(());
         }
         if self.loader.batches_small_files() {
             // The walk's fetch for this directory and the next ones, as when sizes are
@@ -953,12 +954,12 @@ impl MountFs {
             let tree = self.read_inodes().get(dir).map(|n| n.oid);
             if let Some(tree) = tree {
                 let ahead = self.directories_after(dir);
-                self.loader.walk_small_files(tree, ahead).await;
+                self.loader.small_files_into_cache(tree, ahead).await?;
             }
-            return;
+            return Ok(());
         }
         if listing.read_ahead.swap(true, Ordering::Relaxed) {
-            return;
+            return Ok(());
         }
         let small = |oid: &ObjectId| {
             self.loader
@@ -975,7 +976,7 @@ impl MountFs {
             .map(|e| (base.join(&e.name), e.oid))
             .collect();
         if files.is_empty() {
-            return;
+            return Ok(());
         }
         let (loader, slots) = (Arc::clone(&self.loader), Arc::clone(&self.read_ahead_slots));
         let span = tracing::info_span!("read_ahead", mount = %self.name, dir = %base);
@@ -996,13 +997,13 @@ impl MountFs {
             }
             .instrument(span),
         );
+        Ok(())
     }
 
     /// Whether a walk is going down the tree through `dir` (`grep -r`, `du`, a build): the
-    /// sizes of its files are asked for (marked now) less than [`WALK_WINDOW`] after a
-    /// directory at most [`loader::WALK_DEPTH`] levels above it was read or had its sizes
-    /// asked for. Then `dir` is marked as in the walk (see [`MountFs::read_ahead`]). Not for
-    /// a lone `ls -l`.
+    /// kernel reads it or asks its files' sizes (marked now) less than [`WALK_WINDOW`] after
+    /// it did either for a directory at most [`loader::WALK_DEPTH`] levels above. Then `dir`
+    /// is marked as in the walk (see [`MountFs::read_ahead`]). Not for a lone `ls -l`.
     fn note_walk(&self, dir: u64) -> bool {
         let now = millis_since_start();
         let inodes = self.read_inodes();
