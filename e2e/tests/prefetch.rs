@@ -134,17 +134,29 @@ fn a_git_mount_prefetches_a_directory_in_one_request() {
     let fetches = server.requests().len();
     assert_eq!(fetches, 1, "the directory's 8 files in one fetch");
 
-    // The whole mount: many directories' files share a fetch (a few go out at once while the
-    // walk goes on), rather than one fetch per directory.
+    // The whole mount, most of it not cached: its root tree, whole, in one fetch (git packs
+    // a tree's files for about what a clone costs it, and the same files asked for by id for
+    // half as much again); before, its files by id in several.
     server.clear_requests();
     let out = world.daemon.ctl_ok(&["prefetch", "gitpre"]);
-    assert!(out.contains("prefetched"), "{out}");
-    let requests = server.requests();
-    let directories_with_files = 6;
+    let files = megafs_testsupport::fixture::git(&world.fixture.path, &["ls-tree", "-r", "HEAD"])
+        .expect("ls-tree")
+        .lines()
+        .filter(|line| line.contains(" blob "))
+        .count();
     assert!(
-        requests.len() < directories_with_files,
-        "{} fetches for {directories_with_files} directories: {requests:?}",
-        requests.len()
+        out.contains(&format!("prefetched {files} of {files} files")),
+        "{out}"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let root = megafs_testsupport::fixture::git(&world.fixture.path, &["rev-parse", "HEAD^{tree}"])
+        .expect("rev-parse");
+    assert!(
+        requests[0].args.contains(&format!("want {}", root.trim()))
+            && !requests[0].args.iter().any(|a| a.starts_with("filter")),
+        "the root tree, unfiltered: {:?}",
+        requests[0].args
     );
     let big = point.join("big/five-mb.bin");
     server.clear_requests();
@@ -239,4 +251,128 @@ fn a_walk_reading_a_mega_mount_has_each_directorys_small_files_fetched_ahead() {
         assert_eq!(text, format!("file number {i}\n"));
     }
     assert_eq!(blob_gets(&world), 0, "the rest were at hand");
+}
+
+/// A repository whose `assets/` holds `ASSETS` files too big for a walk's fetch of small
+/// files (over 256 KiB): their oids, with the repository.
+const ASSETS: usize = 4;
+
+fn assets_repo(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
+    use megafs_testsupport::fixture::{git, pseudo_random};
+    let repo = dir.join("assets-repo");
+    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
+    std::fs::write(repo.join("README.md"), "assets\n").expect("write");
+    for i in 0..ASSETS {
+        // Seeds differ in more than their lowest bit (which the generator sets).
+        let bytes = pseudo_random(300 << 10, 2 * i as u64 + 1);
+        std::fs::write(repo.join(format!("assets/a{i}.bin")), bytes).expect("write");
+    }
+    git(&repo, &["init", "-q", "-b", "main"]).expect("init");
+    git(&repo, &["add", "."]).expect("add");
+    git(&repo, &["commit", "-q", "-m", "assets"]).expect("commit");
+    let oids = (0..ASSETS)
+        .map(|i| {
+            let spec = format!("HEAD:assets/a{i}.bin");
+            git(&repo, &["rev-parse", &spec])
+                .expect("rev-parse")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    (repo, oids)
+}
+
+/// A walk through the mount at `point` that only stats (`du`), then (after `between`) a read
+/// of the first asset: the directory is now one a walk reads.
+fn stat_walk_then_read_one(point: &std::path::Path, between: impl FnOnce()) {
+    let du = within(LIMIT, {
+        let point = point.to_path_buf();
+        move || Command::new("du").arg("-a").arg(&point).output()
+    })
+    .expect("du");
+    assert!(du.status.success(), "{du:?}");
+    between();
+    let first = within(LIMIT, {
+        let path = point.join("assets/a0.bin");
+        move || std::fs::read(path)
+    })
+    .expect("read");
+    assert_eq!(first.len(), 300 << 10);
+}
+
+#[test]
+fn a_walk_reading_big_files_has_the_rest_of_their_directory_fetched_ahead_one_each() {
+    use megafs_testsupport::git_server::GitServer;
+    use megafs_testsupport::{DevServer, ServedRepo};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (repo, oids) = assets_repo(dir.path());
+    let daemon = megafs_testsupport::harness::Daemon::start();
+
+    // Over Mega: each file is a request anyway.
+    let served = ServedRepo::open("/third-party/assets", &repo, "main").expect("serve");
+    let mega = DevServer::start(vec![served]).expect("dev server");
+    let point = daemon.mountpoint("megaassets");
+    let url = mega.url();
+    daemon.ctl_ok(&[
+        "connect",
+        "/third-party/assets",
+        "--mega-url",
+        &url,
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "megaassets",
+    ]);
+    stat_walk_then_read_one(&point, || mega.clear_requests());
+    let gets = || mega.requests().iter().filter(|r| r.is_blob_get()).count();
+    // Before, only files up to 256 KiB were read ahead: this timed out at 1.
+    wait_until("the other assets over Mega", || gets() >= ASSETS);
+    mega.clear_requests();
+    for i in 0..ASSETS {
+        let bytes = std::fs::read(point.join(format!("assets/a{i}.bin"))).expect("read");
+        assert_eq!(bytes.len(), 300 << 10);
+    }
+    assert_eq!(gets(), 0, "the rest were at hand");
+
+    // Over git, the same blobs not cached (the cache is shared): a fetch each (git looks for deltas among a request's files, which for big
+    // files of a kind costs more than sending each alone), not one each read.
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let status = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&repo)
+        .arg(root.join("assets.git"))
+        .status()
+        .expect("git clone");
+    assert!(status.success());
+    daemon.ctl_ok(&["disconnect", "megaassets"]);
+    daemon.ctl_ok(&["cache", "clear"]);
+    let server = GitServer::start(&root, true).expect("git server");
+    let point = daemon.mountpoint("gitassets");
+    daemon.ctl_ok(&[
+        "connect",
+        &server.url("assets.git"),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "gitassets",
+    ]);
+    // Sizes over git came from the start of each file's answer: what comes next is reads.
+    stat_walk_then_read_one(&point, || server.clear_requests());
+    let fetched_alone = |oid: &String| {
+        let want = format!("want {oid}");
+        server.requests().iter().any(|r| {
+            r.args.contains(&want) && r.args.iter().filter(|a| a.starts_with("want ")).count() == 1
+        })
+    };
+    // Before, the walk's fetch left them to their reads: this timed out.
+    wait_until("the other assets over git", || {
+        oids.iter().all(fetched_alone)
+    });
+    server.clear_requests();
+    for i in 0..ASSETS {
+        let bytes = std::fs::read(point.join(format!("assets/a{i}.bin"))).expect("read");
+        assert_eq!(bytes.len(), 300 << 10);
+    }
+    assert_eq!(server.requests().len(), 0, "the rest were at hand");
 }

@@ -27,7 +27,7 @@ use super::arrival::Arrival;
 use super::error::FsError;
 use super::flight::Flights;
 use crate::metrics::{self, MountMetrics, Tier};
-use crate::object::{parse_tree, ObjectError, ObjectId, ObjectKind, TreeEntry};
+use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::repo_path::RepoPath;
 use crate::source::{SinkError, Snapshot, Source, SourceError};
 use crate::store::{Pin, Store};
@@ -500,8 +500,8 @@ impl Loader {
     }
 
     /// Fetches the files of `files` not cached yet in one go (where the source batches) into
-    /// the cache, within one fetch's deadline: for each fetched, its path and id and its
-    /// length or why it did not come. Files another request is fetching already are left to
+    /// the cache, within one fetch's deadline: for each fetched (each path of a blob several
+    /// share), its path and id and its length or why it did not come. Files another request is fetching already are left to
     /// that fetch. Each failure is logged; one does not stop the others.
     pub async fn blobs_into_cache(
         &self,
@@ -536,7 +536,7 @@ impl Loader {
                 })
                 .collect(),
         };
-        results
+        let by_oid: HashMap<ObjectId, Result<u64, FsError>> = results
             .into_iter()
             .map(|(oid, result)| {
                 let path = wanted.get(&oid).map(|p| (*p).clone()).unwrap_or_default();
@@ -547,9 +547,96 @@ impl Loader {
                     }
                     Err(e) => Err(self.failed("a file", &path, oid, e)),
                 };
-                (path, oid, result)
+                (oid, result)
             })
+            .collect();
+        // Every path asked for, those sharing a blob each with its result.
+        files
+            .iter()
+            .filter_map(|(path, oid)| Some((path.clone(), *oid, by_oid.get(oid)?.clone())))
             .collect()
+    }
+
+    /// Whether the source fetches whole trees' files in one request (see
+    /// [`Source::fetch_whole_trees_into`]).
+    pub fn fetches_whole_trees(&self) -> bool {
+        self.source.fetches_whole_trees()
+    }
+
+    /// The files of directory tree `tree` (at `base`) all the way down, with their paths,
+    /// if every tree below is at hand and they are no more than `budget`: what a fetch of
+    /// the whole tree brings.
+    pub fn files_below(
+        &self,
+        base: &RepoPath,
+        tree: ObjectId,
+        budget: usize,
+    ) -> Option<Vec<(RepoPath, ObjectId)>> {
+        let mut files = Vec::new();
+        let mut dirs = vec![(base.clone(), tree)];
+        while let Some((path, oid)) = dirs.pop() {
+            for entry in self.entries_without_request(&oid)? {
+                match entry.kind {
+                    EntryKind::Directory => dirs.push((path.join(&entry.name), entry.oid)),
+                    EntryKind::Submodule => {}
+                    _ => files.push((path.join(&entry.name), entry.oid)),
+                }
+            }
+            if files.len() > budget {
+                return None;
+            }
+        }
+        Some(files)
+    }
+
+    /// Fetches whole trees `trees` and the blobs of `loose`, in one request where the source
+    /// can (see [`Source::fetch_whole_trees_into`]); `files` names every file that brings,
+    /// with its path. For each of `files` not cached before, its length or why it did not
+    /// come, as [`Loader::blobs_into_cache`] gives them: what the request did not bring (it
+    /// failed, or the source cannot) is fetched by id, so one bad object fails only itself.
+    pub async fn trees_into_cache(
+        &self,
+        trees: &[ObjectId],
+        loose: &[ObjectId],
+        files: &[(RepoPath, ObjectId)],
+    ) -> Vec<(RepoPath, ObjectId, Result<u64, FsError>)> {
+        let missing: Vec<(RepoPath, ObjectId)> = files
+            .iter()
+            .filter(|(_, oid)| !self.store.contains(oid))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        metrics::reached(Tier::Server);
+        let fetch = self
+            .source
+            .fetch_whole_trees_into(trees, loose, self.store.as_ref());
+        let fetched = tokio::time::timeout(self.fetch_timeout, fetch);
+        let kept = match self.metrics.in_flight(fetched).await {
+            Ok(Some(Ok(kept))) => kept,
+            Ok(None) => HashMap::new(),
+            Ok(Some(Err(error))) => {
+                warn!(server = %self.server, trees = trees.len(), %error, "cannot fetch whole trees; fetching their files by id");
+                HashMap::new()
+            }
+            Err(_) => {
+                warn!(server = %self.server, trees = trees.len(), "no answer for whole trees within the fetch timeout; fetching their files by id");
+                HashMap::new()
+            }
+        };
+        for len in kept.values() {
+            self.count_fetch(*len);
+        }
+        let (came, rest): (Vec<_>, Vec<_>) = missing
+            .into_iter()
+            .partition(|(_, oid)| kept.contains_key(oid));
+        let mut results: Vec<_> = came
+            .into_iter()
+            .map(|(path, oid)| (path, oid, Ok(kept[&oid])))
+            .collect();
+        results.extend(self.blobs_into_cache(&rest).await);
+        results
     }
 
     /// Keeps `oid` (cached or still to come) from eviction until the pin drops.
@@ -681,8 +768,8 @@ impl Loader {
             for oid in level {
                 for entry in self.entries_without_request(&oid)? {
                     match entry.kind {
-                        crate::object::EntryKind::Directory => next.push(entry.oid),
-                        crate::object::EntryKind::Submodule => {}
+                        EntryKind::Directory => next.push(entry.oid),
+                        EntryKind::Submodule => {}
                         _ => count += 1,
                     }
                 }

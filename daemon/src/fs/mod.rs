@@ -97,8 +97,10 @@ const WALK_WINDOW: Duration = Duration::from_secs(10);
 /// as fit in the loader's fetches for the walk; see `Loader::walk_batches`).
 const WALK_SIBLINGS: usize = 1024;
 
-/// A walk's read-ahead fetches files up to this size, this many at once.
-const READ_AHEAD_MAX_SIZE: u64 = 256 << 10;
+/// A walk's read-ahead fetches files up to this size (bigger ones are read as they arrive),
+/// up to this many bytes a directory, this many at once.
+const READ_AHEAD_MAX_SIZE: u64 = DEFAULT_STREAM_MIN_SIZE;
+const READ_AHEAD_MAX_BYTES: u64 = 128 << 20;
 const READ_AHEAD_PARALLELISM: usize = 8;
 
 /// Milliseconds since the daemon started (never 0).
@@ -934,10 +936,11 @@ impl MountFs {
 
     /// A read of `ino` that the cache misses, in a directory a walk came through: where the
     /// source fetches many directories' small files at once (git), that fetch, waited for;
-    /// else (Mega) the directory's small files not cached yet are fetched in the background,
-    /// several at once, once per listing. Either way the walk's reads, one file after another
-    /// (`grep -r`), find the next files at hand, and a read of one joins its fetch. A walk
-    /// that only stats (`du`, `find`) fetches nothing here.
+    /// then the directory's files still not cached (all of them on Mega, the bigger ones on
+    /// git) are fetched in the background, several at once, once per listing. Either way the
+    /// walk's reads, one file after another (`grep -r`), find the next files at hand, and a
+    /// read of one joins its fetch. A walk that only stats (`du`, `find`) fetches nothing
+    /// here.
     async fn read_ahead(self: &Arc<Self>, ino: u64) -> Result<(), FsError> {
         let Ok(dir) = self.parent_of(ino) else {
             return Ok(());
@@ -956,23 +959,28 @@ impl MountFs {
                 let ahead = self.directories_after(dir);
                 self.loader.small_files_into_cache(tree, ahead).await?;
             }
-            return Ok(());
         }
         if listing.read_ahead.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        let small = |oid: &ObjectId| {
-            self.loader
-                .known_size(oid)
-                .is_some_and(|size| size <= READ_AHEAD_MAX_SIZE)
-                && !self.loader.contains(oid)
+        // What is still missing is fetched one file a request: a server looks for deltas
+        // among the files of one request, which for big files of a kind (translations)
+        // costs more than sending each alone.
+        let mut bytes = 0;
+        let mut wanted = |oid: &ObjectId| {
+            let size = self.loader.known_size(oid);
+            let take = size.is_some_and(|size| {
+                size <= READ_AHEAD_MAX_SIZE && bytes + size <= READ_AHEAD_MAX_BYTES
+            }) && !self.loader.contains(oid);
+            bytes += if take { size.unwrap_or(0) } else { 0 };
+            take
         };
         let base = self.path_of(dir);
         let files: Vec<(RepoPath, ObjectId)> = listing
             .entries
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable))
-            .filter(|e| small(&e.oid))
+            .filter(|e| wanted(&e.oid))
             .map(|e| (base.join(&e.name), e.oid))
             .collect();
         if files.is_empty() {

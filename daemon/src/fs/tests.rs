@@ -357,3 +357,36 @@ async fn a_mount_that_goes_away_is_not_kept_alive_by_its_look_ahead() {
         "nothing loaded after the mount went"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_counts_each_path_of_a_blob_several_share() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("sub")).expect("mkdir");
+    for path in ["a.txt", "b.txt", "sub/c.txt"] {
+        std::fs::write(repo.join(path), "the same in three places\n").expect("write");
+    }
+    std::fs::write(repo.join("other.txt"), "once\n").expect("write");
+    fixture::git(&repo, &["init", "-q"]).expect("init");
+    fixture::git(&repo, &["add", "."]).expect("add");
+    fixture::git(&repo, &["commit", "-q", "-m", "shared"]).expect("commit");
+    let source = LocalSource::open(&repo, "", Arc::default()).expect("open");
+    let store = Arc::new(Store::open(&dir.path().join("cache"), 0).expect("store"));
+    let fs = MountFs::open(
+        "shared",
+        Arc::new(source),
+        store,
+        (0, 0),
+        FsOptions::default(),
+        Arc::default(),
+        None,
+    )
+    .await
+    .expect("open");
+    let progress = PrefetchProgress::default();
+    fs.prefetch(&[], 0, &progress).await.expect("prefetch");
+    let total = progress.files_total.load(Ordering::Relaxed);
+    let done = progress.files_done.load(Ordering::Relaxed);
+    // Before, the three paths of one blob counted as one: "3 of 4 files" read as a failure.
+    assert_eq!((done, total), (4, 4));
+}

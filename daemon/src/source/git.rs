@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use tokio::sync::OnceCell;
+use tracing::debug;
 
 use super::fetch_answer::{AnswerError, FetchAnswer};
 use super::http;
@@ -349,12 +350,17 @@ impl GitSource {
     ) -> Result<(), SourceError> {
         self.capabilities().await?;
         let command = Self::fetch_command(wants, extra);
+        let started = std::time::Instant::now();
         let mut body = self.attempt(Some(command), "fetch").await?.bytes_stream();
         let mut answer = FetchAnswer::default();
-        let mut empty = true;
+        let (mut empty, mut bytes) = (true, 0);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.transport(e))?;
+            if empty {
+                debug!(wants = wants.len(), ?extra, after = ?started.elapsed(), "fetch answer begins");
+            }
             empty &= chunk.is_empty();
+            bytes += chunk.len();
             answer
                 .feed(&chunk, sink)
                 .map_err(|e| self.answer_error(wants, e))?;
@@ -362,6 +368,7 @@ impl GitSource {
         if empty {
             return Err(self.answer_error(wants, AnswerError::Empty));
         }
+        debug!(wants = wants.len(), ?extra, bytes, took = ?started.elapsed(), "fetch answered");
         answer.finish().map_err(|e| self.answer_error(wants, e))
     }
 
@@ -731,6 +738,26 @@ impl Source for GitSource {
             let mut blobs = BlobsToSink::new(sink);
             self.fetch_into(trees, &[&filter], &mut blobs).await?;
             Ok(blobs.kept)
+        })
+        .await;
+        Some(fetched)
+    }
+
+    fn fetches_whole_trees(&self) -> bool {
+        true
+    }
+
+    async fn fetch_whole_trees_into(
+        &self,
+        trees: &[ObjectId],
+        blobs: &[ObjectId],
+        sink: &dyn BlobSink,
+    ) -> Option<Result<HashMap<ObjectId, u64>, SourceError>> {
+        let wants: Vec<ObjectId> = trees.iter().chain(blobs).copied().collect();
+        let fetched = http::retry(&self.meter, "fetch", || async {
+            let mut kept = BlobsToSink::new(sink);
+            self.fetch_into(&wants, &[], &mut kept).await?;
+            Ok(kept.kept)
         })
         .await;
         Some(fetched)

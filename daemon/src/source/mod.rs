@@ -223,6 +223,24 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// Whether [`Source::fetch_whole_trees_into`] works.
+    fn fetches_whole_trees(&self) -> bool {
+        false
+    }
+
+    /// Every file of trees `trees`, all the way down, and the blobs `blobs`, fetched into
+    /// `sink` in one go; each kept one's length. None where the source fetches files by id
+    /// only. A git server packs a tree's files far more cheaply than the same files asked
+    /// for by id: it knows their paths, so it finds deltas among them and reuses its own.
+    async fn fetch_whole_trees_into(
+        &self,
+        _trees: &[ObjectId],
+        _blobs: &[ObjectId],
+        _sink: &dyn BlobSink,
+    ) -> Option<Result<std::collections::HashMap<ObjectId, u64>, SourceError>> {
+        None
+    }
+
     /// The length and content of blob `oid` as it arrives, so that big files never have to
     /// fit in memory. By default, the whole blob at once.
     async fn fetch_blob_stream(&self, oid: ObjectId) -> Result<(u64, ByteStream), SourceError> {
