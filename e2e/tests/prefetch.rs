@@ -262,6 +262,9 @@ fn assets_repo(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
     let repo = dir.join("assets-repo");
     std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
     std::fs::write(repo.join("README.md"), "assets\n").expect("write");
+    // Listed before `assets/`: a walk opens a file here first.
+    std::fs::create_dir_all(repo.join("a-docs")).expect("mkdir");
+    std::fs::write(repo.join("a-docs/notes.txt"), "notes\n").expect("write");
     for i in 0..ASSETS {
         // Seeds differ in more than their lowest bit (which the generator sets).
         let bytes = pseudo_random(300 << 10, 2 * i as u64 + 1);
@@ -280,6 +283,38 @@ fn assets_repo(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
         })
         .collect();
     (repo, oids)
+}
+
+/// `repo` served by a git server (from under `dir`), mounted on `daemon` as `name`.
+fn served_over_git(
+    dir: &std::path::Path,
+    repo: &std::path::Path,
+    daemon: &megafs_testsupport::harness::Daemon,
+    name: &str,
+) -> (
+    megafs_testsupport::git_server::GitServer,
+    std::path::PathBuf,
+) {
+    let root = dir.join("served");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let status = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(repo)
+        .arg(root.join("assets.git"))
+        .status()
+        .expect("git clone");
+    assert!(status.success());
+    let server = megafs_testsupport::git_server::GitServer::start(&root, true).expect("git server");
+    let point = daemon.mountpoint(name);
+    daemon.ctl_ok(&[
+        "connect",
+        &server.url("assets.git"),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        name,
+    ]);
+    (server, point)
 }
 
 /// A walk through the mount at `point` that only stats (`du`), then (after `between`) a read
@@ -302,7 +337,6 @@ fn stat_walk_then_read_one(point: &std::path::Path, between: impl FnOnce()) {
 
 #[test]
 fn a_walk_reading_big_files_has_the_rest_of_their_directory_fetched_ahead_one_each() {
-    use megafs_testsupport::git_server::GitServer;
     use megafs_testsupport::{DevServer, ServedRepo};
     let dir = tempfile::tempdir().expect("temp dir");
     let (repo, oids) = assets_repo(dir.path());
@@ -336,27 +370,9 @@ fn a_walk_reading_big_files_has_the_rest_of_their_directory_fetched_ahead_one_ea
 
     // Over git, the same blobs not cached (the cache is shared): a fetch each (git looks for deltas among a request's files, which for big
     // files of a kind costs more than sending each alone), not one each read.
-    let root = dir.path().join("served");
-    std::fs::create_dir_all(&root).expect("mkdir");
-    let status = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&repo)
-        .arg(root.join("assets.git"))
-        .status()
-        .expect("git clone");
-    assert!(status.success());
     daemon.ctl_ok(&["disconnect", "megaassets"]);
     daemon.ctl_ok(&["cache", "clear"]);
-    let server = GitServer::start(&root, true).expect("git server");
-    let point = daemon.mountpoint("gitassets");
-    daemon.ctl_ok(&[
-        "connect",
-        &server.url("assets.git"),
-        "--mount-point",
-        path_str(&point),
-        "--name",
-        "gitassets",
-    ]);
+    let (server, point) = served_over_git(dir.path(), &repo, &daemon, "gitassets");
     // Sizes over git came from the start of each file's answer: what comes next is reads.
     stat_walk_then_read_one(&point, || server.clear_requests());
     let fetched_alone = |oid: &String| {
@@ -375,4 +391,31 @@ fn a_walk_reading_big_files_has_the_rest_of_their_directory_fetched_ahead_one_ea
         assert_eq!(bytes.len(), 300 << 10);
     }
     assert_eq!(server.requests().len(), 0, "the rest were at hand");
+}
+
+#[test]
+fn a_walk_that_reads_over_git_takes_each_big_file_in_one_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (repo, oids) = assets_repo(dir.path());
+    let daemon = megafs_testsupport::harness::Daemon::start();
+    let (server, point) = served_over_git(dir.path(), &repo, &daemon, "readwalk");
+    let grep = within(LIMIT, move || {
+        Command::new("grep")
+            .args(["-r", "-c", "notes"])
+            .arg(&point)
+            .output()
+    })
+    .expect("grep");
+    assert!(grep.status.success(), "{grep:?}");
+    // Sizes over git cost the head of each file's answer; a walk that opens files takes the
+    // rest of the answer too. Before, each big file was asked for twice: size, then content.
+    for oid in &oids {
+        let want = format!("want {oid}");
+        let asked = server
+            .requests()
+            .iter()
+            .filter(|r| r.args.contains(&want))
+            .count();
+        assert_eq!(asked, 1, "requests for {oid}: {:#?}", server.requests());
+    }
 }

@@ -29,7 +29,7 @@ use super::flight::Flights;
 use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::repo_path::RepoPath;
-use crate::source::{SinkError, Snapshot, Source, SourceError};
+use crate::source::{ByteStream, SinkError, Snapshot, Source, SourceError};
 use crate::store::{Pin, Store};
 
 /// How many size queries one directory may have in flight at once.
@@ -483,7 +483,30 @@ impl Loader {
         oid: ObjectId,
         arrival: Option<&Arrival>,
     ) -> Result<u64, SourceError> {
-        let (len, mut chunks) = self.source.fetch_blob_stream(oid).await?;
+        let (len, chunks) = self.source.fetch_blob_stream(oid).await?;
+        self.keep_stream(oid, len, chunks, arrival).await
+    }
+
+    /// Blob `oid`'s size from the head of its answer, with its content into the cache too
+    /// where it is no bigger than `up_to`: a walk that reads reads it next, and this way it
+    /// costs one request rather than two. A bigger one's answer is dropped after the head.
+    async fn size_with_content(&self, oid: ObjectId, up_to: u64) -> Result<u64, SourceError> {
+        let (len, chunks) = self.source.fetch_blob_stream(oid).await?;
+        if len > up_to || self.store.contains(&oid) {
+            return Ok(len);
+        }
+        self.keep_stream(oid, len, chunks, None).await
+    }
+
+    /// Writes blob `oid` (`len` bytes) into the cache as `chunks` arrive; its length once
+    /// kept (whole and hashing to its id).
+    async fn keep_stream(
+        &self,
+        oid: ObjectId,
+        len: u64,
+        mut chunks: ByteStream,
+        arrival: Option<&Arrival>,
+    ) -> Result<u64, SourceError> {
         let mut pending = self.store.begin(Some(oid), len)?;
         if let Some(arrival) = arrival {
             arrival.started(pending.reader().map_err(SinkError::Io)?);
@@ -653,12 +676,15 @@ impl Loader {
     /// Learns the sizes of `files` (of directory `dir`, tree `tree`) not known yet, in
     /// parallel: the kernel asks for them together (`ls -l`), and one query each is all a
     /// Mega server offers. Where sizes cost the contents anyway, the contents are fetched
-    /// into the cache instead, in one batch. Once per directory tree, however many ask.
+    /// into the cache instead, in one batch, and the bigger files sized from the head of
+    /// their answers, their contents kept as well up to `contents_up_to` bytes (0: none; for
+    /// a walk that reads). Once per directory tree, however many ask.
     pub async fn learn_sizes(
         self: &Arc<Self>,
         tree: ObjectId,
         files: Vec<(RepoPath, ObjectId)>,
         walk_ahead: Vec<ObjectId>,
+        contents_up_to: u64,
     ) -> Result<(), FsError> {
         let this = Arc::clone(self);
         metrics::reached(Tier::Server);
@@ -687,7 +713,12 @@ impl Loader {
                     .map(|(path, oid)| {
                         let this = this.clone();
                         async move {
-                            let query = this.within_deadline(this.source.blob_size(oid));
+                            let query = this.within_deadline(async {
+                                match contents_up_to > 0 && this.source.sizes_need_content() {
+                                    true => this.size_with_content(oid, contents_up_to).await,
+                                    false => this.source.blob_size(oid).await,
+                                }
+                            });
                             let size = this
                                 .metrics
                                 .in_flight(query)

@@ -167,6 +167,9 @@ pub struct MountFs {
     /// Fetches a walk's read-ahead may have under way at once, over all its directories (a
     /// walk passes through directories faster than their files arrive).
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
+    /// When a file in a directory a walk is in was last opened (see `millis_since_start`;
+    /// 0: never): the walk reads contents (`grep -r`), not only sizes (`du`).
+    walk_opened: AtomicU64,
     /// Open files: each pins its blob in the cache until released.
     handles: Mutex<HashMap<u64, Pin>>,
     next_handle: AtomicU64,
@@ -209,6 +212,7 @@ impl MountFs {
             failed_arrivals: Mutex::new(HashMap::new()),
             wrong_pages: Mutex::new(HashSet::new()),
             read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_PARALLELISM)),
+            walk_opened: AtomicU64::new(0),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             times: RwLock::new(Arc::new(times)),
             times_file,
@@ -462,7 +466,26 @@ impl MountFs {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let pin = self.loader.pin(&oid);
         self.lock_handles().insert(handle, pin);
+        self.note_walk_open(ino);
         Ok((handle, failed))
+    }
+
+    /// Notes an open of file `ino`: in a directory a walk is in, the walk reads contents.
+    fn note_walk_open(&self, ino: u64) {
+        let inodes = self.read_inodes();
+        let dir = inodes.get(ino).and_then(|n| inodes.get(n.parent));
+        let listing = dir.and_then(|d| d.listing.as_ref());
+        if listing.is_some_and(|l| l.in_walk.load(Ordering::Relaxed)) {
+            self.walk_opened
+                .store(millis_since_start(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a walk has opened files lately (within [`WALK_WINDOW`]).
+    fn walk_reads(&self) -> bool {
+        let opened = self.walk_opened.load(Ordering::Relaxed);
+        let window = WALK_WINDOW.as_millis() as u64;
+        opened != 0 && millis_since_start().saturating_sub(opened) < window
     }
 
     pub fn release_file(&self, handle: u64) {
@@ -921,7 +944,8 @@ impl MountFs {
 
     /// Learns the sizes of every file in directory `dir` that has none yet. Where sizes
     /// cost contents and a walk is going down through here, the next directories' files come
-    /// along (see [`MountFs::note_walk`]).
+    /// along (see [`MountFs::note_walk`]), and where the walk reads (it opened files lately),
+    /// the bigger files' contents come with their sizes.
     async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
         let walking = self.note_walk(dir);
         if let Some((tree, files)) = self.files_without_size(dir)? {
@@ -929,7 +953,14 @@ impl MountFs {
                 true => self.directories_after(dir),
                 false => Vec::new(),
             };
-            self.loader.learn_sizes(tree, files, ahead).await?;
+            // A walk that reads takes the bigger files' contents with their sizes.
+            let contents_up_to = match walking && self.walk_reads() {
+                true => READ_AHEAD_MAX_SIZE,
+                false => 0,
+            };
+            self.loader
+                .learn_sizes(tree, files, ahead, contents_up_to)
+                .await?;
         }
         Ok(())
     }
