@@ -524,8 +524,8 @@ impl Loader {
 
     /// Fetches the files of `files` not cached yet in one go (where the source batches) into
     /// the cache, within one fetch's deadline: for each fetched (each path of a blob several
-    /// share), its path and id and its length or why it did not come. Files another request is fetching already are left to
-    /// that fetch. Each failure is logged; one does not stop the others.
+    /// share), its path and id and its length or why it did not come. Files another request
+    /// is fetching already are left to that fetch. Each failure is logged; one does not stop the others.
     pub async fn blobs_into_cache(
         &self,
         files: &[(RepoPath, ObjectId)],
@@ -612,15 +612,14 @@ impl Loader {
         Some(files)
     }
 
-    /// Fetches whole trees `trees` and the blobs of `loose`, in one request where the source
-    /// can (see [`Source::fetch_whole_trees_into`]); `files` names every file that brings,
-    /// with its path. For each of `files` not cached before, its length or why it did not
+    /// Fetches whole trees `trees` in one request where the source can (see
+    /// [`Source::fetch_whole_trees_into`]); `files` names every file that brings, with its
+    /// path. For each of `files` not cached before, its length or why it did not
     /// come, as [`Loader::blobs_into_cache`] gives them: what the request did not bring (it
     /// failed, or the source cannot) is fetched by id, so one bad object fails only itself.
     pub async fn trees_into_cache(
         &self,
         trees: &[ObjectId],
-        loose: &[ObjectId],
         files: &[(RepoPath, ObjectId)],
     ) -> Vec<(RepoPath, ObjectId, Result<u64, FsError>)> {
         let missing: Vec<(RepoPath, ObjectId)> = files
@@ -634,7 +633,7 @@ impl Loader {
         metrics::reached(Tier::Server);
         let fetch = self
             .source
-            .fetch_whole_trees_into(trees, loose, self.store.as_ref());
+            .fetch_whole_trees_into(trees, self.store.as_ref());
         let fetched = tokio::time::timeout(self.fetch_timeout, fetch);
         let kept = match self.metrics.in_flight(fetched).await {
             Ok(Some(Ok(kept))) => kept,

@@ -45,11 +45,10 @@ enum Found {
 /// Where the walk sends what it found, on its way to the batches.
 type FoundTx = tokio::sync::mpsc::UnboundedSender<Found>;
 
-/// One request's worth: whole trees and loose files, and every file that brings.
+/// One request's worth: whole trees (none: the files alone, by id), and every file it brings.
 #[derive(Default)]
 struct Batch {
     trees: Vec<ObjectId>,
-    loose: Vec<ObjectId>,
     files: Vec<(RepoPath, ObjectId)>,
 }
 
@@ -88,7 +87,6 @@ impl Pending {
             let rest = self.files.split_off(self.files.len().min(BATCH_FILES));
             let files = std::mem::replace(&mut self.files, rest);
             return Some(Batch {
-                loose: files.iter().map(|(_, oid)| *oid).collect(),
                 files,
                 ..Batch::default()
             });
@@ -395,9 +393,7 @@ async fn fetch_wanted(fs: &MountFs, batch: Batch, progress: &PrefetchProgress) {
     let results = if batch.trees.is_empty() {
         loader.blobs_into_cache(&missing).await
     } else {
-        loader
-            .trees_into_cache(&batch.trees, &batch.loose, &batch.files)
-            .await
+        loader.trees_into_cache(&batch.trees, &batch.files).await
     };
     for (path, _, result) in results {
         match result {

@@ -750,13 +750,11 @@ impl Source for GitSource {
     async fn fetch_whole_trees_into(
         &self,
         trees: &[ObjectId],
-        blobs: &[ObjectId],
         sink: &dyn BlobSink,
     ) -> Option<Result<HashMap<ObjectId, u64>, SourceError>> {
-        let wants: Vec<ObjectId> = trees.iter().chain(blobs).copied().collect();
         let fetched = http::retry(&self.meter, "fetch", || async {
             let mut kept = BlobsToSink::new(sink);
-            self.fetch_into(&wants, &[], &mut kept).await?;
+            self.fetch_into(trees, &[], &mut kept).await?;
             Ok(kept.kept)
         })
         .await;

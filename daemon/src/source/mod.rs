@@ -228,14 +228,12 @@ pub trait Source: Send + Sync {
         false
     }
 
-    /// Every file of trees `trees`, all the way down, and the blobs `blobs`, fetched into
-    /// `sink` in one go; each kept one's length. None where the source fetches files by id
+    /// Every file of trees `trees`, all the way down, fetched into `sink` in one go; each kept one's length. None where the source fetches files by id
     /// only. A git server packs a tree's files far more cheaply than the same files asked
     /// for by id: it knows their paths, so it finds deltas among them and reuses its own.
     async fn fetch_whole_trees_into(
         &self,
         _trees: &[ObjectId],
-        _blobs: &[ObjectId],
         _sink: &dyn BlobSink,
     ) -> Option<Result<std::collections::HashMap<ObjectId, u64>, SourceError>> {
         None
