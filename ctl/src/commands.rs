@@ -13,12 +13,14 @@ use megafs_proto::v1::{
 use crate::client::{self, status_error};
 use crate::output;
 use crate::progress;
+use crate::{complete, manual};
 use crate::{CacheAction, Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Connect {
             repo,
+            place: _,
             git_ref,
             name,
             allow_other,
@@ -55,6 +57,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => status(&cli, *json).await,
         Command::Stats { target, json } => stats(&cli, target.as_deref(), *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
+        Command::Completions { shell } => {
+            complete::write_registration(shell, &mut std::io::stdout().lock())
+        }
+        Command::Help { command } => manual::help(command),
+        Command::GenerateManpages { dir } => manual::write_pages(dir),
     }
 }
 

@@ -5,49 +5,98 @@
 
 mod client;
 mod commands;
+mod complete;
+mod manual;
 mod output;
 mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueHint};
+use clap_complete::engine::ArgValueCompleter;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "mega-fuse",
     version,
-    about = "Mount source repositories lazily through megafsd"
+    about = "Mount source repositories lazily through megafsd",
+    disable_help_subcommand = true,
+    after_help = "The classic form works too: mega-fuse --mount-point DIR [--cache-dir DIR] \
+                  [--log-dir DIR] [--mega-url URL] connect REPO"
 )]
 pub struct Cli {
     /// The daemon's control socket [default: $MEGAFS_SOCKET; else for root
     /// /run/megafs/megafsd.sock; else $XDG_RUNTIME_DIR/megafs/megafsd.sock where a per-user
     /// daemon has one, or the system daemon's where that runs]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "PATH", value_hint = ValueHint::FilePath,
+          display_order = 900)]
     socket: Option<PathBuf>,
-    /// Where to mount (connect).
-    #[arg(long, global = true, value_name = "DIR")]
+    // The classic form's options, given before `connect`: hidden, since `connect` lists its
+    // own; `Cli::merged` takes connect's where both are given.
+    #[arg(long, hide = true)]
     mount_point: Option<PathBuf>,
-    /// Base URL of a Mega server; without it REPO is a local git repository (connect).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, hide = true)]
     mega_url: Option<String>,
-    /// Cache directory for a daemon started on your behalf.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, hide = true)]
     cache_dir: Option<PathBuf>,
-    /// Log directory for a daemon started on your behalf.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, hide = true)]
     log_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+impl Cli {
+    /// The command line with `connect`'s own options folded into the classic form's fields,
+    /// which the rest of the tool reads.
+    fn merged(mut self) -> Self {
+        if let Command::Connect { place, .. } = &mut self.command {
+            let place = std::mem::take(place);
+            self.mount_point = place.mount_point.or(self.mount_point);
+            self.mega_url = place.mega_url.or(self.mega_url);
+            self.cache_dir = place.cache_dir.or(self.cache_dir);
+            self.log_dir = place.log_dir.or(self.log_dir);
+        }
+        self
+    }
+}
+
+/// Where `connect` mounts from and to, and where a daemon it starts keeps its cache and log.
+#[derive(clap::Args, Debug, Default)]
+struct Place {
+    /// Where to mount: an existing empty directory.
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    mount_point: Option<PathBuf>,
+    /// Base URL of the Mega server REPO is on (http://host:8000).
+    #[arg(long, value_name = "URL", value_hint = ValueHint::Url)]
+    mega_url: Option<String>,
+    /// Cache directory for a daemon this command starts (when none answers on the socket).
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    cache_dir: Option<PathBuf>,
+    /// Log directory for a daemon this command starts.
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    log_dir: Option<PathBuf>,
+}
+
+/// A mount named by its name, its mountpoint or its repository; completed with mount names.
+fn target_completer() -> ArgValueCompleter {
+    ArgValueCompleter::new(complete::mount_names)
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Mount a repository: a Mega path (with --mega-url) or a local git repository.
+    /// Mount a repository: a path on a Mega server (with --mega-url), a git server's
+    /// https:// or http:// URL, or a local git repository.
+    #[command(override_usage = "mega-fuse connect --mount-point <DIR> [OPTIONS] <REPO>")]
     Connect {
-        /// /third-party/ripgrep on a Mega server, or a path or file:// URL of a git repository.
+        /// What to mount: /third-party/ripgrep with --mega-url; https://host/repo.git (or
+        /// http://) on a git server; a path or file:// URL of a local git repository.
+        #[arg(value_hint = ValueHint::AnyPath)]
         repo: String,
-        /// Branch, tag or commit to show (local repositories; default HEAD).
+        #[command(flatten)]
+        place: Place,
+        /// Branch, tag or commit to show, for a git server or a local repository [default:
+        /// HEAD]; a Mega mount always shows its trunk.
         #[arg(long = "ref", value_name = "REF")]
         git_ref: Option<String>,
         /// Name of the mount [default: the last component of REPO].
@@ -64,6 +113,8 @@ enum Command {
     },
     /// Unmount a mount, named by its name, its mountpoint or its repository.
     Disconnect {
+        /// The mount's name, mountpoint or repository.
+        #[arg(add = target_completer())]
         target: String,
         /// Detach even if files are open in it.
         #[arg(long)]
@@ -73,30 +124,38 @@ enum Command {
         #[arg(long)]
         discard: bool,
     },
-    /// Show what a workspace changed against its commit, like `git status --porcelain`: A
-    /// added, M modified, D deleted, T type changed, U changed upstream too (a conflict,
+    /// Show what a workspace changed against its commit.
+    ///
+    /// One line a path, like `git status --porcelain`: A added, M modified, D deleted, T type changed, U changed upstream too (a conflict,
     /// the local version kept); a directory added or deleted whole ends with `/`.
     Changes {
         /// A workspace's mount name, mountpoint or repository.
+        #[arg(add = target_completer())]
         target: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Print a workspace's changes as a patch against its commit (`git diff --binary` form:
-    /// `git apply` takes it on a checkout of that commit); of the paths named only, if any.
+    /// Print a workspace's changes as a patch against its commit.
+    ///
+    /// In `git diff --binary` form: `git apply` takes it on a checkout of that commit. Only
+    /// of the paths named, if any.
     Diff {
         /// A workspace's mount name, mountpoint or repository.
+        #[arg(add = target_completer())]
         target: String,
         /// Paths inside the repository (or absolute under the mountpoint) [default: all].
         paths: Vec<PathBuf>,
     },
-    /// Discard a workspace's local changes: those at the paths named (inside the repository,
+    /// Discard a workspace's local changes.
+    ///
+    /// Those at the paths named (inside the repository,
     /// as `changes` shows them, or absolute under the mountpoint; a directory goes whole), or
     /// every change if none is named. The workspace's overlay comes off and goes back on, so
     /// nothing may be open in it.
     Reset {
         /// A workspace's mount name, mountpoint or repository.
+        #[arg(add = target_completer())]
         target: String,
         /// Paths to take back to the commit [default: every change].
         paths: Vec<PathBuf>,
@@ -105,11 +164,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Move a mount to the newest commit of what it follows (its branch, tag or trunk). A
-    /// workspace keeps its changes over the new commit; paths changed upstream too are
+    /// Move a mount to the newest commit of what it follows (its branch, tag or trunk).
+    ///
+    /// A workspace keeps its changes over the new commit; paths changed upstream too are
     /// marked as conflicts (U in `changes`), keeping the local version.
     Refresh {
         /// A mount's name, mountpoint or repository.
+        #[arg(add = target_completer())]
         target: String,
         /// A workspace: refresh even while files are open in it (their holders keep the
         /// tree they had, detached).
@@ -119,6 +180,7 @@ enum Command {
     /// Fetch listings and files ahead of reads, with a progress bar (Ctrl-C stops it).
     Prefetch {
         /// A mount's name, mountpoint or repository.
+        #[arg(add = target_completer())]
         target: String,
         /// Paths or globs inside the mount ("src", "src/**/*.rs") [default: all of it].
         patterns: Vec<String>,
@@ -135,10 +197,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a mount's numbers since it was mounted: each operation's count and latency
-    /// (p50, p90, p99, max) and where it was answered from, and its server requests.
+    /// Show a mount's numbers since it was mounted.
+    ///
+    /// Each operation's count and latency (p50, p90, p99, max) and where it was answered
+    /// from, and its server requests.
     Stats {
         /// A mount's name, mountpoint or repository [default: every mount].
+        #[arg(add = target_completer())]
         target: Option<String>,
         /// Print JSON instead of tables (latencies in microseconds).
         #[arg(long)]
@@ -152,6 +217,26 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Print a shell's completion script (subcommands, options, mount names).
+    ///
+    /// `source <(mega-fuse completions bash)` in ~/.bashrc, say; the packages install it for
+    /// bash, zsh and fish where each looks.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(complete::shell_names()))]
+        shell: String,
+    },
+    /// Print the help of mega-fuse, or of the subcommand named (`mega-fuse help cache gc`).
+    Help {
+        /// A subcommand, and a subcommand of it.
+        command: Vec<String>,
+    },
+    /// Write the manual pages (mega-fuse.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    GenerateManpages {
+        #[arg(value_hint = ValueHint::DirPath)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -163,7 +248,11 @@ enum CacheAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A shell's completion function runs us with COMPLETE set: answer it, and exit.
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(complete::VAR)
+        .complete();
+    let cli = Cli::parse().merged();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,5 +269,37 @@ fn main() -> ExitCode {
             eprintln!("mega-fuse: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definitions_hold_together() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_a_user_sees_says_what_it_is() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                check(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        check(&command, "mega-fuse", &mut missing);
+        assert!(missing.is_empty(), "without a description: {missing:?}");
     }
 }

@@ -31,50 +31,60 @@ use megafsd::workspace::Workspaces;
 #[command(
     name = "megafsd",
     version,
-    about = "The megafs daemon: lazily mounts source repositories"
+    about = "The megafs daemon: lazily mounts source repositories",
+    long_about = "The megafs daemon: lazily mounts source repositories.\n\n\
+        It mounts what its configuration file lists at start and what `mega-fuse connect` \
+        asks for over its control socket, restores those after a restart, cleans stale \
+        mounts and restarts failed ones. File contents are fetched when first read, \
+        verified against their git object id and kept in a cache shared by every mount. \
+        SIGHUP reloads the configuration; SIGTERM or SIGINT unmounts everything and exits. \
+        Under systemd it reports readiness and status (sd_notify) and logs to the journal."
 )]
 struct Args {
     /// Configuration file [default: /etc/megafs/megafsd.toml for root, else
     /// $XDG_CONFIG_HOME/megafs/megafsd.toml]; the default may be absent.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Validate the configuration, print what would be mounted, and exit.
     #[arg(long)]
     check_config: bool,
     /// Control socket [default: $MEGAFS_SOCKET, /run/megafs/megafsd.sock for root, else
     /// $XDG_RUNTIME_DIR/megafs/megafsd.sock]
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Object cache directory, shared by every mount.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Cache size limit ("10G", "500M", bytes) [default: 10% of the cache's filesystem].
-    #[arg(long)]
+    #[arg(long, value_name = "SIZE")]
     cache_max_size: Option<String>,
     /// Where the log file goes when not in the foreground and not under systemd.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
     /// Where workspaces (the changes of writable mounts) are kept [default: /var/lib/megafs
     /// for root, else $XDG_STATE_HOME/megafs].
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Stay attached and log to stderr.
     #[arg(long)]
     foreground: bool,
     /// Log filter (tracing syntax; the MEGAFS_LOG environment variable overrides it).
-    #[arg(long)]
+    #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
     /// Files at least this big are read as they arrive, before the whole file is verified
     /// ("16M", "off") [default: 16M].
-    #[arg(long)]
+    #[arg(long, value_name = "SIZE")]
     stream_min_size: Option<String>,
     /// Longest a filesystem request or a connect may wait on a server, in seconds.
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS")]
     request_timeout: Option<u64>,
     /// Internal: exit 2 if the mount at this path has no daemon behind it (run by megafsd as
     /// the mount's owner, whom alone the kernel answers).
     #[arg(long, hide = true)]
     probe_mount: Option<PathBuf>,
+    /// Internal: print the manual page, megafsd(8), and exit (run by packaging).
+    #[arg(long, hide = true)]
+    manpage: bool,
 }
 
 /// Settings after command line, configuration file and defaults are combined (in that order).
@@ -188,9 +198,25 @@ fn default_cache_limit(dir: &Path) -> u64 {
     sys::filesystem_bytes(dir).unwrap_or(0) / 10
 }
 
+/// megafsd(8): a daemon's page is in section 8, where clap_mangen would put it in 1.
+fn print_manpage() -> ExitCode {
+    use clap::CommandFactory;
+    let page = clap_mangen::Man::new(Args::command()).section("8");
+    match page.render(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("megafsd: cannot write the manual page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     sys::keep_large_allocations_mapped();
     let args = Args::parse();
+    if args.manpage {
+        return print_manpage();
+    }
     if let Some(point) = &args.probe_mount {
         let dead = megafsd::mounts::probe_is_dead(point);
         return ExitCode::from(if dead {
