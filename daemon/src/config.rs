@@ -23,7 +23,8 @@ pub enum ConfigError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: {key}: {message}")]
+    /// `key` is empty where the file is not TOML at all (no key to name).
+    #[error("{file}:{line}: {}{message}", key_then_colon(.key))]
     Invalid {
         file: String,
         line: usize,
@@ -290,8 +291,60 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What would make a configured mount fail that can be seen without mounting (for
+    /// `--check-config`): a local repository that is missing or not a git repository, a
+    /// mountpoint whose parent is missing or that is not a directory.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for m in &self.mounts {
+            if let Location::Local { path } = &m.location {
+                if !path.is_dir() {
+                    problems.push(format!(
+                        "mount {}: the repository {} does not exist or is not a directory",
+                        m.name,
+                        path.display()
+                    ));
+                } else if let Err(e) = gix::open(path) {
+                    problems.push(format!(
+                        "mount {}: {} is not a git repository ({e})",
+                        m.name,
+                        path.display()
+                    ));
+                }
+            }
+            let point = &m.mountpoint;
+            if point.exists() && !point.is_dir() {
+                problems.push(format!(
+                    "mount {}: the mountpoint {} is not a directory",
+                    m.name,
+                    point.display()
+                ));
+            } else if let Some(parent) = point.parent().filter(|p| !p.is_dir()) {
+                if !point.exists() {
+                    problems.push(format!(
+                        "mount {}: the mountpoint's parent {} does not exist (the daemon \
+                         creates the mountpoint, not its parents): mkdir -p it",
+                        m.name,
+                        parent.display()
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
 fn url_has_password(text: &str) -> bool {
     reqwest::Url::parse(text).is_ok_and(|url| url.password().is_some())
+}
+
+/// `"key: "`, or nothing where there is no key.
+fn key_then_colon(key: &str) -> String {
+    match key {
+        "" => String::new(),
+        key => format!("{key}: "),
+    }
 }
 
 /// toml reports unknown fields as "unknown field `x`, expected ...".
@@ -556,6 +609,10 @@ options = ["allow_other"]
     fn errors_name_file_line_and_key() {
         let e = error_of("[daemon]\nsocket = \"/x\"\ncolour = \"blue\"\n");
         assert!(e.starts_with("/etc/megafs/megafsd.toml:3: colour:"), "{e}");
+        // Not TOML at all: there is no key to name, and no empty one shown.
+        let e = error_of("[daemon\n");
+        assert!(e.starts_with("/etc/megafs/megafsd.toml:1: "), "{e}");
+        assert!(!e.contains(": :"), "{e}");
         let e = error_of("[[mount]]\nrepo = \"/r\"\nmountpoint = \"/m\"\nmega_url = \"ftp://x\"\n");
         assert!(
             error_of("[[mount]]\nrepo = \"https://\"\nmountpoint = \"/m\"\n")

@@ -237,8 +237,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        print_check(&config_path, &config);
-        return ExitCode::SUCCESS;
+        return print_check(&config_path, &config);
     }
     let settings = match settings(&args, &config) {
         Ok(settings) => settings,
@@ -277,7 +276,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_check(path: &Path, config: &Config) {
+/// Prints what `--check-config` found; exits 2 where a mount would fail, as for a file that
+/// does not parse.
+fn print_check(path: &Path, config: &Config) -> ExitCode {
     match &config.file {
         Some(file) => println!("{}: valid", file.display()),
         None => println!("{}: absent, using defaults", path.display()),
@@ -300,6 +301,15 @@ fn print_check(path: &Path, config: &Config) {
             m.name,
             m.mountpoint.display()
         );
+    }
+    let problems = config.problems();
+    for problem in &problems {
+        eprintln!("megafsd: {problem}");
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 

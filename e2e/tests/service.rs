@@ -391,6 +391,44 @@ fn check_config_reports_errors_with_file_line_and_key() {
 }
 
 #[test]
+fn check_config_finds_mounts_that_would_fail_without_mounting_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_git = dir.path().join("plain");
+    std::fs::create_dir_all(&not_git).expect("mkdir");
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, b"x").expect("write");
+    let d = dir.path().display();
+    let config = dir.path().join("megafsd.toml");
+    let text = format!(
+        "[[mount]]\nname = \"gone\"\nrepo = \"{d}/nowhere\"\nmountpoint = \"{d}/m1\"\n\n\
+         [[mount]]\nname = \"plain\"\nrepo = \"{d}/plain\"\nmountpoint = \"{d}/m2\"\n\n\
+         [[mount]]\nname = \"deep\"\nrepo = \"/third-party/x\"\nmega_url = \"http://127.0.0.1:9\"\n\
+         mountpoint = \"{d}/no/such/m3\"\n\n\
+         [[mount]]\nname = \"onfile\"\nrepo = \"/third-party/x\"\nmega_url = \"http://127.0.0.1:9\"\n\
+         mountpoint = \"{d}/a-file\"\n"
+    );
+    std::fs::write(&config, text).expect("write");
+    let out = Command::new(bin("megafsd"))
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for problem in [
+        format!("mount gone: the repository {d}/nowhere does not exist"),
+        format!("mount plain: {d}/plain is not a git repository"),
+        format!("mount deep: the mountpoint's parent {d}/no/such does not exist"),
+        format!("mount onfile: the mountpoint {d}/a-file is not a directory"),
+    ] {
+        assert!(stderr.contains(&problem), "{problem:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 4, "one line each:\n{stderr}");
+    // What would be mounted is still listed, for the record.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mount deep at"));
+}
+
+#[test]
 fn mega_fuse_starts_a_per_user_daemon_where_none_runs() {
     let s = setup();
     let dir = tempfile::tempdir().expect("temp dir");
