@@ -23,12 +23,25 @@ fn under_systemd() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some()
 }
 
+/// The log filter: `MEGAFS_LOG` if set, else `level`, quieting two of fuser's messages
+/// unless the filter names fuser itself. fuser warns when its own unmount finds the mount
+/// already gone, which is how megafsd always unmounts (it unmounts first to tell "busy" from
+/// other failures). And it logs as an error every reply the kernel refuses, which the kernel
+/// does only where it no longer wants one: the caller was interrupted or killed, or the mount
+/// was torn away (`disconnect --force`). Nothing is lost then, so nothing is said.
+fn filter_directives(from_env: Option<&str>, level: &str) -> String {
+    let asked = from_env.filter(|f| !f.is_empty()).unwrap_or(level);
+    if asked.contains("fuser") {
+        asked.to_string()
+    } else {
+        format!("{asked},fuser::mnt=error,fuser::reply=off")
+    }
+}
+
 pub fn init(foreground: bool, log_dir: &Path, level: &str) -> anyhow::Result<LogTarget> {
-    // fuser warns when its own unmount finds the mount already gone, which is how megafsd
-    // always unmounts (it unmounts first to tell "busy" from other failures).
-    let filter = EnvFilter::try_from_env("MEGAFS_LOG")
-        .or_else(|_| EnvFilter::try_new(format!("{level},fuser::mnt=error")))
-        .context("invalid log level")?;
+    let from_env = std::env::var("MEGAFS_LOG").ok();
+    let filter = EnvFilter::try_new(filter_directives(from_env.as_deref(), level))
+        .context("invalid log level (--log-level or MEGAFS_LOG)")?;
     if under_systemd() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
@@ -45,7 +58,12 @@ pub fn init(foreground: bool, log_dir: &Path, level: &str) -> anyhow::Result<Log
     }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if foreground {
-        builder.with_writer(std::io::stderr).init();
+        // Colours for a person at a terminal; none in a file or pipe stderr was sent to.
+        use std::io::IsTerminal;
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
         return Ok(LogTarget::Stderr);
     }
     std::fs::create_dir_all(log_dir)
@@ -61,4 +79,29 @@ pub fn init(foreground: bool, log_dir: &Path, level: &str) -> anyhow::Result<Log
         .with_writer(Mutex::new(file))
         .init();
     Ok(LogTarget::File)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuser_is_quieted_unless_the_filter_asks_for_it() {
+        assert_eq!(
+            filter_directives(None, "info"),
+            "info,fuser::mnt=error,fuser::reply=off"
+        );
+        assert_eq!(
+            filter_directives(Some("debug,megafsd=trace"), "info"),
+            "debug,megafsd=trace,fuser::mnt=error,fuser::reply=off"
+        );
+        assert_eq!(
+            filter_directives(Some(""), "warn"),
+            "warn,fuser::mnt=error,fuser::reply=off"
+        );
+        assert_eq!(
+            filter_directives(Some("info,fuser=debug"), "info"),
+            "info,fuser=debug"
+        );
+    }
 }

@@ -145,6 +145,42 @@ fn connect_errors_are_clear_and_leave_nothing_mounted() {
 }
 
 #[test]
+fn a_mega_servers_url_given_as_a_git_url_says_to_use_mega_url() {
+    let world = World::new();
+    let point = world.daemon.mountpoint("as-git");
+    let mega = world.server.url();
+    let as_git = format!("{mega}{MEGA_REPO}");
+    let err = world
+        .daemon
+        .ctl_err(&["connect", &as_git, "--mount-point", path_str(&point)]);
+    assert!(
+        err.contains("is a Mega server, not a git repository"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "mega-fuse connect {MEGA_REPO} --mega-url {} --mount-point DIR",
+            mega.trim_end_matches('/')
+        )),
+        "{err}"
+    );
+    // The same server over https:// (it speaks plain HTTP) says so.
+    let https = mega.replacen("http://", "https://", 1);
+    let err = world.daemon.ctl_err(&[
+        "connect",
+        MEGA_REPO,
+        "--mega-url",
+        &https,
+        "--mount-point",
+        path_str(&point),
+    ]);
+    assert!(
+        err.contains("the server does not speak TLS; try http://"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_missing_daemon_says_how_to_start_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("none.sock");

@@ -249,6 +249,23 @@ fn a_server_without_filters_is_refused_clearly() {
     assert!(err.contains("repository not found"), "{err}");
 }
 
+#[test]
+fn https_to_a_plain_http_server_says_to_try_http() {
+    let s = setup(true);
+    let point = s.daemon.mountpoint("tls");
+    let url = s
+        .server
+        .url("fixture.git")
+        .replacen("http://", "https://", 1);
+    let err = s
+        .daemon
+        .ctl_err(&["connect", &url, "--mount-point", path_str(&point)]);
+    assert!(
+        err.contains("the server does not speak TLS; try http://"),
+        "{err}"
+    );
+}
+
 fn mount(s: &Setup, name: &str) -> std::path::PathBuf {
     let point = s.daemon.mountpoint(name);
     let url = s.server.url("fixture.git");

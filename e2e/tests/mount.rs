@@ -411,3 +411,87 @@ fn a_moved_trunk_moves_the_mount_along() {
         .expect("docs")
         .is_empty());
 }
+
+/// `lgetxattr(path, name)` with a buffer of `len`: the size, or the errno.
+fn get_xattr(path: &std::path::Path, name: &str, len: usize) -> Result<isize, i32> {
+    let path = std::ffi::CString::new(path_str(path)).expect("path");
+    let name = std::ffi::CString::new(name).expect("name");
+    let mut buf = vec![0u8; len];
+    // SAFETY: both strings are NUL-terminated and live across the call; buf holds len bytes.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), len) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(n)
+    }
+}
+
+#[test]
+fn extended_attributes_are_answered_as_absent_and_quietly() {
+    let world = World::new();
+    let point = world.mount_mega("xattr");
+    let readme = point.join("README.md");
+    for name in [
+        "security.selinux",
+        "system.posix_acl_access",
+        "user.anything",
+    ] {
+        assert_eq!(get_xattr(&readme, name, 256), Err(libc::ENODATA), "{name}");
+        assert_eq!(
+            get_xattr(&point, name, 0),
+            Err(libc::ENODATA),
+            "{name} on the root"
+        );
+    }
+    let c_path = std::ffi::CString::new(path_str(&readme)).expect("path");
+    // SAFETY: a NUL-terminated path; a null buffer of size 0 asks for the list's size.
+    let listed = unsafe { libc::llistxattr(c_path.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(listed, 0, "no names");
+    let log = world.daemon.log();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}
+
+#[test]
+fn replies_the_kernel_no_longer_wants_are_not_logged_as_errors() {
+    let mut world = World::new();
+    let point = world.mount_mega("forced");
+    let file = point.join("big/five-mb.bin");
+    std::fs::metadata(&file).expect("stat");
+    let objects = |world: &World| {
+        let out = world.daemon.ctl_ok(&["cache", "--json"]);
+        let usage: serde_json::Value = serde_json::from_str(&out).expect("json");
+        usage["objects"].as_u64().expect("objects")
+    };
+    let before = objects(&world);
+    world.server.set_faults(Faults {
+        blob_delay_ms: 500,
+        ..Faults::default()
+    });
+    world.server.clear_requests();
+    let mut reader = std::process::Command::new("cat")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cat");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !world.server.requests().iter().any(|r| r.is_blob_get()) {
+        assert!(
+            Instant::now() < deadline,
+            "the read never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The reader is killed mid-read, and the mount torn away: the kernel wants no answer.
+    reader.kill().expect("kill");
+    reader.wait().expect("wait");
+    world.daemon.ctl_ok(&["disconnect", "forced", "--force"]);
+    // The answer arrives after the mount is gone; once it is stored, the daemon has tried
+    // (or is about to try) to reply to a kernel that no longer wants it.
+    while objects(&world) == before {
+        assert!(Instant::now() < deadline, "the delayed blob never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    world.daemon.stop();
+    let log = world.daemon.log();
+    assert!(!log.contains("Failed to send FUSE reply"), "{log}");
+}

@@ -391,6 +391,15 @@ fn check_config_reports_errors_with_file_line_and_key() {
 }
 
 #[test]
+fn a_foreground_daemon_whose_stderr_is_a_file_writes_no_colours() {
+    // The harness runs megafsd --foreground with stderr into a file.
+    let daemon = Daemon::start();
+    let log = daemon.log();
+    assert!(log.contains("megafsd ready"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in:\n{log}");
+}
+
+#[test]
 fn check_config_finds_mounts_that_would_fail_without_mounting_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let not_git = dir.path().join("plain");

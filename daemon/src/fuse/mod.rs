@@ -545,6 +545,29 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
+    /// A commit has no extended attributes: none of any name, answered at once. (ENOSYS would
+    /// also end the questions, but fuser logs each unanswered kind as a warning, and ENODATA
+    /// is what a filesystem without the name says.)
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    /// No names: an empty list (its size, 0, where the caller asks for the size).
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
     fn setxattr(
         &self,
         req: &Request,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, StatusCode, Url};
 use tokio::sync::OnceCell;
 use tracing::debug;
 
@@ -60,6 +60,9 @@ pub struct GitSource {
     /// Trees that came with the commit, by id.
     trees: Mutex<HashMap<ObjectId, Vec<u8>>>,
 }
+
+/// How long the question "is this a Mega server?" may take, after a connect already failed.
+const MEGA_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug, Default)]
 struct Capabilities {
@@ -214,7 +217,11 @@ impl GitSource {
     async fn capabilities(&self) -> Result<&Capabilities, SourceError> {
         self.capabilities
             .get_or_try_init(|| async {
-                let body = self.request(None, "capabilities").await?;
+                let body = match self.request(None, "capabilities").await {
+                    Ok(body) => body,
+                    Err(e @ SourceError::RepoNotFound(_)) => return Err(self.mega_instead(e).await),
+                    Err(e) => return Err(e),
+                };
                 let pkts = pktline::parse(&body).map_err(|e| self.error("capabilities", e.to_string()))?;
                 let lines: Vec<String> = pkts
                     .iter()
@@ -224,10 +231,11 @@ impl GitSource {
                     })
                     .collect();
                 if !lines.iter().any(|l| l == "version 2") {
-                    return Err(SourceError::Unsupported(format!(
+                    let e = SourceError::Unsupported(format!(
                         "{} does not speak git protocol v2",
                         self.server
-                    )));
+                    ));
+                    return Err(self.mega_instead(e).await);
                 }
                 let fetch = lines.iter().find_map(|l| l.strip_prefix("fetch=")).unwrap_or("");
                 let caps = Capabilities {
@@ -244,6 +252,38 @@ impl GitSource {
                 Ok(caps)
             })
             .await
+    }
+
+    /// `e`, or where the server is a Mega server (which serves git only as protocol v0, and
+    /// not at every path), the error that says how to mount it as one.
+    async fn mega_instead(&self, e: SourceError) -> SourceError {
+        let Ok(url) = Url::parse(&self.url) else {
+            return e;
+        };
+        let origin = url.origin().ascii_serialization();
+        let answered = self
+            .client
+            .get(format!("{origin}/api/v1/status"))
+            .timeout(MEGA_PROBE_TIMEOUT)
+            .send()
+            .await;
+        let is_mega = match answered {
+            Ok(response) if response.status().is_success() => response
+                .text()
+                .await
+                .is_ok_and(|body| body.contains("ready")),
+            _ => false,
+        };
+        if !is_mega {
+            return e;
+        }
+        let path = url.path().trim_end_matches('/').trim_end_matches(".git");
+        let path = if path.is_empty() { "/" } else { path };
+        SourceError::Unsupported(format!(
+            "{} is a Mega server, not a git repository ({e}): mount its path with --mega-url, \
+             as in `mega-fuse connect {path} --mega-url {origin} --mount-point DIR`",
+            self.server
+        ))
     }
 
     /// A v2 command: `command=NAME`, capabilities, delimiter, arguments, flush.

@@ -134,9 +134,15 @@ pub fn transport_error(server: &str, e: &reqwest::Error) -> SourceError {
             server: server.to_string(),
         }
     } else if e.is_connect() {
-        SourceError::Unreachable {
-            server: server.to_string(),
-            detail: root_cause(e),
+        let cause = root_cause(e);
+        let https = e.url().is_some_and(|u| u.scheme() == "https");
+        match tls_hint(https, &cause) {
+            // Reached, and answered: not worth trying again, nor a reason to show `offline`.
+            Some(hint) => SourceError::Unsupported(format!("{server}: {hint}")),
+            None => SourceError::Unreachable {
+                server: server.to_string(),
+                detail: cause,
+            },
         }
     } else {
         SourceError::Server {
@@ -145,6 +151,13 @@ pub fn transport_error(server: &str, e: &reqwest::Error) -> SourceError {
             detail: root_cause(e),
         }
     }
+}
+
+/// What a TLS handshake's failure means where the server answered in plain HTTP: rustls
+/// reads the first bytes of an HTTP answer as a record of a type that does not exist.
+fn tls_hint(https: bool, cause: &str) -> Option<String> {
+    (https && cause.contains("InvalidContentType"))
+        .then(|| format!("the server does not speak TLS; try http:// ({cause})"))
 }
 
 /// The innermost cause, e.g. "Connection refused (os error 111)": what a person needs.
@@ -164,6 +177,18 @@ pub fn redacted(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_http_answer_to_https_is_named_as_such() {
+        let rustls = "received corrupt message of type InvalidContentType";
+        let hint = tls_hint(true, rustls).expect("a hint");
+        assert!(
+            hint.starts_with("the server does not speak TLS; try http://"),
+            "{hint}"
+        );
+        assert_eq!(tls_hint(false, rustls), None);
+        assert_eq!(tls_hint(true, "Connection refused (os error 111)"), None);
+    }
 
     fn response(body: &'static str, announced: Option<u64>) -> reqwest::Response {
         let mut builder = ::http::Response::builder();
