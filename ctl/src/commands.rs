@@ -54,7 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             patterns,
             depth,
         } => prefetch(&cli, target, patterns, depth.unwrap_or(0)).await,
-        Command::Status { json } => status(&cli, *json).await,
+        Command::Status { target, json } => status(&cli, target.as_deref(), *json).await,
         Command::Stats { target, json } => stats(&cli, target.as_deref(), *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
         Command::Completions { shell } => {
@@ -351,17 +351,24 @@ async fn stats(cli: &Cli, target: Option<&str>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+async fn status(cli: &Cli, target: Option<&str>, json: bool) -> anyhow::Result<()> {
     let mut client = client::connect(cli).await?;
     let reply = client
         .status(StatusRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
-    if json {
-        println!("{}", output::status_json(&reply));
-    } else {
-        print!("{}", output::status_table(&reply.mounts));
+    match (target, json) {
+        (None, true) => println!("{}", output::status_json(&reply)),
+        (None, false) => print!("{}", output::status_table(&reply.mounts)),
+        (Some(target), json) => {
+            let mount = output::find_mount(&reply.mounts, target)?;
+            if json {
+                println!("{}", output::mount_json(mount));
+            } else {
+                print!("{}", output::mount_detail(mount));
+            }
+        }
     }
     Ok(())
 }

@@ -191,8 +191,12 @@ enum Command {
         #[arg(long)]
         depth: Option<u32>,
     },
-    /// Show every mount.
+    /// Show every mount, or one in detail.
     Status {
+        /// One mount, shown whole (source, commit, ref, refresh, reads, counters, and why it
+        /// is unhealthy): its name, mountpoint or repository [default: a table of every mount].
+        #[arg(add = target_completer())]
+        target: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,

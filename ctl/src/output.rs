@@ -52,11 +52,7 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
                 m.mountpoint.clone(),
                 m.source.clone(),
                 short(&m.commit).to_string(),
-                if m.error.is_empty() {
-                    m.state.clone()
-                } else {
-                    format!("{} ({})", m.state, m.error)
-                },
+                m.state.clone(),
                 if m.writable {
                     format!(
                         "{} paths, {}",
@@ -79,7 +75,146 @@ pub fn status_table(mounts: &[MountInfo]) -> String {
     if mounts.iter().any(|m| m.from_config) {
         out.push_str("* from the configuration file\n");
     }
+    // Reasons can be long (a server's whole error): each on its own line, below the table.
+    for m in mounts.iter().filter(|m| !m.error.is_empty()) {
+        out.push_str(&format!("{} {}: {}\n", m.name, m.state, m.error));
+    }
     out
+}
+
+/// The mount `target` names: its name, else its mountpoint, else its repository (the
+/// source as `status` shows it, or its last part) where only one mount has it.
+pub fn find_mount<'a>(mounts: &'a [MountInfo], target: &str) -> anyhow::Result<&'a MountInfo> {
+    let trimmed = target.trim_end_matches('/');
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| m.name == target || m.mountpoint == trimmed)
+    {
+        return Ok(m);
+    }
+    let by_repo: Vec<&MountInfo> = mounts
+        .iter()
+        .filter(|m| m.source == target || m.source.ends_with(&format!(" {target}")))
+        .collect();
+    match by_repo.as_slice() {
+        [one] => Ok(one),
+        [] => Err(anyhow::anyhow!(
+            "no mount is named {target:?} (mounts: {})",
+            names(mounts)
+        )),
+        several => Err(anyhow::anyhow!(
+            "{target} is shown by several mounts ({}): name one",
+            names(several.iter().copied())
+        )),
+    }
+}
+
+fn names<'a>(mounts: impl IntoIterator<Item = &'a MountInfo>) -> String {
+    let names: Vec<&str> = mounts.into_iter().map(|m| m.name.as_str()).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// One mount, a field a line.
+pub fn mount_detail(m: &MountInfo) -> String {
+    let mut lines: Vec<(&str, String)> = vec![
+        ("name", m.name.clone()),
+        (
+            "from",
+            if m.from_config {
+                "the configuration file".to_string()
+            } else {
+                format!("mega-fuse connect, by uid {}", m.owner_uid)
+            },
+        ),
+        ("state", m.state.clone()),
+        ("mountpoint", m.mountpoint.clone()),
+        ("source", m.source.clone()),
+        (
+            "ref",
+            if m.git_ref.is_empty() {
+                "(default)".to_string()
+            } else {
+                m.git_ref.clone()
+            },
+        ),
+        (
+            "commit",
+            match m.commit_time {
+                0 => m.commit.clone(),
+                t => format!("{} ({})", m.commit, utc(t)),
+            },
+        ),
+        (
+            "refreshed",
+            match m.refreshed_at {
+                0 => "never".to_string(),
+                t => utc(t),
+            },
+        ),
+        (
+            "reads",
+            if m.read_path.is_empty() {
+                "-".to_string()
+            } else {
+                m.read_path.clone()
+            },
+        ),
+        (
+            "writes",
+            if m.writable {
+                format!(
+                    "a workspace: {} paths changed, {}",
+                    m.changed_paths,
+                    human_bytes(m.workspace_bytes)
+                )
+            } else {
+                "read-only".to_string()
+            },
+        ),
+        (
+            "fetched",
+            format!(
+                "{} objects, {}; {} reads from the cache",
+                m.fetched_objects,
+                human_bytes(m.fetched_bytes),
+                m.cache_hits
+            ),
+        ),
+    ];
+    if !m.error.is_empty() {
+        lines.push(("reason", m.error.clone()));
+    }
+    lines
+        .iter()
+        .map(|(key, value)| format!("{:<11}{value}\n", format!("{key}:")))
+        .collect()
+}
+
+/// Unix seconds as `2026-12-02 23:34:51 UTC` (the proleptic Gregorian calendar, as git's
+/// `--date=iso` shows it in UTC).
+pub fn utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let rest = seconds.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date, by 400-year eras (each 146097 days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Rows under a header, each column as wide as its widest cell, two spaces apart.
@@ -289,32 +424,7 @@ pub fn changes_json(reply: &ChangesReply) -> String {
 }
 
 pub fn status_json(reply: &StatusReply) -> String {
-    let mounts: Vec<_> = reply
-        .mounts
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "mountpoint": m.mountpoint,
-                "source": m.source,
-                "commit": m.commit,
-                "ref": m.git_ref,
-                "commit_time": m.commit_time,
-                "state": m.state,
-                "fetched_objects": m.fetched_objects,
-                "fetched_bytes": m.fetched_bytes,
-                "cache_hits": m.cache_hits,
-                "owner_uid": m.owner_uid,
-                "from_config": m.from_config,
-                "refreshed_at": m.refreshed_at,
-                "read_path": m.read_path,
-                "writable": m.writable,
-                "changed_paths": m.changed_paths,
-                "workspace_bytes": m.workspace_bytes,
-                "error": m.error,
-            })
-        })
-        .collect();
+    let mounts: Vec<_> = reply.mounts.iter().map(mount_value).collect();
     json!({
         "daemon": {
             "version": reply.daemon_version,
@@ -324,6 +434,34 @@ pub fn status_json(reply: &StatusReply) -> String {
         "mounts": mounts,
     })
     .to_string()
+}
+
+/// One mount as `status NAME --json` prints it: the object `status --json` lists.
+pub fn mount_json(m: &MountInfo) -> String {
+    mount_value(m).to_string()
+}
+
+fn mount_value(m: &MountInfo) -> serde_json::Value {
+    json!({
+        "name": m.name,
+        "mountpoint": m.mountpoint,
+        "source": m.source,
+        "commit": m.commit,
+        "ref": m.git_ref,
+        "commit_time": m.commit_time,
+        "state": m.state,
+        "fetched_objects": m.fetched_objects,
+        "fetched_bytes": m.fetched_bytes,
+        "cache_hits": m.cache_hits,
+        "owner_uid": m.owner_uid,
+        "from_config": m.from_config,
+        "refreshed_at": m.refreshed_at,
+        "read_path": m.read_path,
+        "writable": m.writable,
+        "changed_paths": m.changed_paths,
+        "workspace_bytes": m.workspace_bytes,
+        "error": m.error,
+    })
 }
 
 fn hit_rate(reply: &CacheReply) -> Option<f64> {
@@ -376,6 +514,75 @@ pub fn cache_json(reply: &CacheReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mount(name: &str, state: &str, error: &str) -> MountInfo {
+        MountInfo {
+            name: name.into(),
+            mountpoint: format!("/srv/{name}"),
+            source: format!("mega http://mega.example:8000 /third-party/{name}"),
+            commit: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
+            commit_time: 1_764_718_491,
+            state: state.into(),
+            error: error.into(),
+            from_config: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_failing_mounts_reason_goes_below_the_table_which_stays_narrow() {
+        let reason = "server http://mega.example:8000 is unreachable: ".to_string()
+            + &"a very long reason ".repeat(10);
+        let text = status_table(&[mount("rg", "retrying", &reason), mount("ok", "mounted", "")]);
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines[0];
+        assert!(
+            lines[..3].iter().all(|l| l.len() <= header.len() + 20),
+            "{text}"
+        );
+        assert!(!lines[1].contains("unreachable"), "{text}");
+        assert_eq!(
+            lines.last(),
+            Some(&format!("rg retrying: {reason}").as_str())
+        );
+    }
+
+    #[test]
+    fn one_mount_is_found_by_name_mountpoint_or_repository_and_shown_whole() {
+        let mounts = [
+            mount("rg", "retrying", "server down"),
+            mount("fd", "mounted", ""),
+        ];
+        assert_eq!(find_mount(&mounts, "fd").unwrap().name, "fd");
+        assert_eq!(find_mount(&mounts, "/srv/rg/").unwrap().name, "rg");
+        assert_eq!(find_mount(&mounts, "/third-party/fd").unwrap().name, "fd");
+        let err = find_mount(&mounts, "nope").unwrap_err().to_string();
+        assert!(
+            err.contains("no mount is named \"nope\" (mounts: rg, fd)"),
+            "{err}"
+        );
+        let text = mount_detail(&mounts[0]);
+        for line in [
+            "name:      rg",
+            "from:      the configuration file",
+            "state:     retrying",
+            "commit:    4b825dc642cb6eb9a060e54bf8d69288fbee4904 (2025-12-02 23:34:51 UTC)",
+            "refreshed: never",
+            "reason:    server down",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&mount_json(&mounts[0])).unwrap();
+        assert_eq!(json["error"], "server down");
+    }
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_764_718_491), "2025-12-02 23:34:51 UTC");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59 UTC");
+    }
 
     #[test]
     fn sizes_read_like_people_write_them() {

@@ -266,6 +266,36 @@ fn a_failing_entry_retries_without_stopping_the_others() {
         read(daemon.dir.path().join("mnt/good/README.md")),
         b"fixture v2\n"
     );
+    // The table stays narrow: the reason goes on a line of its own below it, and into the
+    // detail view of the mount.
+    let table = daemon.ctl_ok(&["status"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("flaky*"))
+        .expect("a row");
+    assert!(!row.contains("unreachable"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("flaky retrying: ") && l.contains("unreachable")),
+        "{table}"
+    );
+    let detail = daemon.ctl_ok(&["status", "flaky"]);
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.starts_with("reason:") && l.contains("unreachable")),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("from:      the configuration file"),
+        "{detail}"
+    );
+    let one: serde_json::Value =
+        serde_json::from_str(&daemon.ctl_ok(&["status", "flaky", "--json"])).expect("json");
+    assert_eq!(one["state"], "retrying", "{one}");
+    let err = daemon.ctl_err(&["status", "nope"]);
+    assert!(err.contains("no mount is named \"nope\""), "{err}");
 }
 
 #[test]
