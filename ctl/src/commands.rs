@@ -66,7 +66,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn prefetch(cli: &Cli, target: &str, patterns: &[String], depth: u32) -> anyhow::Result<()> {
-    use std::io::{IsTerminal, Write};
     let mut client = client::connect(cli).await?;
     let started = std::time::Instant::now();
     let mut updates = client
@@ -78,22 +77,26 @@ async fn prefetch(cli: &Cli, target: &str, patterns: &[String], depth: u32) -> a
         .await
         .map_err(status_error)?
         .into_inner();
-    let bar = std::io::stderr().is_terminal();
+    let mut shown = progress::Progress::new();
     let mut last = None;
-    while let Some(update) = updates.message().await.map_err(status_error)? {
-        if bar {
-            let line = progress::line(&update, started.elapsed());
-            eprint!("\r\x1b[2K{line}");
-            let _ = std::io::stderr().flush();
-        }
+    let interrupted = loop {
+        let update = tokio::select! {
+            update = updates.message() => update.map_err(status_error)?,
+            // Dropping the call (on return) stops the walk in the daemon; say how far it got.
+            _ = tokio::signal::ctrl_c() => break true,
+        };
+        let Some(update) = update else { break false };
+        shown.update(&update, started.elapsed());
         let finished = update.finished;
         last = Some(update);
         if finished {
-            break;
+            break false;
         }
-    }
-    if bar {
-        eprintln!();
+    };
+    shown.finish();
+    if interrupted {
+        println!("{}", progress::stopped(last.as_ref(), started.elapsed()));
+        return Err(anyhow!("the prefetch of {target} was stopped by Ctrl-C"));
     }
     let last = last
         .filter(|p| p.finished)

@@ -190,7 +190,7 @@ pub fn mount_detail(m: &MountInfo) -> String {
     }
     lines
         .iter()
-        .map(|(key, value)| format!("{:<11}{value}\n", format!("{key}:")))
+        .map(|(key, value)| format!("{:<12}{value}\n", format!("{key}:")))
         .collect()
 }
 
@@ -563,12 +563,12 @@ mod tests {
         );
         let text = mount_detail(&mounts[0]);
         for line in [
-            "name:      rg",
-            "from:      the configuration file",
-            "state:     retrying",
-            "commit:    4b825dc642cb6eb9a060e54bf8d69288fbee4904 (2025-12-02 23:34:51 UTC)",
-            "refreshed: never",
-            "reason:    server down",
+            "name:       rg",
+            "from:       the configuration file",
+            "state:      retrying",
+            "commit:     4b825dc642cb6eb9a060e54bf8d69288fbee4904 (2025-12-02 23:34:51 UTC)",
+            "refreshed:  never",
+            "reason:     server down",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         }

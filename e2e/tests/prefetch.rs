@@ -179,8 +179,8 @@ fn the_prefetch_stops_when_its_client_goes_away() {
         .arg("--socket")
         .arg(&world.daemon.socket)
         .args(["prefetch", "stop", "many"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Ctrl-C as at a terminal, even where the tests run in the background (a shell's `&`
     // starts them with SIGINT ignored, and children inherit that).
     // SAFETY: only async-signal-safe signal(2) between fork and exec.
@@ -191,10 +191,43 @@ fn the_prefetch_stops_when_its_client_goes_away() {
         });
     }
     let mut client = command.spawn().expect("mega-fuse prefetch");
+    // Its stderr is no terminal: progress comes as plain lines, the first one at once.
+    let stderr = client.stderr.take().expect("stderr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    let progress_shown = || {
+        let lines = lines.lock().expect("lines");
+        lines
+            .iter()
+            .any(|l| l.starts_with("prefetch: ") && l.contains(" files"))
+    };
+    wait_until("a progress line", progress_shown);
     wait_until("the prefetch to ask for blobs", || blob_gets(&world) > 0);
     // SAFETY: a signal to our own child process.
     unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
-    client.wait().expect("wait");
+    let out = client.wait_with_output().expect("wait");
+    reader.join().expect("stderr reader");
+    assert!(!out.status.success(), "a stopped prefetch exits non-zero");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("stopped: ") && stdout.contains("files fetched"),
+        "{stdout}"
+    );
+    let stderr = lines.lock().expect("lines").join("\n");
+    assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no escape codes off a terminal: {stderr}"
+    );
     let deadline = Instant::now() + LIMIT;
     while !world
         .daemon

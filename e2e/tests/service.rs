@@ -288,7 +288,7 @@ fn a_failing_entry_retries_without_stopping_the_others() {
         "{detail}"
     );
     assert!(
-        detail.contains("from:      the configuration file"),
+        detail.contains("from:       the configuration file"),
         "{detail}"
     );
     let one: serde_json::Value =
