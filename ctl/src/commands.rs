@@ -13,7 +13,7 @@ use megafs_proto::v1::{
 use crate::client::{self, status_error};
 use crate::output;
 use crate::progress;
-use crate::{complete, manual};
+use crate::{complete, doctor, manual};
 use crate::{CacheAction, Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { target, json } => status(&cli, target.as_deref(), *json).await,
         Command::Stats { target, json } => stats(&cli, target.as_deref(), *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
+        Command::Doctor { json } => doctor::run(&cli, *json).await,
         Command::Completions { shell } => {
             complete::write_registration(shell, &mut std::io::stdout().lock())
         }

@@ -6,6 +6,7 @@
 mod client;
 mod commands;
 mod complete;
+mod doctor;
 mod manual;
 mod output;
 mod progress;
@@ -219,6 +220,17 @@ enum Command {
         action: Option<CacheAction>,
         /// Print JSON.
         #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Check what megafs needs, one line each with the fix where something is wrong.
+    ///
+    /// Here: /dev/fuse, fusermount3, the kernel, the daemon on the socket this tool would use.
+    /// The daemon: its configuration file, stale mounts, the cache's room to grow, and each of
+    /// your mounts' servers (with the time each took to answer). Exits non-zero if a check
+    /// failed.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
         json: bool,
     },
     /// Print a shell's completion script (subcommands, options, mount names).

@@ -5,24 +5,10 @@ use megafs_proto::v1::{
 };
 use serde_json::json;
 
+pub use megafs_proto::units::human_bytes;
+
 pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
-}
-
-/// 1536 -> "1.5 KiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 pub fn status_table(mounts: &[MountInfo]) -> String {

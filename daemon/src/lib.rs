@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod config;
+pub mod doctor;
 pub mod fs;
 pub mod fuse;
 #[doc(hidden)]

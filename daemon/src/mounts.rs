@@ -234,6 +234,27 @@ pub fn clean_stale() -> io::Result<Vec<Stale>> {
     Ok(cleaned)
 }
 
+/// The megafs mounts nobody serves, found as `clean_stale` would find them but left in place
+/// (for `mega-fuse doctor`).
+pub fn dead_mounts() -> io::Result<Vec<MegafsMount>> {
+    let mounts = megafs_mounts()?;
+    let dead: Vec<bool> = std::thread::scope(|scope| {
+        let probes: Vec<_> = mounts
+            .iter()
+            .map(|mount| scope.spawn(move || is_dead_mount(mount).unwrap_or(false)))
+            .collect();
+        probes
+            .into_iter()
+            .map(|probe| probe.join().unwrap_or(false))
+            .collect()
+    });
+    Ok(mounts
+        .into_iter()
+        .zip(dead)
+        .filter_map(|(mount, dead)| dead.then_some(mount))
+        .collect())
+}
+
 /// Probes `mounts` at once and cleans the dead ones.
 fn clean_all(mounts: Vec<MegafsMount>) -> Vec<Stale> {
     std::thread::scope(|scope| {

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     change, CacheReply, CacheRequest, Change, ChangesReply, ChangesRequest, ConnectReply,
-    ConnectRequest, DiffChunk, DiffRequest, DisconnectReply, DisconnectRequest, Latency, MountInfo,
-    MountStats, OpStats, PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply,
-    RefreshRequest, ResetReply, ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
+    ConnectRequest, DiffChunk, DiffRequest, DisconnectReply, DisconnectRequest, DoctorCheck,
+    DoctorReply, DoctorRequest, Latency, MountInfo, MountStats, OpStats,
+    PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest, ResetReply,
+    ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn, Instrument};
 
+use crate::doctor;
 use crate::fs::FsError;
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
 use crate::location::Location;
@@ -318,6 +320,38 @@ impl Control for ControlService {
             })
             .collect();
         Ok(Response::new(ChangesReply { commit, changes }))
+    }
+
+    async fn doctor(
+        &self,
+        request: Request<DoctorRequest>,
+    ) -> Result<Response<DoctorReply>, Status> {
+        let caller = caller(&request)?;
+        let config_file = self.config_file.clone();
+        let (dir, usage) = (self.cache_dir.clone(), self.store.usage());
+        // Reading files and probing mounts may block: off the runtime's threads.
+        let local = tokio::task::spawn_blocking(move || {
+            let free = crate::sys::filesystem_free(&dir);
+            vec![
+                doctor::configuration(config_file.as_deref()),
+                doctor::stale_mounts(),
+                doctor::cache_room(&dir, &usage, free),
+            ]
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let servers = doctor::servers(self.supervisor.locations(caller).await).await;
+        let checks = local
+            .into_iter()
+            .chain(servers)
+            .map(|c| DoctorCheck {
+                name: c.name,
+                status: c.verdict.name().to_string(),
+                detail: c.detail,
+                fix: c.fix,
+            })
+            .collect();
+        Ok(Response::new(DoctorReply { checks }))
     }
 
     type DiffStream = tokio_stream::wrappers::ReceiverStream<Result<DiffChunk, Status>>;

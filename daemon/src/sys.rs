@@ -87,6 +87,12 @@ pub fn statfs_errno(path: &Path) -> Option<i32> {
     statvfs(path).err().and_then(|e| e.raw_os_error())
 }
 
+/// The bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub fn filesystem_free(path: &Path) -> io::Result<u64> {
+    let stat = statvfs(path)?;
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 /// The size in bytes of the filesystem holding `path`.
 pub fn filesystem_bytes(path: &Path) -> io::Result<u64> {
     let stat = statvfs(path)?;

@@ -6,6 +6,7 @@
 
 pub mod location;
 pub mod socket;
+pub mod units;
 
 /// Generated from `proto/megafs.proto`.
 pub mod v1 {

@@ -1019,6 +1019,32 @@ impl Supervisor {
     }
 
     /// Every mount `caller` may see: all of them for root, a user's own for a user.
+    /// Where each mount `caller` may see comes from (mounted or retrying), for checks of its
+    /// server.
+    pub async fn locations(&self, caller: Caller) -> Vec<(MountName, Location)> {
+        let access = self.access();
+        let table = self.table.lock().await;
+        let mounted = table
+            .mounts
+            .iter()
+            .filter(|m| {
+                access
+                    .may_manage(&caller, m.name.as_str(), m.owner_uid)
+                    .is_ok()
+            })
+            .map(|m| (m.name.clone(), m.location.clone()));
+        let retrying = table
+            .retrying
+            .iter()
+            .filter(|r| {
+                access
+                    .may_manage(&caller, r.config.name.as_str(), 0)
+                    .is_ok()
+            })
+            .map(|r| (r.config.name.clone(), r.config.location.clone()));
+        mounted.chain(retrying).collect()
+    }
+
     pub async fn status(&self, caller: Caller) -> Vec<MountStatus> {
         let access = self.access();
         let (mut all, uppers) = {
