@@ -6,8 +6,8 @@ use anyhow::{anyhow, Context};
 use megafs_proto::location::Location;
 use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
-    CacheRequest, ChangesRequest, ConnectRequest, DiffRequest, DisconnectRequest, PrefetchRequest,
-    RefreshRequest, ResetRequest, StatsRequest, StatusRequest,
+    CacheRequest, ChangesRequest, ConnectRequest, DiffRequest, DisconnectRequest, DuRequest,
+    PrefetchRequest, RefreshRequest, ResetRequest, StatsRequest, StatusRequest,
 };
 
 use crate::client::{self, status_error};
@@ -58,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { target, json } => stats(&cli, target.as_deref(), *json).await,
         Command::Cache { action, json } => cache(&cli, *action, *json).await,
         Command::Doctor { json } => doctor::run(&cli, *json).await,
+        Command::Du { json } => du(&cli, *json).await,
         Command::Completions { shell } => {
             complete::write_registration(shell, &mut std::io::stdout().lock())
         }
@@ -124,6 +125,21 @@ async fn prefetch(cli: &Cli, target: &str, patterns: &[String], depth: u32) -> a
             last.files_total,
             last.error
         ));
+    }
+    Ok(())
+}
+
+async fn du(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let mut client = client::connect(cli).await?;
+    let reply = client
+        .du(DuRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!("{}", output::du_json(&reply));
+    } else {
+        print!("{}", output::du_text(&reply));
     }
     Ok(())
 }

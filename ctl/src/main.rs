@@ -233,6 +233,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the shared cache holds for each of your mounts.
+    ///
+    /// Objects several mounts share are counted once and shown as shared; also listing
+    /// records, workspaces' sizes, what no mount shown reaches, and what `cache gc` would free.
+    Du {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell's completion script (subcommands, options, mount names).
     ///
     /// `source <(mega-fuse completions bash)` in ~/.bashrc, say; the packages install it for

@@ -1,7 +1,8 @@
 //! How results are shown: tables for people, JSON for programs.
 
 use megafs_proto::v1::{
-    change, CacheReply, ChangesReply, Latency, MountInfo, MountStats, StatsReply, StatusReply,
+    change, CacheReply, ChangesReply, DuReply, Latency, MountInfo, MountStats, StatsReply,
+    StatusReply,
 };
 use serde_json::json;
 
@@ -418,6 +419,98 @@ pub fn status_json(reply: &StatusReply) -> String {
             "config_file": reply.config_file,
         },
         "mounts": mounts,
+    })
+    .to_string()
+}
+
+/// `mega-fuse du`: the cache by mount, then what is shared, unreached, recorded, and what
+/// `cache gc` would free.
+pub fn du_text(reply: &DuReply) -> String {
+    let limit = match reply.limit {
+        0 => "no limit".to_string(),
+        l => format!("limit {}", human_bytes(l)),
+    };
+    let mut out = format!(
+        "cache {}: {} in {} objects, {limit}\n",
+        reply.dir,
+        human_bytes(reply.bytes),
+        reply.objects
+    );
+    let header = ["MOUNT", "OBJECTS", "BYTES", "SHARED", "RECORD", "WORKSPACE"];
+    let rows: Vec<[String; 6]> = reply
+        .mounts
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.objects.to_string(),
+                human_bytes(m.bytes),
+                format!("{} ({})", m.shared_objects, human_bytes(m.shared_bytes)),
+                human_bytes(m.record_bytes),
+                if m.writable {
+                    format!(
+                        "{} paths, {}",
+                        m.workspace_paths,
+                        human_bytes(m.workspace_bytes)
+                    )
+                } else {
+                    "read-only".to_string()
+                },
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(&header, &rows));
+    }
+    out.push_str(&format!(
+        "shared by several mounts, counted once: {} objects, {}\n",
+        reply.shared_objects,
+        human_bytes(reply.shared_bytes)
+    ));
+    out.push_str(&format!(
+        "in no mount shown (older commits, mounts gone): {}\n",
+        human_bytes(reply.unreached_bytes)
+    ));
+    out.push_str(&format!(
+        "listing records: {}\n",
+        human_bytes(reply.record_bytes)
+    ));
+    out.push_str(&match reply.gc_frees {
+        0 => "cache gc would free nothing (the cache is within its limit)\n".to_string(),
+        n => format!("cache gc would free {}\n", human_bytes(n)),
+    });
+    out
+}
+
+pub fn du_json(reply: &DuReply) -> String {
+    let mounts: Vec<_> = reply
+        .mounts
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "objects": m.objects,
+                "bytes": m.bytes,
+                "shared_objects": m.shared_objects,
+                "shared_bytes": m.shared_bytes,
+                "record_bytes": m.record_bytes,
+                "writable": m.writable,
+                "workspace_paths": m.workspace_paths,
+                "workspace_bytes": m.workspace_bytes,
+            })
+        })
+        .collect();
+    json!({
+        "dir": reply.dir,
+        "bytes": reply.bytes,
+        "objects": reply.objects,
+        "limit": reply.limit,
+        "mounts": mounts,
+        "shared_objects": reply.shared_objects,
+        "shared_bytes": reply.shared_bytes,
+        "unreached_bytes": reply.unreached_bytes,
+        "record_bytes": reply.record_bytes,
+        "gc_frees": reply.gc_frees,
     })
     .to_string()
 }

@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod access;
+pub mod cache_use;
 pub mod config;
 pub mod doctor;
 pub mod fs;

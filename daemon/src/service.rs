@@ -1,5 +1,6 @@
 //! The gRPC control service: turns requests into supervisor calls and errors into statuses.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -7,15 +8,16 @@ use megafs_proto::v1::cache_request::Action;
 use megafs_proto::v1::{
     change, CacheReply, CacheRequest, Change, ChangesReply, ChangesRequest, ConnectReply,
     ConnectRequest, DiffChunk, DiffRequest, DisconnectReply, DisconnectRequest, DoctorCheck,
-    DoctorReply, DoctorRequest, Latency, MountInfo, MountStats, OpStats,
-    PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest, ResetReply,
-    ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
+    DoctorReply, DoctorRequest, DuMount, DuReply, DuRequest, Latency, MountInfo, MountStats,
+    OpStats, PrefetchProgress as ProgressMessage, PrefetchRequest, RefreshReply, RefreshRequest,
+    ResetReply, ResetRequest, StatsReply, StatsRequest, StatusReply, StatusRequest,
 };
 use megafs_proto::Control;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn, Instrument};
 
+use crate::cache_use;
 use crate::doctor;
 use crate::fs::FsError;
 use crate::fs::{MountFs, Pattern, PrefetchProgress};
@@ -352,6 +354,57 @@ impl Control for ControlService {
             })
             .collect();
         Ok(Response::new(DoctorReply { checks }))
+    }
+
+    async fn du(&self, request: Request<DuRequest>) -> Result<Response<DuReply>, Status> {
+        let caller = caller(&request)?;
+        let roots = self.supervisor.roots(caller).await;
+        let workspaces: HashMap<String, Usage> = self
+            .supervisor
+            .status(caller)
+            .await
+            .into_iter()
+            .filter(|m| m.writable)
+            .map(|m| (m.name.to_string(), m.workspace))
+            .collect();
+        let store = self.store.clone();
+        // Reads every cached tree of every mount: off the runtime's threads.
+        let (found, gc_frees) = tokio::task::spawn_blocking(move || {
+            (cache_use::measure(&store, &roots), store.gc_would_free())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let usage = self.store.usage();
+        let mounts = found
+            .mounts
+            .into_iter()
+            .map(|(name, m)| {
+                let workspace = workspaces.get(name.as_str());
+                DuMount {
+                    name: name.to_string(),
+                    objects: m.objects,
+                    bytes: m.bytes,
+                    shared_objects: m.shared_objects,
+                    shared_bytes: m.shared_bytes,
+                    record_bytes: m.record_bytes,
+                    writable: workspace.is_some(),
+                    workspace_paths: workspace.map_or(0, |w| w.paths),
+                    workspace_bytes: workspace.map_or(0, |w| w.bytes),
+                }
+            })
+            .collect();
+        Ok(Response::new(DuReply {
+            dir: self.cache_dir.display().to_string(),
+            bytes: usage.bytes,
+            objects: usage.objects,
+            limit: usage.limit,
+            mounts,
+            shared_objects: found.shared_objects,
+            shared_bytes: found.shared_bytes,
+            unreached_bytes: found.unreached_bytes,
+            record_bytes: found.record_bytes,
+            gc_frees,
+        }))
     }
 
     type DiffStream = tokio_stream::wrappers::ReceiverStream<Result<DiffChunk, Status>>;

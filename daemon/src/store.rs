@@ -565,31 +565,62 @@ impl Store {
         self.evict_down_to(0)
     }
 
+    /// What `cache gc` would free now (objects and records it would evict), without evicting.
+    pub fn gc_would_free(&self) -> u64 {
+        let limit = self.limit();
+        if limit == 0 || self.lock().bytes <= limit {
+            return 0;
+        }
+        self.victims_down_to(limit - limit / 10)
+            .iter()
+            .map(|(_, size)| size)
+            .sum()
+    }
+
+    /// The size of cached object `oid`, if it is cached.
+    pub fn cached_size(&self, oid: &ObjectId) -> Option<u64> {
+        self.lock().cached.get(oid).map(|e| e.size)
+    }
+
+    /// The bytes of the listing record of root tree `root` (0 for none).
+    pub fn record_bytes(&self, root: &ObjectId) -> u64 {
+        self.lock().records.get(root).map_or(0, |e| e.size)
+    }
+
+    /// The bytes of every listing record.
+    pub fn records_bytes(&self) -> u64 {
+        self.lock().records.values().map(|e| e.size).sum()
+    }
+
+    /// Least recently used first, the unpinned objects and records to evict to get down to
+    /// `target` bytes, with their sizes.
+    fn victims_down_to(&self, target: u64) -> Vec<(Victim, u64)> {
+        let index = self.lock();
+        let objects = index
+            .cached
+            .iter()
+            .filter(|(_, e)| e.pins == 0)
+            .map(|(oid, e)| (e.last_used, Victim::Object(*oid), e.size));
+        let records = index
+            .records
+            .iter()
+            .map(|(root, e)| (e.last_used, Victim::Record(*root), e.size));
+        let mut candidates: Vec<_> = objects.chain(records).collect();
+        candidates.sort_unstable();
+        let mut excess = index.bytes.saturating_sub(target);
+        candidates
+            .into_iter()
+            .take_while(|(_, _, size)| {
+                let take = excess > 0;
+                excess = excess.saturating_sub(*size);
+                take
+            })
+            .map(|(_, victim, size)| (victim, size))
+            .collect()
+    }
+
     fn evict_down_to(&self, target: u64) -> u64 {
-        let victims: Vec<(Victim, u64)> = {
-            let index = self.lock();
-            let objects = index
-                .cached
-                .iter()
-                .filter(|(_, e)| e.pins == 0)
-                .map(|(oid, e)| (e.last_used, Victim::Object(*oid), e.size));
-            let records = index
-                .records
-                .iter()
-                .map(|(root, e)| (e.last_used, Victim::Record(*root), e.size));
-            let mut candidates: Vec<_> = objects.chain(records).collect();
-            candidates.sort_unstable();
-            let mut excess = index.bytes.saturating_sub(target);
-            candidates
-                .into_iter()
-                .take_while(|(_, _, size)| {
-                    let take = excess > 0;
-                    excess = excess.saturating_sub(*size);
-                    take
-                })
-                .map(|(_, victim, size)| (victim, size))
-                .collect()
-        };
+        let victims = self.victims_down_to(target);
         let mut freed = 0;
         for (victim, _) in victims {
             freed += self.evict(victim);
@@ -810,6 +841,10 @@ mod tests {
         )
     }
 
+    fn usage_bytes(store: &Store) -> u64 {
+        store.usage().bytes
+    }
+
     #[test]
     fn insert_then_read_back() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -969,8 +1004,13 @@ mod tests {
         for (oid, bytes) in &objects[3..] {
             store.insert(oid, bytes).expect("insert");
         }
-        assert_eq!(store.usage().bytes, 180);
-        store.evict_to_limit();
+        assert_eq!(usage_bytes(&store), 180);
+        // What gc would free is what it then frees.
+        let preview = store.gc_would_free();
+        assert!(preview > 0);
+        assert_eq!(usage_bytes(&store), 180, "a preview evicts nothing");
+        assert_eq!(store.evict_to_limit(), preview);
+        assert_eq!(store.gc_would_free(), 0, "within the limit now");
         let usage = store.usage();
         assert!(usage.bytes <= 150, "{usage:?}");
         assert!(store.contains(&objects[0].0), "pinned survives");

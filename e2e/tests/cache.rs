@@ -164,3 +164,55 @@ fn after_a_restart_what_was_read_costs_no_request() {
     let usage = cache_usage(&world.daemon);
     assert!(usage["hits"].as_u64() >= Some(3), "{usage}");
 }
+
+#[test]
+fn du_shows_the_cache_by_mount_with_shared_objects_counted_once() {
+    let world = World::new();
+    let a = world.mount_mega("a");
+    world.mount_mega("b");
+    let w = world.mount_writable("w");
+    let readme = std::fs::read(a.join("README.md")).expect("read");
+    let nested = std::fs::read(a.join("src/nested/mid.txt")).expect("read");
+    std::fs::write(w.join("new.txt"), b"mine\n").expect("write");
+
+    let du: serde_json::Value =
+        serde_json::from_str(&world.daemon.ctl_ok(&["du", "--json"])).expect("json");
+    let mount = |name: &str| {
+        du["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {du}"))
+            .clone()
+    };
+    let (a, b, w) = (mount("a"), mount("b"), mount("w"));
+    // The root, src and src/nested trees, and the two files read, at least.
+    assert!(a["objects"].as_u64() >= Some(5), "{du}");
+    assert!(
+        a["bytes"].as_u64() >= Some((readme.len() + nested.len()) as u64),
+        "{du}"
+    );
+    // Three mounts of one commit reach the same objects: every one is shared, and the
+    // cache holds each once.
+    assert_eq!(a["objects"], b["objects"], "{du}");
+    assert_eq!(a["shared_objects"], a["objects"], "{du}");
+    assert_eq!(du["shared_objects"], a["objects"], "{du}");
+    assert_eq!(du["shared_bytes"], a["bytes"], "{du}");
+    assert!(du["bytes"].as_u64() >= a["bytes"].as_u64(), "{du}");
+    assert_eq!(du["gc_frees"], 0, "within its limit: {du}");
+    assert_eq!(a["writable"], false);
+    assert_eq!(w["writable"], true);
+    assert!(w["workspace_paths"].as_u64() >= Some(1), "{du}");
+
+    let text = world.daemon.ctl_ok(&["du"]);
+    for part in [
+        "MOUNT",
+        "SHARED",
+        "read-only",
+        "shared by several mounts, counted once: ",
+        "cache gc would free nothing",
+    ] {
+        assert!(text.contains(part), "{part:?} in:\n{text}");
+    }
+}

@@ -1019,6 +1019,22 @@ impl Supervisor {
     }
 
     /// Every mount `caller` may see: all of them for root, a user's own for a user.
+    /// The root tree each mounted mount `caller` may see shows, for `du`.
+    pub async fn roots(&self, caller: Caller) -> Vec<(MountName, crate::object::ObjectId)> {
+        let access = self.access();
+        let table = self.table.lock().await;
+        table
+            .mounts
+            .iter()
+            .filter(|m| {
+                access
+                    .may_manage(&caller, m.name.as_str(), m.owner_uid)
+                    .is_ok()
+            })
+            .map(|m| (m.name.clone(), m.fs.snapshot().root_tree))
+            .collect()
+    }
+
     /// Where each mount `caller` may see comes from (mounted or retrying), for checks of its
     /// server.
     pub async fn locations(&self, caller: Caller) -> Vec<(MountName, Location)> {
