@@ -56,6 +56,9 @@ pub struct DaemonConfig {
     pub allowed_roots: Vec<PathBuf>,
     /// Whether users other than root may let everyone into their mounts.
     pub user_allow_other: bool,
+    /// An HTTP proxy for every server request (a mount's own wins); None: `HTTP_PROXY` and
+    /// the like from the environment.
+    pub proxy: Option<String>,
 }
 
 impl DaemonConfig {
@@ -95,6 +98,8 @@ pub struct MountConfig {
     /// Credentials for a git server (else from the URL, the environment or ~/.netrc).
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// An HTTP proxy for this mount's server, instead of the daemon's.
+    pub proxy: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +136,7 @@ struct RawDaemon {
     look_ahead: Option<usize>,
     allowed_roots: Option<Spanned<Vec<PathBuf>>>,
     user_allow_other: Option<bool>,
+    proxy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +154,7 @@ struct RawMount {
     writable: Option<bool>,
     username: Option<String>,
     password: Option<String>,
+    proxy: Option<Spanned<String>>,
 }
 
 /// Finds line numbers for spans of one file.
@@ -192,6 +199,7 @@ impl Config {
                 look_ahead: None,
                 allowed_roots: Vec::new(),
                 user_allow_other: false,
+                proxy: None,
             },
             mounts: Vec::new(),
         }
@@ -402,7 +410,30 @@ fn daemon_config(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Confi
         look_ahead: raw.look_ahead,
         allowed_roots,
         user_allow_other: raw.user_allow_other.unwrap_or(false),
+        proxy: proxy_url(src, raw.proxy, "daemon.proxy")?,
     })
+}
+
+/// A proxy's URL, checked: `http://` or `https://`, with a host.
+fn proxy_url(
+    src: &Source<'_>,
+    value: Option<Spanned<String>>,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value.get_ref();
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(Some(text.clone()))
+        }
+        _ => Err(src.error(
+            &value.span(),
+            key,
+            format!("invalid proxy {text:?}: give its URL, as in \"http://cache.example:3128\""),
+        )),
+    }
 }
 
 fn mount_config(
@@ -470,6 +501,7 @@ fn mount_config(
         refresh_interval,
         username: raw.username,
         password: raw.password.map(Secret),
+        proxy: proxy_url(src, raw.proxy, "mount.proxy")?,
     })
 }
 
@@ -603,6 +635,15 @@ options = ["allow_other"]
         let ahead = parse("[daemon]\nlook_ahead = 0\n").expect("look_ahead");
         assert_eq!(ahead.daemon.look_ahead, Some(0));
         assert!(parse("[daemon]\nlook_ahead = -1\n").is_err());
+        let proxied = parse(
+            "[daemon]\nproxy = \"http://cache:3128\"\n[[mount]]\nrepo = \"/r\"\nmountpoint = \"/m\"\nproxy = \"https://other:443\"\n",
+        )
+        .expect("proxies");
+        assert_eq!(proxied.daemon.proxy.as_deref(), Some("http://cache:3128"));
+        assert_eq!(
+            proxied.mounts[0].proxy.as_deref(),
+            Some("https://other:443")
+        );
     }
 
     #[test]
@@ -651,6 +692,14 @@ options = ["allow_other"]
         assert!(error_of("[daemon]\nstream_min_size = \"huge\"\n")
             .contains(":2: daemon.stream_min_size:"));
         assert!(error_of("this is not toml").contains("megafsd.toml:1"));
+        for bad in ["cache:3128", "socks5://cache:1080", "http://"] {
+            let e = error_of(&format!("[daemon]\nproxy = \"{bad}\"\n"));
+            assert!(
+                e.contains(":2: daemon.proxy: invalid proxy")
+                    && e.contains("http://cache.example:3128"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::location::Location;
 use crate::mount_name::MountName;
+use crate::source::http;
 use crate::store::Usage;
 
 /// How long one server may take to answer a probe.
@@ -163,26 +164,27 @@ pub fn cache_room(dir: &Path, usage: &Usage, free: std::io::Result<u64>) -> Chec
 
 /// Each mount's server, asked the cheapest question that shows it answers, with the time it
 /// took: a Mega server's status, a git server's advertisement, a local repository's directory.
-pub async fn servers(mounts: Vec<(MountName, Location)>) -> Vec<Check> {
-    let client = match reqwest::Client::builder().timeout(SERVER_TIMEOUT).build() {
-        Ok(client) => client,
-        Err(e) => {
-            return vec![Check::not_ok(
-                Verdict::Failed,
-                "servers",
-                format!("cannot build an HTTP client: {e}"),
-                "",
-            )]
-        }
-    };
+pub async fn servers(mounts: Vec<(MountName, Location, Option<String>)>) -> Vec<Check> {
     let probes = mounts
         .into_iter()
-        .map(|(name, location)| server(&client, name, location));
+        .map(|(name, location, proxy)| server(name, location, proxy));
     futures::future::join_all(probes).await
 }
 
-async fn server(client: &reqwest::Client, name: MountName, location: Location) -> Check {
+/// Asks `location`'s server as its mount does: through `proxy`, if it has one.
+async fn server(name: MountName, location: Location, proxy: Option<String>) -> Check {
     let check = format!("server of {name}");
+    let client = match http::client(SERVER_TIMEOUT, SERVER_TIMEOUT, proxy.as_deref()) {
+        Ok(client) => client,
+        Err(e) => {
+            return Check::not_ok(
+                Verdict::Failed,
+                check,
+                e.to_string(),
+                "check the proxy in the configuration",
+            )
+        }
+    };
     let (url, shown) = match &location {
         Location::Local { path } => {
             return if path.is_dir() {
@@ -212,6 +214,7 @@ async fn server(client: &reqwest::Client, name: MountName, location: Location) -
     let answer = client
         .get(&url)
         .header("Git-Protocol", "version=2")
+        .timeout(SERVER_TIMEOUT)
         .send()
         .await;
     let took = started.elapsed();
@@ -239,10 +242,7 @@ async fn server(client: &reqwest::Client, name: MountName, location: Location) -
         Err(e) => Check::not_ok(
             Verdict::Failed,
             check,
-            format!(
-                "{shown} did not answer: {}",
-                crate::source::http::root_cause(&e)
-            ),
+            format!("{shown} did not answer: {}", http::root_cause(&e)),
             "check the URL, the network, and that the server is up",
         ),
     }

@@ -23,12 +23,13 @@ pub struct Timeouts {
 }
 
 /// The source for `location`, showing `reference` (a branch, tag or commit; empty for the
-/// default), with `credentials` for a git server if configured; it times every request it
-/// makes into `meter`.
+/// default), through `proxy` if given and with `credentials` for a git server if configured;
+/// it times every request it makes into `meter`.
 pub fn open(
     location: &Location,
     reference: &str,
     timeouts: Timeouts,
+    proxy: Option<&str>,
     credentials: Option<Credentials>,
     meter: Arc<ServerMetrics>,
 ) -> Result<Arc<dyn Source>, SourceError> {
@@ -44,6 +45,7 @@ pub fn open(
                 path,
                 timeouts.request,
                 timeouts.connect,
+                proxy,
                 meter,
             )?)
         }
@@ -52,6 +54,7 @@ pub fn open(
             reference,
             timeouts.request,
             timeouts.connect,
+            proxy,
             credentials,
             meter,
         )?),

@@ -358,6 +358,7 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
         places,
     ));
     supervisor.set_policy(config.daemon.policy());
+    supervisor.set_proxy(config.daemon.proxy.clone());
     let listener = bind_socket(&settings.socket).await?;
     let stale = megafsd::mounts::clean_stale().unwrap_or_else(|error| {
         warn!(%error, "cannot read the mount table to clean stale mounts");
@@ -498,6 +499,7 @@ async fn wait_for_signals(
                             warn!("{warning}");
                         }
                         supervisor.set_policy(config.daemon.policy());
+                        supervisor.set_proxy(config.daemon.proxy.clone());
                         supervisor.apply_config(&config.mounts).await;
                         info!(
                             "configuration reloaded (access rules and mounts now; other daemon \

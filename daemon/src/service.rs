@@ -163,6 +163,7 @@ impl Control for ControlService {
                 allow_other: r.allow_other,
                 writable: r.writable,
                 credentials: None,
+                proxy: None,
             };
             self.supervisor.connect(spec, caller).await
         }

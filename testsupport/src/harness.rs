@@ -115,7 +115,21 @@ pub struct Options {
     pub config: Option<String>,
     /// Ask for watchdog pings this often (WATCHDOG_USEC), as systemd would.
     pub watchdog_usec: Option<u64>,
+    /// Environment variables for the daemon (proxies are otherwise removed from it).
+    pub env: Vec<(String, String)>,
 }
+
+/// Proxy variables the daemon would honour: a developer's own never reach a test's daemon.
+const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// What the daemon told "systemd": every sd_notify datagram, in order.
 #[derive(Clone, Default)]
@@ -213,6 +227,7 @@ impl Daemon {
         let mut daemon = Daemon::start_with(Options {
             config: Some(String::new()),
             watchdog_usec,
+            ..Default::default()
         });
         let text = config(daemon.dir.path());
         std::fs::create_dir_all(daemon.dir.path().join("mnt")).expect("mnt");
@@ -269,7 +284,7 @@ impl Daemon {
             std::fs::write(self.dir.path().join("no-config.toml"), "").expect("empty config");
         }
         let seen = self.notifications.all().len();
-        let child = command
+        command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--cache-dir")
@@ -283,7 +298,12 @@ impl Daemon {
             .env("NO_COLOR", "1")
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env_remove("INVOCATION_ID")
-            .env_remove("JOURNAL_STREAM")
+            .env_remove("JOURNAL_STREAM");
+        for name in PROXY_VARIABLES {
+            command.env_remove(name);
+        }
+        command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

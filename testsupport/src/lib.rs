@@ -9,5 +9,6 @@ pub mod git_server;
 pub mod harness;
 pub mod hostile;
 pub mod mega_server;
+pub mod shared_cache;
 
 pub use mega_server::{DevServer, Faults, ServedRepo};

@@ -78,11 +78,12 @@ impl GitSource {
         reference: &str,
         timeout: Duration,
         connect_timeout: Duration,
+        proxy: Option<&str>,
         credentials: Option<Credentials>,
         meter: Arc<ServerMetrics>,
     ) -> Result<Self, SourceError> {
         let parsed = http::parse_url(url, "git")?;
-        let client = http::client(timeout, connect_timeout)?;
+        let client = http::client(timeout, connect_timeout, proxy)?;
         let credentials = credentials.or_else(|| credentials_for(&parsed));
         // Requests go without the user info; credentials are sent as the server asks.
         let mut bare = parsed.clone();
@@ -846,6 +847,7 @@ mod tests {
             "",
             t,
             t,
+            None,
             None,
             Arc::default(),
         )

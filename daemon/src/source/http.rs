@@ -66,10 +66,23 @@ pub async fn success(
 
 /// A client whose connects and stalled reads are bounded. No deadline on a whole response: a
 /// big file may take longer than any one read may stall; fetches are bounded above this.
-pub fn client(timeout: Duration, connect_timeout: Duration) -> Result<Client, SourceError> {
-    Client::builder()
+/// Requests go through `proxy` where one is given (hosts `NO_PROXY` names excepted), else
+/// through what `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` say.
+pub fn client(
+    timeout: Duration,
+    connect_timeout: Duration,
+    proxy: Option<&str>,
+) -> Result<Client, SourceError> {
+    let mut builder = Client::builder()
         .connect_timeout(connect_timeout)
-        .read_timeout(timeout)
+        .read_timeout(timeout);
+    if let Some(url) = proxy {
+        let proxy = reqwest::Proxy::all(url)
+            .map_err(|e| SourceError::Unsupported(format!("invalid proxy {url:?}: {e}")))?
+            .no_proxy(reqwest::NoProxy::from_env());
+        builder = builder.proxy(proxy);
+    }
+    builder
         .build()
         .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))
 }

@@ -34,11 +34,12 @@ impl MegaSource {
         repo: &str,
         timeout: Duration,
         connect_timeout: Duration,
+        proxy: Option<&str>,
         meter: Arc<ServerMetrics>,
     ) -> Result<Self, SourceError> {
         let base = base_url.trim_end_matches('/').to_string();
         let parsed = http::parse_url(&base, "Mega")?;
-        let client = http::client(timeout, connect_timeout)?;
+        let client = http::client(timeout, connect_timeout, proxy)?;
         Ok(MegaSource {
             client,
             meter,
@@ -323,6 +324,7 @@ mod tests {
             "/third-party/rg",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            None,
             Arc::default(),
         )
         .unwrap();
@@ -336,6 +338,7 @@ mod tests {
             "/r",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            None,
             Arc::default(),
         )
         .unwrap();
@@ -345,6 +348,7 @@ mod tests {
             "/r",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            None,
             Arc::default(),
         )
         .is_err());

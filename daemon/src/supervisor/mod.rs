@@ -56,6 +56,8 @@ pub struct ConnectSpec {
     pub writable: bool,
     /// Git server credentials from the configuration.
     pub credentials: Option<Credentials>,
+    /// The configured mount's own proxy; None: the daemon's.
+    pub proxy: Option<String>,
 }
 
 impl From<&MountConfig> for ConnectSpec {
@@ -71,6 +73,7 @@ impl From<&MountConfig> for ConnectSpec {
                 user: c.username.clone().unwrap_or_else(|| "git".into()),
                 secret: p.0.clone(),
             }),
+            proxy: c.proxy.clone(),
         }
     }
 }
@@ -300,6 +303,8 @@ pub struct Supervisor {
     places: Places,
     /// Who may do what; replaced when the configuration is reloaded.
     access: std::sync::RwLock<Access>,
+    /// The daemon's proxy for server requests (`[daemon] proxy`).
+    proxy: std::sync::RwLock<Option<String>>,
 }
 
 /// Where the daemon keeps what writable mounts need.
@@ -335,6 +340,7 @@ impl Supervisor {
             kernel,
             places,
             access: std::sync::RwLock::new(Access::new(Policy::default(), sys::identity().0)),
+            proxy: std::sync::RwLock::new(None),
         }
     }
 
@@ -342,6 +348,18 @@ impl Supervisor {
     pub fn set_policy(&self, policy: Policy) {
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
             Access::new(policy, sys::identity().0);
+    }
+
+    /// The proxy the configuration's `[daemon]` gives (at start, and on every reload), for
+    /// sources opened from then on.
+    pub fn set_proxy(&self, proxy: Option<String>) {
+        *self.proxy.write().unwrap_or_else(|p| p.into_inner()) = proxy;
+    }
+
+    /// A mount's own proxy, else the daemon's, else none (the environment's, if any).
+    fn proxy_for(&self, own: Option<&str>) -> Option<String> {
+        own.map(str::to_string)
+            .or_else(|| self.proxy.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     pub fn access(&self) -> Access {
@@ -465,10 +483,12 @@ impl Supervisor {
             _ => spec.git_ref.clone(),
         };
         let metrics = Arc::new(MountMetrics::default());
+        let proxy = self.proxy_for(spec.proxy.as_deref());
         let source = location::open(
             &spec.location,
             &git_ref,
             self.timeouts,
+            proxy.as_deref(),
             spec.credentials.clone(),
             metrics.server(),
         )?;
@@ -974,14 +994,14 @@ impl Supervisor {
         if entry.location.mega_url().is_some() {
             return Ok(entry.fs.latest().await?);
         }
-        let credentials = entry
-            .config
-            .as_ref()
-            .and_then(|c| ConnectSpec::from(c).credentials);
+        let spec = entry.config.as_ref().map(ConnectSpec::from);
+        let credentials = spec.as_ref().and_then(|s| s.credentials.clone());
+        let proxy = self.proxy_for(spec.as_ref().and_then(|s| s.proxy.as_deref()));
         let source = location::open(
             &entry.location,
             &entry.git_ref,
             self.timeouts,
+            proxy.as_deref(),
             credentials,
             entry.fs.metrics().server(),
         )?;
@@ -1037,7 +1057,8 @@ impl Supervisor {
 
     /// Where each mount `caller` may see comes from (mounted or retrying), for checks of its
     /// server.
-    pub async fn locations(&self, caller: Caller) -> Vec<(MountName, Location)> {
+    /// The caller's mounts with where each reads from and the proxy it reads through.
+    pub async fn locations(&self, caller: Caller) -> Vec<(MountName, Location, Option<String>)> {
         let access = self.access();
         let table = self.table.lock().await;
         let mounted = table
@@ -1048,7 +1069,10 @@ impl Supervisor {
                     .may_manage(&caller, m.name.as_str(), m.owner_uid)
                     .is_ok()
             })
-            .map(|m| (m.name.clone(), m.location.clone()));
+            .map(|m| {
+                let own = m.config.as_ref().and_then(|c| c.proxy.as_deref());
+                (m.name.clone(), m.location.clone(), self.proxy_for(own))
+            });
         let retrying = table
             .retrying
             .iter()
@@ -1057,7 +1081,10 @@ impl Supervisor {
                     .may_manage(&caller, r.config.name.as_str(), 0)
                     .is_ok()
             })
-            .map(|r| (r.config.name.clone(), r.config.location.clone()));
+            .map(|r| {
+                let proxy = self.proxy_for(r.config.proxy.as_deref());
+                (r.config.name.clone(), r.config.location.clone(), proxy)
+            });
         mounted.chain(retrying).collect()
     }
 

@@ -56,6 +56,7 @@ impl Record {
             allow_other: self.allow_other,
             writable: self.writable,
             credentials: None,
+            proxy: None,
         };
         let caller = Caller {
             uid: self.owner_uid,
