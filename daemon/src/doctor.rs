@@ -174,17 +174,6 @@ pub async fn servers(mounts: Vec<(MountName, Location, Option<String>)>) -> Vec<
 /// Asks `location`'s server as its mount does: through `proxy`, if it has one.
 async fn server(name: MountName, location: Location, proxy: Option<String>) -> Check {
     let check = format!("server of {name}");
-    let client = match http::client(SERVER_TIMEOUT, SERVER_TIMEOUT, proxy.as_deref()) {
-        Ok(client) => client,
-        Err(e) => {
-            return Check::not_ok(
-                Verdict::Failed,
-                check,
-                e.to_string(),
-                "check the proxy in the configuration",
-            )
-        }
-    };
     let (url, shown) = match &location {
         Location::Local { path } => {
             return if path.is_dir() {
@@ -209,6 +198,18 @@ async fn server(name: MountName, location: Location, proxy: Option<String>) -> C
             ),
             megafs_proto::location::redacted(url),
         ),
+    };
+    // Built here, after a local repository has returned: it has no server to ask.
+    let client = match http::client(SERVER_TIMEOUT, SERVER_TIMEOUT, proxy.as_deref()) {
+        Ok(client) => client,
+        Err(e) => {
+            return Check::not_ok(
+                Verdict::Failed,
+                check,
+                e.to_string(),
+                "check the proxy in the configuration",
+            )
+        }
     };
     let started = Instant::now();
     let answer = client
