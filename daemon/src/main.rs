@@ -409,6 +409,8 @@ async fn run(settings: Settings, config: Config, config_path: PathBuf) -> anyhow
     info!("stopping: unmounting everything");
     background.abort();
     supervisor.shutdown().await;
+    let flushing = store.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
     let _ = stop_serving.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -433,8 +435,12 @@ fn spawn_background(supervisor: Arc<Supervisor>, store: Arc<Store>) -> tokio::ta
         loop {
             interval.tick().await;
             supervisor.supervise().await;
-            let store = store.clone();
-            let _ = tokio::task::spawn_blocking(move || store.evict_to_limit()).await;
+            let evicting = store.clone();
+            let _ = tokio::task::spawn_blocking(move || evicting.evict_to_limit()).await;
+            // Not waited for: a flush may take a while where the disk is busy, and the
+            // watchdog must not miss a ping for it; one already under way makes this a no-op.
+            let flushing = store.clone();
+            drop(tokio::task::spawn_blocking(move || flushing.flush_if_due()));
             if heap.due(supervisor.inodes().await) {
                 let _ = tokio::task::spawn_blocking(HeapTrim::trim).await;
             }

@@ -99,6 +99,17 @@ pub fn filesystem_bytes(path: &Path) -> io::Result<u64> {
     Ok((stat.f_blocks as u64).saturating_mul(stat.f_frsize as u64))
 }
 
+/// Writes everything written on the filesystem holding `dir` to its disk (syncfs(2)),
+/// returning once it is there.
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    let file = File::open(dir)?;
+    // SAFETY: syncfs takes any open descriptor and touches no memory of ours.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Extended attribute `name` of `path` itself (a symlink is not followed), if it has one.
 pub fn xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
     let c_path = c_path(path)?;

@@ -3,9 +3,12 @@
 //! Layout under the cache dir: `objects/ab/cdef…` holds verified objects by id (trees and blobs
 //! alike: their ids never collide); `tmp/` holds objects being written; `sizes` is an
 //! append-only log of known object sizes (`<hex id> <size>` lines), so sizes learnt without
-//! content survive restarts. An object is written to `tmp/`, flushed, then renamed into place,
-//! so a crash leaves either no object or a whole one; on open, leftovers in `tmp/` are removed
-//! and an object whose length disagrees with the size log is dropped.
+//! content survive restarts. An object is written to `tmp/`, then renamed into place, so a
+//! crash of the daemon leaves either no object or a whole one; the filesystem is flushed every
+//! few seconds rather than each object (see `flush`), and after a crash of the machine the
+//! objects written since the last flush are checked against their ids at open. On open,
+//! leftovers in `tmp/` are removed and an object whose length disagrees with the size log is
+//! dropped.
 //!
 //! `listings/` holds, per root tree, the ids of the trees its mounts listed (see
 //! `fs::recall`); they count against the limit like objects.
@@ -26,6 +29,10 @@ use tracing::{info, warn};
 
 use crate::object::{ObjectError, ObjectHasher, ObjectId, ObjectKind};
 use crate::source::{BlobSink, PendingBlob, SinkError};
+
+mod flush;
+
+use flush::Flusher;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cache at {path}: {source}")]
@@ -97,6 +104,7 @@ pub struct Store {
     tmp: PathBuf,
     index: Mutex<Index>,
     sizes_log: Mutex<File>,
+    flusher: Flusher,
     limit: AtomicU64,
     next_tmp: AtomicU64,
     hits: AtomicU64,
@@ -165,7 +173,6 @@ impl PendingObject<'_> {
                 actual,
             }));
         }
-        self.file.sync_data()?;
         let final_path = self.store.path_of(&actual);
         if let Some(parent) = final_path.parent() {
             fs::create_dir_all(parent)?;
@@ -176,6 +183,7 @@ impl PendingObject<'_> {
                 return Err(e.into());
             }
         }
+        self.store.flusher.written();
         self.store.record_size(&actual, self.written);
         self.store.admit(&actual, self.written);
         Ok(actual)
@@ -239,6 +247,11 @@ impl Drop for Pin {
 impl Store {
     /// Opens (creating if needed) the cache under `dir`, bounded to `limit` bytes (0: none).
     pub fn open(dir: &Path, limit: u64) -> Result<Store, StoreError> {
+        Self::open_on_boot(dir, limit, flush::boot_id())
+    }
+
+    /// `open`, as if on boot `boot` (which decides whether the last flush may have been lost).
+    fn open_on_boot(dir: &Path, limit: u64, boot: Option<String>) -> Result<Store, StoreError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError { path, source }
@@ -255,14 +268,24 @@ impl Store {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        let (flusher, stamp) = Flusher::open(dir, boot.clone());
+        let suspect = flush::suspect_since(stamp.as_ref(), boot.as_deref());
+        if let Some(since) = suspect {
+            warn!(
+                "the machine restarted since the cache was last flushed: checking what was \
+                 written since"
+            );
+            drop_changed_since(&snapshots, since);
+        }
         let log_path = dir.join("sizes");
         let mut index = Index {
             sizes: read_sizes(&log_path),
             ..Index::default()
         };
-        let mut found = scan_objects(&objects, &index.sizes);
-        found.extend(scan_records(&listings));
+        let mut found = scan_objects(&objects, &index.sizes, suspect);
+        found.extend(scan_records(&listings, suspect));
         index.admit_scanned(found);
+        flusher.flush().map_err(err(dir))?;
         let sizes_log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -275,6 +298,7 @@ impl Store {
             tmp,
             index: Mutex::new(index),
             sizes_log: Mutex::new(sizes_log),
+            flusher,
             limit: AtomicU64::new(limit),
             next_tmp: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -363,7 +387,6 @@ impl Store {
         let result = (|| {
             let mut file = File::create(&tmp_path)?;
             file.write_all(bytes)?;
-            file.sync_data()?;
             if let Some(parent) = final_path.parent() {
                 fs::create_dir_all(parent)?;
             }
@@ -373,9 +396,25 @@ impl Store {
             let _ = fs::remove_file(&tmp_path);
             return result;
         }
+        self.flusher.written();
         // Eviction runs in the background; only a cache far over its limit waits for it.
         self.admit(oid, bytes.len() as u64);
         Ok(())
+    }
+
+    /// Flushes what was written to the disk if the last flush is a few seconds old (the
+    /// background calls this every second).
+    pub fn flush_if_due(&self) {
+        if let Err(e) = self.flusher.flush_if_due() {
+            warn!(error = %e, "cannot flush the cache to its disk");
+        }
+    }
+
+    /// Flushes what was written to the disk now (at shutdown).
+    pub fn flush(&self) {
+        if let Err(e) = self.flusher.flush() {
+            warn!(error = %e, "cannot flush the cache to its disk");
+        }
     }
 
     /// Asks the kernel to read object `oid`'s file into the page cache, without reading it
@@ -447,10 +486,13 @@ impl Store {
     pub fn record_size(&self, oid: &ObjectId, size: u64) {
         let new = self.lock().sizes.insert(*oid, size).is_none();
         if new {
+            // One write for the line, so that a crash cannot leave half of one behind.
+            let line = format!("{} {size}\n", oid.to_hex());
             let mut log = self.sizes_log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(log, "{} {size}", oid.to_hex()) {
+            if let Err(e) = log.write_all(line.as_bytes()) {
                 warn!(error = %e, "cannot record a size in the cache");
             }
+            self.flusher.written();
         }
     }
 
@@ -535,6 +577,7 @@ impl Store {
             .append(true)
             .open(&path)
             .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.metadata()));
+        self.flusher.written();
         match written {
             Ok(meta) => self.account_record(root, meta.len(), true),
             Err(e) => warn!(error = %e, path = %path.display(), "cannot record listings"),
@@ -697,6 +740,7 @@ impl Store {
         if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path)) {
             warn!(error = %e, "cannot remember a source's commit");
         }
+        self.flusher.written();
     }
 
     /// What `source` last resolved to, if known: (commit, root tree, commit time).
@@ -728,13 +772,25 @@ impl Store {
     }
 }
 
-/// Reads the size log; a torn last line (a crash mid-write) is skipped.
+/// Reads the size log; a torn last line (a crash mid-write) and lines that are not a size
+/// are skipped.
 fn read_sizes(path: &Path) -> HashMap<ObjectId, u64> {
     let mut sizes = HashMap::new();
     let Ok(file) = File::open(path) else {
         return sizes;
     };
-    for line in io::BufReader::new(file).lines().map_while(Result::ok) {
+    let mut reader = io::BufReader::new(file);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        // Only whole lines: a last one without its newline may have lost digits of its size.
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(_) if raw.last() == Some(&b'\n') => {}
+            _ => break,
+        }
+        let Ok(line) = std::str::from_utf8(&raw[..raw.len() - 1]) else {
+            continue;
+        };
         let mut parts = line.split(' ');
         let (Some(hex), Some(size), None) = (parts.next(), parts.next(), parts.next()) else {
             continue;
@@ -750,8 +806,13 @@ fn read_sizes(path: &Path) -> HashMap<ObjectId, u64> {
 type Found = (std::time::SystemTime, Victim, u64);
 
 /// The objects on disk, dropping any whose length disagrees with the size log (a torn or
-/// tampered file) and anything that is not an object.
-fn scan_objects(objects: &Path, sizes: &HashMap<ObjectId, u64>) -> Vec<Found> {
+/// tampered file), any changed since `suspect` whose bytes do not hash to its id (a crash of
+/// the machine before they reached the disk), and anything that is not an object.
+fn scan_objects(
+    objects: &Path,
+    sizes: &HashMap<ObjectId, u64>,
+    suspect: Option<std::time::SystemTime>,
+) -> Vec<Found> {
     let mut found = Vec::new();
     for shard in fs::read_dir(objects).into_iter().flatten().flatten() {
         let prefix = shard.file_name().to_string_lossy().into_owned();
@@ -759,8 +820,13 @@ fn scan_objects(objects: &Path, sizes: &HashMap<ObjectId, u64>) -> Vec<Found> {
             let name = file.file_name().to_string_lossy().into_owned();
             let Ok(meta) = file.metadata() else { continue };
             let oid = ObjectId::from_hex(&format!("{prefix}{name}"));
+            let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
             let trusted = match &oid {
-                Ok(oid) => sizes.get(oid).is_none_or(|&s| s == meta.len()),
+                Ok(oid) => {
+                    sizes.get(oid).is_none_or(|&s| s == meta.len())
+                        && (suspect.is_none_or(|since| mtime < since)
+                            || hashes_to(&file.path(), oid))
+                }
                 Err(_) => false,
             };
             if !trusted || !meta.is_file() {
@@ -769,7 +835,6 @@ fn scan_objects(objects: &Path, sizes: &HashMap<ObjectId, u64>) -> Vec<Found> {
                 continue;
             }
             if let Ok(oid) = oid {
-                let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 found.push((mtime, Victim::Object(oid), meta.len()));
             }
         }
@@ -777,13 +842,38 @@ fn scan_objects(objects: &Path, sizes: &HashMap<ObjectId, u64>) -> Vec<Found> {
     found
 }
 
-/// The listing records on disk; anything else there is removed.
-fn scan_records(listings: &Path) -> Vec<Found> {
+/// Whether the file at `path` holds the object `oid` (a blob or a tree: the store holds both).
+fn hashes_to(path: &Path, oid: &ObjectId) -> bool {
+    fs::read(path).is_ok_and(|bytes| {
+        ObjectId::hash(ObjectKind::Blob, &bytes) == *oid
+            || ObjectId::hash(ObjectKind::Tree, &bytes) == *oid
+    })
+}
+
+/// Removes the files in `dir` changed since `since`: what cannot be checked, and costs
+/// little to learn again.
+fn drop_changed_since(dir: &Path, since: std::time::SystemTime) {
+    for file in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let changed = file.metadata().and_then(|m| m.modified());
+        if changed.is_ok_and(|t| t >= since) {
+            let _ = fs::remove_file(file.path());
+        }
+    }
+}
+
+/// The listing records on disk; anything else there is removed, as is a record changed since
+/// `suspect` (what a crash of the machine may have torn: records are only a help).
+fn scan_records(listings: &Path, suspect: Option<std::time::SystemTime>) -> Vec<Found> {
     let mut found = Vec::new();
     for file in fs::read_dir(listings).into_iter().flatten().flatten() {
         let root = ObjectId::from_hex(&file.file_name().to_string_lossy());
         match (root, file.metadata()) {
-            (Ok(root), Ok(meta)) if meta.is_file() => {
+            (Ok(root), Ok(meta))
+                if meta.is_file()
+                    && suspect.is_none_or(|since| {
+                        meta.modified().is_ok_and(|mtime| mtime < since)
+                    }) =>
+            {
                 let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 found.push((mtime, Victim::Record(root), meta.len()));
             }
@@ -843,6 +933,63 @@ mod tests {
 
     fn usage_bytes(store: &Store) -> u64 {
         store.usage().bytes
+    }
+
+    #[test]
+    fn after_the_machine_restarts_what_was_written_since_the_last_flush_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let on = |boot: &str| Store::open_on_boot(dir.path(), 0, Some(boot.into())).expect("open");
+        let (whole, whole_bytes) = blob("reached the disk");
+        let (torn, torn_bytes) = blob("lost in a power cut");
+        let (old, old_bytes) = blob("written long ago");
+        let root = ObjectId::from_bytes([7; 20]);
+        let (torn_path, old_path, record) = {
+            let store = on("boot-1");
+            for (oid, bytes) in [(&whole, &whole_bytes), (&torn, &torn_bytes), (&old, &old_bytes)] {
+                store.insert(oid, bytes).expect("insert");
+            }
+            store.append_listing_record(&root, &[whole]);
+            store.save_snapshot("mega x /r", &whole, &whole, 1);
+            (store.path_of(&torn), store.path_of(&old), store.listings_record(&root))
+        };
+        // What a crash of the machine leaves: the right length, not the right bytes.
+        let zeros = |path: &Path, len: usize| fs::write(path, vec![0u8; len]).expect("tear");
+        zeros(&torn_path, torn_bytes.len());
+        zeros(&old_path, old_bytes.len());
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&old_path)
+            .and_then(|f| f.set_modified(long_ago))
+            .expect("age");
+
+        // The same boot: the kernel had every byte, nothing is read back.
+        assert!(on("boot-1").contains(&torn));
+
+        let store = on("boot-2");
+        assert!(store.contains(&whole));
+        assert!(!store.contains(&torn), "a torn object is dropped");
+        assert!(!torn_path.exists());
+        assert!(
+            store.contains(&old),
+            "what the last flush reached is not read back"
+        );
+        assert!(!record.exists(), "a record written since is dropped");
+        assert_eq!(store.load_snapshot("mega x /r"), None);
+        assert_eq!(store.read(&whole).expect("read"), Some(whole_bytes));
+    }
+
+    #[test]
+    fn a_size_whose_line_was_cut_short_is_not_believed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (oid, _) = blob("x");
+        let (cut, _) = blob("y");
+        fs::create_dir_all(dir.path()).expect("dir");
+        let log = format!("{} 1\n{} 12", oid.to_hex(), cut.to_hex());
+        fs::write(dir.path().join("sizes"), log).expect("log");
+        let store = Store::open(dir.path(), 0).expect("open");
+        assert_eq!(store.known_size(&oid), Some(1));
+        assert_eq!(store.known_size(&cut), None, "12 may have been 123");
     }
 
     #[test]
