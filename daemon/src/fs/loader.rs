@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use super::flight::Flights;
 use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::repo_path::RepoPath;
+use crate::source::sink::Watched;
 use crate::source::{ByteStream, SinkError, Snapshot, Source, SourceError};
 use crate::store::{Pin, Store};
 
@@ -51,6 +52,11 @@ const WALK_FETCHES_AHEAD: usize = 2;
 
 /// The most files one request of a walk may bring (see [`Loader::walk_batches`]).
 const WALK_MAX_FILES: usize = 4096;
+
+/// The most files the first request of a walk brings (unless its first directory alone has
+/// more): the walk waits for the whole of that request, so it is kept small, while the
+/// bigger ones after it go out at the same time.
+const WALK_FIRST_FILES: usize = 256;
 
 /// The trees one fetch for a walk takes (see [`Loader::walk_batches`]): the ones asked for,
 /// and every tree whose files that brings.
@@ -80,6 +86,10 @@ pub struct Loader {
     walks: Flights<ObjectId, bool>,
     /// The trees whose small files such a fetch brought or is bringing, with its key.
     walked: std::sync::Mutex<HashMap<ObjectId, ObjectId>>,
+    /// Walk fetches planned and not ended.
+    walks_running: Arc<AtomicUsize>,
+    /// How many blobs walk fetches kept, for those waiting on some of them.
+    walk_kept: tokio::sync::watch::Sender<u64>,
     metrics: Arc<MountMetrics>,
     /// Mounted from the last known commit because the source was unreachable; cleared by the
     /// first successful fetch.
@@ -110,6 +120,8 @@ impl Loader {
             sizes: Flights::with_wait_limit(wait_limit),
             walks: Flights::with_wait_limit(wait_limit),
             walked: Default::default(),
+            walks_running: Arc::default(),
+            walk_kept: tokio::sync::watch::Sender::new(0),
             metrics,
             offline: AtomicBool::new(false),
             fetch_timeout,
@@ -695,7 +707,7 @@ impl Loader {
                 // A wait cut short (for a process's request) leaves the sizes to come one by one.
                 if this.source.sizes_need_content()
                     && !this
-                        .small_files_into_cache(tree, walk_ahead)
+                        .small_files_into_cache(tree, walk_ahead, oids_of(&files))
                         .await
                         .unwrap_or(true)
                 {
@@ -739,50 +751,80 @@ impl Loader {
     }
 
     /// The requests a walk through `tree` makes, each of trees to take [`WALK_FETCH_DEPTH`]
-    /// levels deep with the files below them all within [`WALK_MAX_FILES`] (counted in the
-    /// trees at hand: a git mount has them all), each tree with the trees whose files that
-    /// brings: `tree` and as many of `ahead` as fit first, then the next of `ahead` in up to
-    /// [`WALK_FETCHES_AHEAD`] more. Empty where `tree` alone has more files, or its trees are
-    /// not at hand. Trees a walk has fetched are left out.
+    /// levels deep (counted in the trees at hand: a git mount has them all), each tree with
+    /// the trees whose files that brings: `tree` and as many of `ahead` as fit in
+    /// [`WALK_FIRST_FILES`], then the next of `ahead` in up to [`WALK_FETCHES_AHEAD`] more of
+    /// up to [`WALK_MAX_FILES`]. Empty where `tree` alone has more files, or its trees are not
+    /// at hand. Trees a walk has fetched are left out; those returned are claimed.
     fn walk_batches(&self, tree: ObjectId, ahead: Vec<ObjectId>) -> Vec<WalkBatch> {
         if ahead.is_empty() {
             return Vec::new();
         }
-        let walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        let candidates = std::iter::once(tree).chain(ahead);
+        self.claim_walk(
+            candidates,
+            WALK_FIRST_FILES,
+            1 + WALK_FETCHES_AHEAD,
+            Some(tree),
+        )
+    }
+
+    /// Plans and claims requests for `candidates` not claimed by a walk yet, in order: up
+    /// to `most` requests, the first of up to `first_room` files (more where its first tree
+    /// alone has more), the others of up to [`WALK_MAX_FILES`]. Stops at a tree too big for
+    /// any request. With `leading`, nothing unless the first request starts with that tree.
+    /// Planned and claimed under one lock, so two requests never plan the same tree.
+    fn claim_walk(
+        &self,
+        candidates: impl Iterator<Item = ObjectId>,
+        first_room: usize,
+        most: usize,
+        leading: Option<ObjectId>,
+    ) -> Vec<WalkBatch> {
+        let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
         let mut batches: Vec<WalkBatch> = Vec::new();
         let mut batch = WalkBatch::default();
-        let mut budget = WALK_MAX_FILES;
-        for candidate in std::iter::once(tree).chain(ahead) {
+        let mut room = first_room;
+        for candidate in candidates {
             if walked.contains_key(&candidate) {
                 continue;
             }
-            let reached = match self.reach(candidate, WALK_FETCH_DEPTH, budget) {
-                Some(reached) => reached,
-                None if batch.tops.is_empty() => break, // Too big for any request.
-                None => {
-                    batches.push(std::mem::take(&mut batch));
-                    budget = WALK_MAX_FILES;
-                    if batches.len() > WALK_FETCHES_AHEAD {
-                        break;
-                    }
-                    match self.reach(candidate, WALK_FETCH_DEPTH, budget) {
-                        Some(reached) => reached,
-                        None => break,
-                    }
+            let mut reached = self.reach(candidate, WALK_FETCH_DEPTH, room);
+            if reached.is_none() && !batch.tops.is_empty() {
+                batches.push(std::mem::take(&mut batch));
+                if batches.len() == most {
+                    break;
                 }
+                room = WALK_MAX_FILES;
+                reached = self.reach(candidate, WALK_FETCH_DEPTH, room);
+            }
+            if reached.is_none() && room < WALK_MAX_FILES {
+                // A first tree with more files than the first request's room fills one alone.
+                room = WALK_MAX_FILES;
+                reached = self.reach(candidate, WALK_FETCH_DEPTH, room);
+            }
+            let Some((files, trees)) = reached else {
+                break; // Too big for any request.
             };
-            budget -= reached.0;
+            room -= files;
             batch.tops.push(candidate);
-            batch.reached.extend(reached.1);
+            batch.reached.extend(trees);
         }
-        if !batch.tops.is_empty() && batches.len() <= WALK_FETCHES_AHEAD {
+        if !batch.tops.is_empty() && batches.len() < most {
             batches.push(batch);
         }
-        if batches
-            .first()
-            .is_none_or(|b| b.tops.first() != Some(&tree))
-        {
-            return Vec::new(); // `tree` alone is too big.
+        if let Some(tree) = leading {
+            if batches
+                .first()
+                .is_none_or(|b| b.tops.first() != Some(&tree))
+            {
+                return Vec::new();
+            }
+        }
+        for batch in &batches {
+            for tree in &batch.reached {
+                walked.entry(*tree).or_insert(batch.tops[0]);
+            }
         }
         batches
     }
@@ -829,15 +871,33 @@ impl Loader {
     /// (the trees of the directories a walk reaches next), those of `tree` and of the next of
     /// them come [`WALK_FETCH_DEPTH`] levels deep in the same fetch, and the fetches for the ones
     /// after go out in the background, so the walk finds them on their way; each tree once a
-    /// mount, a request for one joining the fetch that brings it. A failed fetch is logged;
-    /// the sizes then come one by one. An error only where a process's request waited its
-    /// whole deadline on the fetch (the fetch goes on).
+    /// mount, a request for one joining the fetch that brings it. It returns once the fetch
+    /// ends or every one of `wanted` (the directory's files) is cached, whichever comes first:
+    /// a walk goes on through the directories of a big fetch as their files arrive. A failed
+    /// fetch is logged; the sizes then come one by one. An error only where a process's
+    /// request waited its whole deadline on the fetch (the fetch goes on).
     pub async fn small_files_into_cache(
+        self: &Arc<Self>,
+        tree: ObjectId,
+        walk_ahead: Vec<ObjectId>,
+        wanted: Vec<ObjectId>,
+    ) -> Result<bool, FsError> {
+        tokio::select! {
+            biased;
+            fetched = self.walk_fetch_of(tree, walk_ahead) => fetched,
+            () = self.all_cached(wanted) => Ok(true),
+        }
+    }
+
+    /// The end of the walk fetch bringing `tree`'s small files: the one running (with the
+    /// walk's next requests topped up), else a new one with the next ones after it.
+    async fn walk_fetch_of(
         self: &Arc<Self>,
         tree: ObjectId,
         walk_ahead: Vec<ObjectId>,
     ) -> Result<bool, FsError> {
         if let Some(key) = self.walked_by(&tree) {
+            self.walk_on(walk_ahead);
             // Joined, or done already: what is left is bigger files, sized one by one.
             if self.walks.is_running(&key) {
                 self.walks.run(key, async { Ok(true) }).await?;
@@ -847,20 +907,51 @@ impl Loader {
         let mut batches = self.walk_batches(tree, walk_ahead).into_iter();
         let (first, depth) = match batches.next() {
             Some(first) => (first, WALK_FETCH_DEPTH),
-            None => (
-                WalkBatch {
+            None => {
+                let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+                walked.entry(tree).or_insert(tree);
+                let alone = WalkBatch {
                     tops: vec![tree],
                     reached: vec![tree],
-                },
-                1,
-            ),
+                };
+                (alone, 1)
+            }
         };
-        let first = self.walk_fetch(first, depth);
+        // Spawned, so a request given up on leaves the fetch it claimed running.
+        let first = tokio::spawn(self.walk_fetch(first, depth));
         for later in batches {
-            let fetch = self.walk_fetch(later, WALK_FETCH_DEPTH);
-            tokio::spawn(fetch);
+            tokio::spawn(self.walk_fetch(later, WALK_FETCH_DEPTH));
         }
-        first.await
+        first.await.unwrap_or(Ok(false))
+    }
+
+    /// Returns once every one of `wanted` is cached, woken by each blob a walk fetch keeps;
+    /// never for none.
+    async fn all_cached(&self, mut wanted: Vec<ObjectId>) {
+        let mut kept = self.walk_kept.subscribe();
+        loop {
+            wanted.retain(|oid| !self.store.contains(oid));
+            if wanted.is_empty() {
+                return;
+            }
+            if kept.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Keeps a walk's requests ahead of it: where fewer than 1 + [`WALK_FETCHES_AHEAD`] of
+    /// the mount's walk fetches are on their way, the next trees of `ahead` not claimed yet
+    /// go out, so the walk does not reach the end of what was asked for and wait there.
+    fn walk_on(self: &Arc<Self>, ahead: Vec<ObjectId>) {
+        let running = self.walks_running.load(Ordering::Relaxed);
+        let free = (1 + WALK_FETCHES_AHEAD).saturating_sub(running);
+        if free == 0 || ahead.is_empty() {
+            return;
+        }
+        for batch in self.claim_walk(ahead.into_iter(), WALK_MAX_FILES, free, None) {
+            tokio::spawn(self.walk_fetch(batch, WALK_FETCH_DEPTH));
+        }
     }
 
     /// The key of the walk fetch that brings tree `tree`'s small files, if one was made.
@@ -869,23 +960,19 @@ impl Loader {
         walked.get(tree).copied()
     }
 
-    /// One fetch of the small files of `batch`'s trees, `depth` levels deep, registered at
-    /// once for the trees it brings (so later requests join it) and run whoever waits:
-    /// whether the source could leave the bigger files out.
+    /// One fetch of the small files of `batch`'s trees (claimed, so later requests join it),
+    /// `depth` levels deep, run whoever waits, and counted among the walk fetches on their
+    /// way from now until it ends: whether the source could leave the bigger files out.
     fn walk_fetch(
         self: &Arc<Self>,
         batch: WalkBatch,
         depth: u32,
     ) -> impl std::future::Future<Output = Result<bool, FsError>> + Send + 'static {
         let key = batch.tops[0];
-        {
-            let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
-            for tree in &batch.reached {
-                walked.entry(*tree).or_insert(key);
-            }
-        }
+        let on_its_way = OnItsWay::count(&self.walks_running);
         let this = Arc::clone(self);
         async move {
+            let _on_its_way = on_its_way;
             let work = {
                 let this = Arc::clone(&this);
                 async move { Ok(this.fetch_small_files(&batch.tops, depth).await) }
@@ -897,9 +984,10 @@ impl Loader {
     /// The small files of `trees`, `depth` levels deep, into the cache in one fetch: whether
     /// the source could leave the bigger ones out. A failure is logged.
     async fn fetch_small_files(&self, trees: &[ObjectId], depth: u32) -> bool {
-        let fetch =
-            self.source
-                .fetch_small_files_into(trees, depth, SMALL_FILE, self.store.as_ref());
+        let sink = Watched::new(self.store.as_ref(), &self.walk_kept);
+        let fetch = self
+            .source
+            .fetch_small_files_into(trees, depth, SMALL_FILE, &sink);
         let fetched = tokio::time::timeout(self.fetch_timeout, fetch);
         let tree = trees[0];
         match self.metrics.in_flight(fetched).await {
@@ -1013,6 +1101,26 @@ impl Loader {
 }
 
 /// A blob the loader just saw in the cache is gone (someone removed it behind its back).
+/// One fetch counted as on its way until this drops (it ended, or was never run).
+struct OnItsWay(Arc<AtomicUsize>);
+
+impl OnItsWay {
+    fn count(counter: &Arc<AtomicUsize>) -> OnItsWay {
+        counter.fetch_add(1, Ordering::Relaxed);
+        OnItsWay(Arc::clone(counter))
+    }
+}
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn oids_of(files: &[(RepoPath, ObjectId)]) -> Vec<ObjectId> {
+    files.iter().map(|(_, oid)| *oid).collect()
+}
+
 fn vanished(oid: ObjectId) -> FsError {
     FsError::Internal(format!("blob {oid} vanished from the cache"))
 }

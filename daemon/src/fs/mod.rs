@@ -988,7 +988,15 @@ impl MountFs {
             let tree = self.read_inodes().get(dir).map(|n| n.oid);
             if let Some(tree) = tree {
                 let ahead = self.directories_after(dir);
-                self.loader.small_files_into_cache(tree, ahead).await?;
+                let files = listing
+                    .entries
+                    .iter()
+                    .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable))
+                    .map(|e| e.oid)
+                    .collect();
+                self.loader
+                    .small_files_into_cache(tree, ahead, files)
+                    .await?;
             }
         }
         if listing.read_ahead.swap(true, Ordering::Relaxed) {

@@ -47,6 +47,58 @@ pub trait PendingBlob: Send {
 }
 
 /// A sink in memory, for tests of what sources write.
+/// A sink that tells a watch channel each time it kept a blob (the count so far), so those
+/// waiting on some of a batch's blobs go on as soon as theirs are in, not at the batch's end.
+pub struct Watched<'a> {
+    inner: &'a dyn BlobSink,
+    kept: &'a tokio::sync::watch::Sender<u64>,
+}
+
+impl<'a> Watched<'a> {
+    pub fn new(inner: &'a dyn BlobSink, kept: &'a tokio::sync::watch::Sender<u64>) -> Self {
+        Watched { inner, kept }
+    }
+}
+
+impl BlobSink for Watched<'_> {
+    fn begin_blob(
+        &self,
+        oid: Option<ObjectId>,
+        len: u64,
+    ) -> Result<Box<dyn PendingBlob + '_>, SinkError> {
+        let pending = self.inner.begin_blob(oid, len)?;
+        Ok(Box::new(WatchedBlob {
+            pending,
+            kept: self.kept,
+        }))
+    }
+
+    fn blob(&self, oid: &ObjectId) -> Result<Option<Vec<u8>>, SinkError> {
+        self.inner.blob(oid)
+    }
+}
+
+struct WatchedBlob<'a> {
+    pending: Box<dyn PendingBlob + 'a>,
+    kept: &'a tokio::sync::watch::Sender<u64>,
+}
+
+impl PendingBlob for WatchedBlob<'_> {
+    fn write(&mut self, piece: &[u8]) -> Result<(), SinkError> {
+        self.pending.write(piece)
+    }
+
+    fn written(&self) -> u64 {
+        self.pending.written()
+    }
+
+    fn finish(self: Box<Self>) -> Result<ObjectId, SinkError> {
+        let oid = self.pending.finish()?;
+        self.kept.send_modify(|count| *count += 1);
+        Ok(oid)
+    }
+}
+
 #[cfg(test)]
 pub mod memory {
     use std::collections::HashMap;
