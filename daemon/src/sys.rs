@@ -170,6 +170,28 @@ pub fn trim_heap() {
     }
 }
 
+/// Gives the open file `file` the name `to` (a new link: it fails if `to` exists). For a
+/// file opened with `O_TMPFILE`, this is how it first appears; `/proc` is where an open
+/// file can be named without the privilege `AT_EMPTY_PATH` asks for.
+pub fn link_open_file(file: &File, to: &Path) -> io::Result<()> {
+    let from = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
+    let to = c_path(to)?;
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

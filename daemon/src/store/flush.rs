@@ -64,12 +64,7 @@ pub fn suspect_since(stamp: Option<&Stamp>, boot: Option<&str>) -> Option<System
     if boot == Some(stamp.boot.as_str()) {
         return None;
     }
-    Some(
-        stamp
-            .began
-            .checked_sub(CLOCK_SLACK)
-            .unwrap_or(UNIX_EPOCH),
-    )
+    Some(stamp.began.checked_sub(CLOCK_SLACK).unwrap_or(UNIX_EPOCH))
 }
 
 /// Whether anything was written since the last flush, and the flushing itself.

@@ -3,8 +3,9 @@
 //! Layout under the cache dir: `objects/ab/cdef…` holds verified objects by id (trees and blobs
 //! alike: their ids never collide); `tmp/` holds objects being written; `sizes` is an
 //! append-only log of known object sizes (`<hex id> <size>` lines), so sizes learnt without
-//! content survive restarts. An object is written to `tmp/`, then renamed into place, so a
-//! crash of the daemon leaves either no object or a whole one; the filesystem is flushed every
+//! content survive restarts. An object is written unnamed (see `fresh`; in `tmp/` where the
+//! filesystem has no unnamed files), then named in place, so a crash of the daemon leaves
+//! either no object or a whole one; the filesystem is flushed every
 //! few seconds rather than each object (see `flush`), and after a crash of the machine the
 //! objects written since the last flush are checked against their ids at open. On open,
 //! leftovers in `tmp/` are removed and an object whose length disagrees with the size log is
@@ -31,8 +32,10 @@ use crate::object::{ObjectError, ObjectHasher, ObjectId, ObjectKind};
 use crate::source::{BlobSink, PendingBlob, SinkError};
 
 mod flush;
+mod fresh;
 
 use flush::Flusher;
+use fresh::FreshFile;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cache at {path}: {source}")]
@@ -121,8 +124,7 @@ pub struct PendingObject<'a> {
     expected_len: u64,
     written: u64,
     hasher: Option<ObjectHasher>,
-    file: File,
-    tmp_path: Option<PathBuf>,
+    fresh: Option<FreshFile>,
 }
 
 impl PendingObject<'_> {
@@ -136,7 +138,10 @@ impl PendingObject<'_> {
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(chunk);
         }
-        Ok(self.file.write_all(chunk)?)
+        match self.fresh.as_mut() {
+            Some(fresh) => Ok(fresh.file().write_all(chunk)?),
+            None => Err(io::Error::other("the object is no longer being written").into()),
+        }
     }
 
     /// Bytes written so far.
@@ -144,11 +149,10 @@ impl PendingObject<'_> {
         self.written
     }
 
-    /// The file being written, opened again for reading (it stays readable through the rename
-    /// that keeps it).
+    /// The file being written, opened again for reading (it stays readable once kept).
     pub fn reader(&self) -> io::Result<File> {
-        match &self.tmp_path {
-            Some(path) => File::open(path),
+        match &self.fresh {
+            Some(fresh) => fresh.reopen(),
             None => Err(io::Error::other("the object is no longer being written")),
         }
     }
@@ -173,15 +177,8 @@ impl PendingObject<'_> {
                 actual,
             }));
         }
-        let final_path = self.store.path_of(&actual);
-        if let Some(parent) = final_path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        if let Some(tmp_path) = self.tmp_path.take() {
-            if let Err(e) = fs::rename(&tmp_path, &final_path) {
-                let _ = fs::remove_file(&tmp_path);
-                return Err(e.into());
-            }
+        if let Some(mut fresh) = self.fresh.take() {
+            self.store.keep(&mut fresh, &actual)?;
         }
         self.store.flusher.written();
         self.store.record_size(&actual, self.written);
@@ -215,14 +212,6 @@ impl BlobSink for Store {
 
     fn blob(&self, oid: &ObjectId) -> Result<Option<Vec<u8>>, SinkError> {
         Ok(self.read(oid)?)
-    }
-}
-
-impl Drop for PendingObject<'_> {
-    fn drop(&mut self) {
-        if let Some(path) = self.tmp_path.take() {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 
@@ -262,6 +251,13 @@ impl Store {
         let listings = dir.join("listings");
         for d in [&objects, &tmp, &snapshots, &listings] {
             fs::create_dir_all(d).map_err(err(d))?;
+        }
+        for fan_out in 0..=255u8 {
+            let d = objects.join(format!("{fan_out:02x}"));
+            match fs::create_dir(&d) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(&d)(e)),
+                _ => {}
+            }
         }
         if let Ok(leftovers) = fs::read_dir(&tmp) {
             for entry in leftovers.flatten() {
@@ -379,23 +375,9 @@ impl Store {
         if self.lock().touch(oid) {
             return Ok(());
         }
-        let final_path = self.path_of(oid);
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = self
-            .tmp
-            .join(format!("{}.{}.{n}", oid.to_hex(), std::process::id()));
-        let result = (|| {
-            let mut file = File::create(&tmp_path)?;
-            file.write_all(bytes)?;
-            if let Some(parent) = final_path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::rename(&tmp_path, &final_path)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp_path);
-            return result;
-        }
+        let mut fresh = self.fresh_file(&oid.to_hex())?;
+        fresh.file().write_all(bytes)?;
+        self.keep(&mut fresh, oid)?;
         self.flusher.written();
         // Eviction runs in the background; only a cache far over its limit waits for it.
         self.admit(oid, bytes.len() as u64);
@@ -435,19 +417,38 @@ impl Store {
             // It could never stay, and a server's word on a size must not fill the disk.
             return Err(SinkError::LargerThanCache { size: len, limit });
         }
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let name = oid.map_or_else(|| "unnamed".to_string(), |oid| oid.to_hex());
-        let tmp_path = self.tmp.join(format!("{name}.{}.{n}", std::process::id()));
-        let file = File::create(&tmp_path)?;
         Ok(PendingObject {
             store: self,
             oid,
             expected_len: len,
             written: 0,
             hasher: Some(ObjectHasher::new(ObjectKind::Blob, len)),
-            file,
-            tmp_path: Some(tmp_path),
+            fresh: Some(self.fresh_file(&name)?),
         })
+    }
+
+    /// A file for a new object (see `fresh`), its name in `tmp/` (where it needs one) unique.
+    fn fresh_file(&self, name: &str) -> io::Result<FreshFile> {
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = PID.get_or_init(std::process::id);
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        FreshFile::create(&self.tmp, format!("{name}.{pid}.{n}"))
+    }
+
+    /// Gives `fresh` its place as object `oid`. The fan-out directories are made at open, so
+    /// one is made here only if it went since.
+    fn keep(&self, fresh: &mut FreshFile, oid: &ObjectId) -> io::Result<()> {
+        let path = self.path_of(oid);
+        match fresh.keep_as(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fresh.keep_as(&path)
+            }
+            kept => kept,
+        }
     }
 
     /// Enters a newly written object into the index, evicting inline only when far over.
@@ -870,9 +871,8 @@ fn scan_records(listings: &Path, suspect: Option<std::time::SystemTime>) -> Vec<
         match (root, file.metadata()) {
             (Ok(root), Ok(meta))
                 if meta.is_file()
-                    && suspect.is_none_or(|since| {
-                        meta.modified().is_ok_and(|mtime| mtime < since)
-                    }) =>
+                    && suspect
+                        .is_none_or(|since| meta.modified().is_ok_and(|mtime| mtime < since)) =>
             {
                 let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 found.push((mtime, Victim::Record(root), meta.len()));
@@ -945,12 +945,20 @@ mod tests {
         let root = ObjectId::from_bytes([7; 20]);
         let (torn_path, old_path, record) = {
             let store = on("boot-1");
-            for (oid, bytes) in [(&whole, &whole_bytes), (&torn, &torn_bytes), (&old, &old_bytes)] {
+            for (oid, bytes) in [
+                (&whole, &whole_bytes),
+                (&torn, &torn_bytes),
+                (&old, &old_bytes),
+            ] {
                 store.insert(oid, bytes).expect("insert");
             }
             store.append_listing_record(&root, &[whole]);
             store.save_snapshot("mega x /r", &whole, &whole, 1);
-            (store.path_of(&torn), store.path_of(&old), store.listings_record(&root))
+            (
+                store.path_of(&torn),
+                store.path_of(&old),
+                store.listings_record(&root),
+            )
         };
         // What a crash of the machine leaves: the right length, not the right bytes.
         let zeros = |path: &Path, len: usize| fs::write(path, vec![0u8; len]).expect("tear");
