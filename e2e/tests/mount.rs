@@ -153,6 +153,51 @@ fn a_mount_fetches_only_what_is_read_and_only_once() {
 }
 
 #[test]
+fn a_walk_that_reads_costs_one_request_a_file() {
+    let world = World::new();
+    let point = world.mount_mega("walk");
+    world.server.clear_requests();
+    let found = {
+        let point = point.clone();
+        within(LIMIT, move || {
+            std::process::Command::new("grep")
+                .args(["-r", "-l", "a leaf, deep down"])
+                .arg(&point)
+                .output()
+        })
+        .expect("grep")
+    };
+    assert!(
+        String::from_utf8_lossy(&found.stdout).contains("src/nested/deep/leaf.txt"),
+        "grep found the leaf"
+    );
+    let (mut files, mut links) = (0, 0);
+    let mut dirs = vec![point.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let kind = entry.file_type().expect("type");
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                files += 1;
+            } else {
+                links += 1;
+            }
+        }
+    }
+    let requests = world.server.requests();
+    let heads = requests.iter().filter(|r| r.is_blob_head()).count();
+    let gets = requests.iter().filter(|r| r.is_blob_get()).count();
+    // Until the walk has opened a file it only stats, so the first directories' files are
+    // sized alone; once it reads, each file's size comes with its content (before: a HEAD
+    // and a GET for every file), and a symlink's target is its content.
+    assert!(
+        heads < files / 2 && gets <= files + links,
+        "{heads} HEADs and {gets} GETs for {files} files and {links} symlinks"
+    );
+}
+
+#[test]
 fn a_corrupt_server_gives_eio_never_wrong_bytes() {
     let world = World::new();
     let point = world.mount_mega("corrupt");

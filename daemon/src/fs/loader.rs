@@ -234,7 +234,7 @@ impl Loader {
     }
 
     /// The entries of tree `oid` if it is cached and parses, not counted as a hit.
-    fn cached_entries(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
+    pub fn cached_entries(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
         let body = self.store.read(oid).ok()??;
         parse_tree(&body).ok()
     }
@@ -688,8 +688,9 @@ impl Loader {
     /// parallel: the kernel asks for them together (`ls -l`), and one query each is all a
     /// Mega server offers. Where sizes cost the contents anyway, the contents are fetched
     /// into the cache instead, in one batch, and the bigger files sized from the head of
-    /// their answers, their contents kept as well up to `contents_up_to` bytes (0: none; for
-    /// a walk that reads). Once per directory tree, however many ask.
+    /// their answers. With `contents_up_to` (0: none; for a walk that reads), each size comes
+    /// from the head of the file's answer, its content kept too up to that many bytes. Once
+    /// per directory tree, however many ask.
     pub async fn learn_sizes(
         self: &Arc<Self>,
         tree: ObjectId,
@@ -725,7 +726,9 @@ impl Loader {
                         let this = this.clone();
                         async move {
                             let query = this.within_deadline(async {
-                                match contents_up_to > 0 && this.source.sizes_need_content() {
+                                // A walk that reads wants the contents next: one request
+                                // for both, on either source (a Mega HEAD then GET is two).
+                                match contents_up_to > 0 {
                                     true => this.size_with_content(oid, contents_up_to).await,
                                     false => this.source.blob_size(oid).await,
                                 }

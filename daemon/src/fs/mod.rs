@@ -103,6 +103,11 @@ const READ_AHEAD_MAX_SIZE: u64 = DEFAULT_STREAM_MIN_SIZE;
 const READ_AHEAD_MAX_BYTES: u64 = 128 << 20;
 const READ_AHEAD_PARALLELISM: usize = 8;
 
+/// Where sizes cost a request each (Mega), how many directories ahead of a walk that reads
+/// have their files' sizes and contents fetched, and how many of them at once.
+const SIZE_AHEAD_DIRS: usize = 32;
+const SIZE_AHEAD_PARALLEL_DIRS: usize = 4;
+
 /// Milliseconds since the daemon started (never 0).
 fn millis_since_start() -> u64 {
     static START: OnceLock<std::time::Instant> = OnceLock::new();
@@ -948,6 +953,9 @@ impl MountFs {
     /// the bigger files' contents come with their sizes.
     async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
         let walking = self.note_walk(dir);
+        if walking && self.walk_reads() && !self.loader.sizes_need_content() {
+            self.size_ahead_of_walk(dir);
+        }
         if let Some((tree, files)) = self.files_without_size(dir)? {
             let ahead = match walking && self.loader.sizes_need_content() {
                 true => self.directories_after(dir),
@@ -1086,22 +1094,82 @@ impl MountFs {
         walking
     }
 
-    /// The trees of the directories after `dir` in its parent's listing, then after its
-    /// parent in the grandparent's and so on, up to [`WALK_SIBLINGS`]: where the source
-    /// filters by size (git), a walk's small files come with `dir`'s, and the directories
-    /// below them, so one request brings many directories' files
-    /// rather than one each, and the next requests go out before the walk gets there.
-    fn directories_after(&self, dir: u64) -> Vec<ObjectId> {
+    /// Where each size costs a request (Mega) and a walk reads, the sizes and contents of the
+    /// files of the next [`SIZE_AHEAD_DIRS`] directories a depth-first walk from `dir` reaches
+    /// (those whose trees are cached: the look-ahead brings them) are fetched in the
+    /// background, so the walk finds them cached instead of waiting on a round of requests
+    /// in each directory. A directory's sizes are learnt once, however many ask: the walk's
+    /// own request for them joins the one made here.
+    fn size_ahead_of_walk(self: &Arc<Self>, dir: u64) {
+        let work: Vec<(ObjectId, Files)> = self
+            .directories_ahead(dir, SIZE_AHEAD_DIRS)
+            .into_iter()
+            .filter_map(|(path, tree)| {
+                let entries = self.loader.cached_entries(&tree)?;
+                let files: Files = entries
+                    .iter()
+                    .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable))
+                    .filter(|e| self.loader.known_size(&e.oid).is_none())
+                    .map(|e| (path.join(&e.name), e.oid))
+                    .collect();
+                (!files.is_empty()).then_some((tree, files))
+            })
+            .collect();
+        if work.is_empty() {
+            return;
+        }
+        let loader = Arc::clone(&self.loader);
+        let span = tracing::info_span!("size_ahead", mount = %self.name);
+        self.runtime.spawn(
+            async move {
+                stream::iter(work)
+                    .for_each_concurrent(SIZE_AHEAD_PARALLEL_DIRS, |(tree, files)| {
+                        let loader = Arc::clone(&loader);
+                        async move {
+                            // A failure is the walk's own request's to report.
+                            let sized =
+                                loader.learn_sizes(tree, files, Vec::new(), READ_AHEAD_MAX_SIZE);
+                            let _ = sized.await;
+                        }
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Up to `most` directories a depth-first walk reaches after `dir`, with their paths:
+    /// `dir`'s subdirectories, then those after it in its parent's listing, and so on up.
+    fn directories_ahead(&self, dir: u64, most: usize) -> Vec<(RepoPath, ObjectId)> {
+        let base = self.path_of(dir);
+        let mut ahead: Vec<(RepoPath, ObjectId)> = match self.loaded_listing(dir) {
+            Ok(Some(listing)) => listing
+                .entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Directory)
+                .take(most)
+                .map(|e| (base.join(&e.name), e.oid))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (parent, name, oid) in self.siblings_after(dir, most.saturating_sub(ahead.len())) {
+            ahead.push((self.path_of(parent).join(&name), oid));
+        }
+        ahead
+    }
+
+    /// The directories after `dir` in its parent's listing, then after its parent in the
+    /// grandparent's and so on, up to `most`: (parent, name, tree) each.
+    fn siblings_after(&self, dir: u64, most: usize) -> Vec<(u64, Arc<[u8]>, ObjectId)> {
         let inodes = self.read_inodes();
         let mut after = Vec::new();
         let mut at = dir;
-        // Then those after its parent, and so on up: where a depth-first walk goes next.
         for _ in 0..loader::WALK_DEPTH {
             let parent = inodes.get(at).map_or(ROOT_INO, |n| n.parent);
             let Some(siblings) = inodes.get(parent).and_then(|n| n.listing.clone()) else {
                 break;
             };
-            if parent == at || after.len() >= WALK_SIBLINGS {
+            if parent == at || after.len() >= most {
                 break;
             }
             let next = siblings
@@ -1110,12 +1178,22 @@ impl MountFs {
                 .skip_while(|e| e.ino != at)
                 .skip(1)
                 .filter(|e| e.kind == EntryKind::Directory)
-                .take(WALK_SIBLINGS - after.len())
-                .map(|e| e.oid);
+                .take(most - after.len())
+                .map(|e| (parent, Arc::clone(&e.name), e.oid));
             after.extend(next);
             at = parent;
         }
         after
+    }
+
+    /// The trees of the directories after `dir` in its parent's listing, then after its
+    /// parent in the grandparent's and so on, up to [`WALK_SIBLINGS`]: where the source
+    /// filters by size (git), a walk's small files come with `dir`'s, and the directories
+    /// below them, so one request brings many directories' files
+    /// rather than one each, and the next requests go out before the walk gets there.
+    fn directories_after(&self, dir: u64) -> Vec<ObjectId> {
+        let after = self.siblings_after(dir, WALK_SIBLINGS);
+        after.into_iter().map(|(_, _, oid)| oid).collect()
     }
 
     /// The tree of directory `dir` and its files whose sizes are not known yet, if any.
