@@ -107,6 +107,7 @@ const READ_AHEAD_PARALLELISM: usize = 8;
 /// have their files' sizes and contents fetched, and how many of them at once.
 const SIZE_AHEAD_DIRS: usize = 32;
 const SIZE_AHEAD_PARALLEL_DIRS: usize = 4;
+const SIZE_AHEAD_REMEMBERED: usize = 4096;
 
 /// Milliseconds since the daemon started (never 0).
 fn millis_since_start() -> u64 {
@@ -172,6 +173,9 @@ pub struct MountFs {
     /// Fetches a walk's read-ahead may have under way at once, over all its directories (a
     /// walk passes through directories faster than their files arrive).
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
+    /// The directory trees a walk had sized ahead lately (see `size_ahead_of_walk`), so each
+    /// is looked at once rather than at every directory before it; emptied when full.
+    sized_ahead: Mutex<HashSet<ObjectId>>,
     /// When a file in a directory a walk is in was last opened (see `millis_since_start`;
     /// 0: never): the walk reads contents (`grep -r`), not only sizes (`du`).
     walk_opened: AtomicU64,
@@ -217,6 +221,7 @@ impl MountFs {
             failed_arrivals: Mutex::new(HashMap::new()),
             wrong_pages: Mutex::new(HashSet::new()),
             read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_PARALLELISM)),
+            sized_ahead: Mutex::new(HashSet::new()),
             walk_opened: AtomicU64::new(0),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             times: RwLock::new(Arc::new(times)),
@@ -953,10 +958,10 @@ impl MountFs {
     /// the bigger files' contents come with their sizes.
     async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
         let walking = self.note_walk(dir);
-        if walking && self.walk_reads() && !self.loader.sizes_need_content() {
-            self.size_ahead_of_walk(dir);
-        }
         if let Some((tree, files)) = self.files_without_size(dir)? {
+            if walking && self.walk_reads() && !self.loader.sizes_need_content() {
+                self.size_ahead_of_walk(dir);
+            }
             let ahead = match walking && self.loader.sizes_need_content() {
                 true => self.directories_after(dir),
                 false => Vec::new(),
@@ -1101,11 +1106,20 @@ impl MountFs {
     /// in each directory. A directory's sizes are learnt once, however many ask: the walk's
     /// own request for them joins the one made here.
     fn size_ahead_of_walk(self: &Arc<Self>, dir: u64) {
-        let work: Vec<(ObjectId, Files)> = self
-            .directories_ahead(dir, SIZE_AHEAD_DIRS)
+        let ahead = self.directories_ahead(dir, SIZE_AHEAD_DIRS);
+        let mut seen = lock(&self.sized_ahead);
+        if seen.len() > SIZE_AHEAD_REMEMBERED {
+            seen.clear();
+        }
+        let work: Vec<(ObjectId, Files)> = ahead
             .into_iter()
             .filter_map(|(path, tree)| {
+                if seen.contains(&tree) {
+                    return None;
+                }
+                // Not seen until its tree is at hand: the look-ahead may bring it later.
                 let entries = self.loader.cached_entries(&tree)?;
+                seen.insert(tree);
                 let files: Files = entries
                     .iter()
                     .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable))
@@ -1115,6 +1129,7 @@ impl MountFs {
                 (!files.is_empty()).then_some((tree, files))
             })
             .collect();
+        drop(seen);
         if work.is_empty() {
             return;
         }
