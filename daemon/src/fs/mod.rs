@@ -1107,11 +1107,44 @@ impl MountFs {
     /// own request for them joins the one made here.
     fn size_ahead_of_walk(self: &Arc<Self>, dir: u64) {
         let ahead = self.directories_ahead(dir, SIZE_AHEAD_DIRS);
+        if ahead.is_empty() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let span = tracing::info_span!("size_ahead", mount = %self.name);
+        self.runtime.spawn(
+            async move {
+                // Their trees are read from the cache: off the runtime's threads, and off the
+                // request that noticed the walk.
+                let planner = Arc::clone(&this);
+                let planned = tokio::task::spawn_blocking(move || planner.to_size(ahead));
+                let Ok(work) = planned.await else {
+                    return;
+                };
+                stream::iter(work)
+                    .for_each_concurrent(SIZE_AHEAD_PARALLEL_DIRS, |(tree, files)| {
+                        let loader = Arc::clone(&this.loader);
+                        async move {
+                            // A failure is the walk's own request's to report.
+                            let sized =
+                                loader.learn_sizes(tree, files, Vec::new(), READ_AHEAD_MAX_SIZE);
+                            let _ = sized.await;
+                        }
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Of directories `ahead` (path, tree), those not sized ahead lately whose trees are
+    /// cached, each with its files whose sizes are not known. Blocking: it reads the trees.
+    fn to_size(&self, ahead: Vec<(RepoPath, ObjectId)>) -> Vec<(ObjectId, Files)> {
         let mut seen = lock(&self.sized_ahead);
         if seen.len() > SIZE_AHEAD_REMEMBERED {
             seen.clear();
         }
-        let work: Vec<(ObjectId, Files)> = ahead
+        ahead
             .into_iter()
             .filter_map(|(path, tree)| {
                 if seen.contains(&tree) {
@@ -1128,29 +1161,7 @@ impl MountFs {
                     .collect();
                 (!files.is_empty()).then_some((tree, files))
             })
-            .collect();
-        drop(seen);
-        if work.is_empty() {
-            return;
-        }
-        let loader = Arc::clone(&self.loader);
-        let span = tracing::info_span!("size_ahead", mount = %self.name);
-        self.runtime.spawn(
-            async move {
-                stream::iter(work)
-                    .for_each_concurrent(SIZE_AHEAD_PARALLEL_DIRS, |(tree, files)| {
-                        let loader = Arc::clone(&loader);
-                        async move {
-                            // A failure is the walk's own request's to report.
-                            let sized =
-                                loader.learn_sizes(tree, files, Vec::new(), READ_AHEAD_MAX_SIZE);
-                            let _ = sized.await;
-                        }
-                    })
-                    .await;
-            }
-            .instrument(span),
-        );
+            .collect()
     }
 
     /// Up to `most` directories a depth-first walk reaches after `dir`, with their paths:

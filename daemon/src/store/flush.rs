@@ -1,10 +1,10 @@
 //! When written objects reach the disk, and what a crash of the machine may have torn.
 //!
 //! An fsync per object costs a whole-tree fetch seconds (thousands of journal commits), so
-//! objects are written and renamed into place without one, and the cache's filesystem is
+//! objects are written and named into place without one, and the cache's filesystem is
 //! flushed instead with one `syncfs` every few seconds and at shutdown. A stamp then records
 //! when that flush began and on which boot. A crash of the daemon loses nothing (the kernel
-//! holds what it wrote); only a crash of the machine can leave an object renamed into place
+//! holds what it wrote); only a crash of the machine can leave an object named in place
 //! whose bytes never reached the disk. So at open, if the machine booted since the stamp, the
 //! objects changed since its flush began are checked against their ids.
 
