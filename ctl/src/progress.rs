@@ -54,7 +54,7 @@ impl Progress {
                 bar.set_message(details(p, elapsed));
             }
             Progress::Lines { last } => {
-                if last.is_none_or(|at| at.elapsed() >= LINE_EVERY) {
+                if worth_a_line(p, *last) {
                     eprintln!("prefetch: {}", line(p, elapsed));
                     *last = Some(Instant::now());
                 }
@@ -68,6 +68,12 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Whether a plain line is due: every [`LINE_EVERY`], and only once a file is found (before
+/// that, `0/0+ files` tells a log nothing).
+fn worth_a_line(p: &PrefetchProgress, last: Option<Instant>) -> bool {
+    p.files_total > 0 && last.is_none_or(|at| at.elapsed() >= LINE_EVERY)
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -165,6 +171,24 @@ mod tests {
             "prefetched 10 of 40 files (2.0 MiB fetched) in 1m30s"
         );
         assert!(stopped(None, Duration::ZERO).starts_with("stopped: 0 of 0+ files"));
+    }
+
+    #[test]
+    fn lines_wait_for_a_file_then_come_now_and_then() {
+        let nothing = PrefetchProgress::default();
+        assert!(!worth_a_line(&nothing, None), "no `0/0+ files` line");
+        let found = PrefetchProgress {
+            files_total: 3,
+            ..Default::default()
+        };
+        assert!(
+            worth_a_line(&found, None),
+            "the first line once a file is found"
+        );
+        assert!(
+            !worth_a_line(&found, Some(Instant::now())),
+            "not again at once"
+        );
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn the_prefetch_stops_when_its_client_goes_away() {
         });
     }
     let mut client = command.spawn().expect("mega-fuse prefetch");
-    // Its stderr is no terminal: progress comes as plain lines, the first one at once.
+    // Its stderr is no terminal: progress comes as plain lines, the first once a file is found.
     let stderr = client.stderr.take().expect("stderr");
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
