@@ -228,6 +228,10 @@ fn the_prefetch_stops_when_its_client_goes_away() {
         !stderr.contains('\x1b'),
         "no escape codes off a terminal: {stderr}"
     );
+    assert!(
+        !stderr.contains("prefetch: 0/0"),
+        "no progress line before a file is found: {stderr}"
+    );
     let deadline = Instant::now() + LIMIT;
     while !world
         .daemon
