@@ -8,6 +8,8 @@
 //! anywhere else is part of the trunk itself: its trees chain up to the monorepo's root.
 
 use std::collections::BTreeSet;
+use std::ops::Deref;
+use std::sync::Mutex;
 
 use anyhow::{anyhow, Context};
 use gix::objs::tree::EntryKind;
@@ -17,9 +19,35 @@ use sha1::{Digest, Sha1};
 pub struct ServedRepo {
     /// Absolute monorepo path, e.g. `/third-party/testrepo`.
     pub mount: String,
-    pub repo: gix::ThreadSafeRepository,
+    repo: gix::ThreadSafeRepository,
+    /// Handles kept between requests: a handle's delta-base cache is what makes reading many
+    /// blobs of one pack cheap, and a handle opened per request started with it empty.
+    idle: Mutex<Vec<gix::Repository>>,
     /// What the trunk follows in this repository (`HEAD`, a branch, a commit).
     pub reference: String,
+}
+
+/// A repository handle lent by a [`ServedRepo`], given back when dropped.
+struct Handle<'a> {
+    served: &'a ServedRepo,
+    repo: Option<gix::Repository>,
+}
+
+impl Deref for Handle<'_> {
+    type Target = gix::Repository;
+    fn deref(&self) -> &gix::Repository {
+        self.repo
+            .as_ref()
+            .expect("a handle holds its repository until dropped")
+    }
+}
+
+impl Drop for Handle<'_> {
+    fn drop(&mut self) {
+        if let (Some(repo), Ok(mut idle)) = (self.repo.take(), self.served.idle.lock()) {
+            idle.push(repo);
+        }
+    }
 }
 
 impl ServedRepo {
@@ -28,12 +56,24 @@ impl ServedRepo {
         Ok(ServedRepo {
             mount: normalize(mount).ok_or_else(|| anyhow!("bad mount path {mount:?}"))?,
             repo: repo.into_sync(),
+            idle: Mutex::new(Vec::new()),
             reference: reference.to_string(),
         })
     }
 
-    fn head(&self) -> anyhow::Result<(gix::Repository, gix::ObjectId)> {
-        let repo = self.repo.to_thread_local();
+    fn handle(&self) -> Handle<'_> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        // No object cache: nearly every blob is asked for once, and filling one cost more
+        // than it saved (measured); the delta-base cache is what pays.
+        let repo = idle.unwrap_or_else(|| self.repo.to_thread_local());
+        Handle {
+            served: self,
+            repo: Some(repo),
+        }
+    }
+
+    fn head(&self) -> anyhow::Result<(Handle<'_>, gix::ObjectId)> {
+        let repo = self.handle();
         let id = repo
             .rev_parse_single(self.reference.as_str())?
             .object()?
@@ -160,7 +200,7 @@ impl Monorepo {
     /// that id.
     pub fn blob(&self, oid: &gix::ObjectId) -> Option<Vec<u8>> {
         self.repos.iter().find_map(|served| {
-            let repo = served.repo.to_thread_local();
+            let repo = served.handle();
             let object = repo.find_object(*oid).ok()?;
             (object.kind == gix::object::Kind::Blob).then(|| object.detach().data)
         })
@@ -168,7 +208,7 @@ impl Monorepo {
 
     pub fn blob_size(&self, oid: &gix::ObjectId) -> Option<u64> {
         self.repos.iter().find_map(|served| {
-            let repo = served.repo.to_thread_local();
+            let repo = served.handle();
             let header = repo.find_header(*oid).ok()?;
             (header.kind() == gix::object::Kind::Blob).then(|| header.size())
         })
