@@ -291,7 +291,7 @@ fn a_walk_reading_a_mega_mount_has_each_directorys_small_files_fetched_ahead() {
 }
 
 /// A repository whose `assets/` holds `ASSETS` files too big for a walk's fetch of small
-/// files (over 256 KiB): their oids, with the repository.
+/// files (over 512 KiB): their oids, with the repository.
 const ASSETS: usize = 4;
 
 fn assets_repo(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
@@ -304,7 +304,7 @@ fn assets_repo(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
     std::fs::write(repo.join("a-docs/notes.txt"), "notes\n").expect("write");
     for i in 0..ASSETS {
         // Seeds differ in more than their lowest bit (which the generator sets).
-        let bytes = pseudo_random(300 << 10, 2 * i as u64 + 1);
+        let bytes = pseudo_random(600 << 10, 2 * i as u64 + 1);
         std::fs::write(repo.join(format!("assets/a{i}.bin")), bytes).expect("write");
     }
     git(&repo, &["init", "-q", "-b", "main"]).expect("init");
@@ -369,7 +369,7 @@ fn stat_walk_then_read_one(point: &std::path::Path, between: impl FnOnce()) {
         move || std::fs::read(path)
     })
     .expect("read");
-    assert_eq!(first.len(), 300 << 10);
+    assert_eq!(first.len(), 600 << 10);
 }
 
 #[test]
@@ -396,12 +396,12 @@ fn a_walk_reading_big_files_has_the_rest_of_their_directory_fetched_ahead_one_ea
     ]);
     stat_walk_then_read_one(&point, || mega.clear_requests());
     let gets = || mega.requests().iter().filter(|r| r.is_blob_get()).count();
-    // Before, only files up to 256 KiB were read ahead: this timed out at 1.
+    // Before, only small files were read ahead: this timed out at 1.
     wait_until("the other assets over Mega", || gets() >= ASSETS);
     mega.clear_requests();
     for i in 0..ASSETS {
         let bytes = std::fs::read(point.join(format!("assets/a{i}.bin"))).expect("read");
-        assert_eq!(bytes.len(), 300 << 10);
+        assert_eq!(bytes.len(), 600 << 10);
     }
     assert_eq!(gets(), 0, "the rest were at hand");
 
@@ -425,7 +425,7 @@ fn a_walk_reading_big_files_has_the_rest_of_their_directory_fetched_ahead_one_ea
     server.clear_requests();
     for i in 0..ASSETS {
         let bytes = std::fs::read(point.join(format!("assets/a{i}.bin"))).expect("read");
-        assert_eq!(bytes.len(), 300 << 10);
+        assert_eq!(bytes.len(), 600 << 10);
     }
     assert_eq!(server.requests().len(), 0, "the rest were at hand");
 }
