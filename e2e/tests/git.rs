@@ -318,6 +318,54 @@ fn a_directorys_sizes_come_in_one_batch() {
 }
 
 #[test]
+fn files_up_to_half_a_mebibyte_come_with_their_directorys_sizes() {
+    // Source files of that size are common (generated tables, bindings); each costing a
+    // request of its own made a cold `grep -r` of the dependency sources a third slower.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("tables");
+    std::fs::create_dir_all(repo.join("gen")).expect("mkdir");
+    let table = fixture::pseudo_random(400 << 10, 7);
+    std::fs::write(repo.join("gen/table.rs"), &table).expect("write");
+    std::fs::write(repo.join("gen/mod.rs"), "mod table;\n").expect("write");
+    fixture::git(&repo, &["init", "-q", "-b", "main"]).expect("init");
+    fixture::git(&repo, &["add", "."]).expect("add");
+    fixture::git(&repo, &["commit", "-q", "-m", "tables"]).expect("commit");
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let status = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&repo)
+        .arg(root.join("tables.git"))
+        .status()
+        .expect("git clone");
+    assert!(status.success());
+    let server = GitServer::start_with(&root, true, false).expect("git server");
+    let daemon = Daemon::start();
+    let point = daemon.mountpoint("tables");
+    let url = server.url("tables.git");
+    daemon.ctl_ok(&git_connect(&url, &point, "tables"));
+    server.clear_requests();
+
+    let mut sizes = sizes_of(point.join("gen"));
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![11, 400 << 10]);
+    let requests = server.requests();
+    // Before (files up to 256 KiB only), the table's size took a fetch of its own.
+    assert_eq!(
+        requests.len(),
+        1,
+        "one fetch for the directory: {requests:?}"
+    );
+    server.clear_requests();
+    let path = point.join("gen/table.rs");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(path)).expect("read"),
+        table
+    );
+    assert_eq!(server.requests(), [], "the table came with the sizes");
+}
+
+#[test]
 fn a_deleted_object_fails_alone() {
     let s = setup(true);
     // Delete one blob from the served repository (its objects are loose).
