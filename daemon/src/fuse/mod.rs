@@ -274,18 +274,6 @@ impl Filesystem for FuseAdapter {
         self.answered(call, tier, false);
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing is ever written, so there is nothing to flush.
-        reply.ok();
-    }
-
     fn release(
         &self,
         req: &Request,
