@@ -290,6 +290,110 @@ fn a_walk_reading_a_mega_mount_has_each_directorys_small_files_fetched_ahead() {
     assert_eq!(blob_gets(&world), 0, "the rest were at hand");
 }
 
+/// Directories `d0` .. `d{N-1}` of a repository made for a walk, each holding `a.txt` and,
+/// three levels down, `deeper/er/x.txt` (contents naming their directory, so no two files
+/// are one blob).
+const WALKED_DIRS: usize = 8;
+
+fn nested_repo(dir: &std::path::Path) -> std::path::PathBuf {
+    use megafs_testsupport::fixture::git;
+    let repo = dir.join("nested-repo");
+    for i in 0..WALKED_DIRS {
+        let deep = repo.join(format!("d{i}/deeper/er"));
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        std::fs::write(repo.join(format!("d{i}/a.txt")), format!("a in d{i}\n")).expect("write");
+        std::fs::write(deep.join("x.txt"), format!("x in d{i}\n")).expect("write");
+    }
+    git(&repo, &["init", "-q", "-b", "main"]).expect("init");
+    git(&repo, &["add", "."]).expect("add");
+    git(&repo, &["commit", "-q", "-m", "nested"]).expect("commit");
+    repo
+}
+
+/// Lists directory `rel` of the mount at `point` and reads its files, as `grep -r` does;
+/// its subdirectories' names.
+fn walk_one(point: &std::path::Path, rel: &str) -> Vec<String> {
+    let mut subdirs = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(point.join(rel))
+        .expect("read_dir")
+        .map(|e| e.expect("entry"))
+        .collect();
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().expect("type").is_dir() {
+            subdirs.push(name);
+        } else {
+            let text = std::fs::read_to_string(entry.path()).expect("read");
+            assert!(
+                text.ends_with(&format!("in {}\n", &rel[..2])),
+                "{rel}/{name}: {text}"
+            );
+        }
+    }
+    subdirs
+}
+
+#[test]
+fn a_walk_reading_a_mega_mount_finds_the_directories_ahead_of_it_fetched() {
+    use megafs_testsupport::{DevServer, ServedRepo};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = nested_repo(dir.path());
+    let daemon = megafs_testsupport::harness::Daemon::start();
+    let served = ServedRepo::open("/third-party/nested", &repo, "main").expect("serve");
+    let mega = DevServer::start(vec![served]).expect("dev server");
+    let point = daemon.mountpoint("nested");
+    daemon.ctl_ok(&[
+        "connect",
+        "/third-party/nested",
+        "--mega-url",
+        &mega.url(),
+        "--mount-point",
+        path_str(&point),
+        "--name",
+        "nested",
+    ]);
+    // A walk that reads: the root, then d0 (its file read), then on into d0/deeper.
+    within(LIMIT, {
+        let point = point.clone();
+        move || {
+            std::fs::read_dir(&point).expect("root").for_each(drop);
+            walk_one(&point, "d0");
+            walk_one(&point, "d0/deeper");
+        }
+    });
+    // The last directory's deepest file, three levels below a directory the walk has not
+    // entered: fetched ahead of it. Before, only the next directories listed already had
+    // their files fetched: this timed out.
+    let deepest = megafs_testsupport::fixture::git(
+        &repo,
+        &[
+            "rev-parse",
+            &format!("HEAD:d{}/deeper/er/x.txt", WALKED_DIRS - 1),
+        ],
+    )
+    .expect("rev-parse");
+    let deepest = format!("/api/v1/file/blob/{}", deepest.trim());
+    wait_until("the walk's last file fetched ahead", || {
+        mega.requests()
+            .iter()
+            .any(|r| r.is_blob_get() && r.path == deepest)
+    });
+    wait_until("every file fetched", || {
+        mega.requests().iter().filter(|r| r.is_blob_get()).count() >= 2 * WALKED_DIRS
+    });
+    mega.clear_requests();
+    within(LIMIT, move || {
+        walk_one(&point, "d0/deeper/er");
+        for i in 1..WALKED_DIRS {
+            for rel in ["", "/deeper", "/deeper/er"] {
+                walk_one(&point, &format!("d{i}{rel}"));
+            }
+        }
+    });
+    assert_eq!(mega.requests(), [], "the rest of the walk was at hand");
+}
+
 /// A repository whose `assets/` holds `ASSETS` files too big for a walk's fetch of small
 /// files (over 512 KiB): their oids, with the repository.
 const ASSETS: usize = 4;

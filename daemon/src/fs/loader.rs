@@ -258,10 +258,31 @@ impl Loader {
         path: &RepoPath,
         oid: ObjectId,
     ) -> Result<Vec<TreeEntry>, FsError> {
+        self.entries_counting(path, oid, true).await
+    }
+
+    /// [`Loader::entries`] for the daemon's own work: a cached tree is not counted as a hit
+    /// (no process asked for it).
+    pub async fn entries_uncounted(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Vec<TreeEntry>, FsError> {
+        self.entries_counting(path, oid, false).await
+    }
+
+    async fn entries_counting(
+        self: &Arc<Self>,
+        path: &RepoPath,
+        oid: ObjectId,
+        count_hit: bool,
+    ) -> Result<Vec<TreeEntry>, FsError> {
         let oid = self.imported_root(path, oid);
         let body = match self.store.read(&oid).map_err(FsError::cache)? {
             Some(body) => {
-                self.metrics.cache_hit();
+                if count_hit {
+                    self.metrics.cache_hit();
+                }
                 Arc::from(body)
             }
             None => self.fetch_tree(path, oid).await?,

@@ -15,6 +15,7 @@ mod pattern;
 mod prefetch;
 mod recall;
 mod times;
+mod walk_ahead;
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
@@ -39,6 +40,7 @@ pub use prefetch::PrefetchProgress;
 use recall::Recall;
 use times::Times;
 pub use times::TimesFile;
+use walk_ahead::WalkAhead;
 
 use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{EntryKind, ObjectError, ObjectId, TreeEntry};
@@ -102,12 +104,6 @@ const WALK_SIBLINGS: usize = 1024;
 const READ_AHEAD_MAX_SIZE: u64 = DEFAULT_STREAM_MIN_SIZE;
 const READ_AHEAD_MAX_BYTES: u64 = 128 << 20;
 const READ_AHEAD_PARALLELISM: usize = 8;
-
-/// Where sizes cost a request each (Mega), how many directories ahead of a walk that reads
-/// have their files' sizes and contents fetched, and how many of them at once.
-const SIZE_AHEAD_DIRS: usize = 32;
-const SIZE_AHEAD_PARALLEL_DIRS: usize = 4;
-const SIZE_AHEAD_REMEMBERED: usize = 4096;
 
 /// Milliseconds since the daemon started (never 0).
 fn millis_since_start() -> u64 {
@@ -173,9 +169,8 @@ pub struct MountFs {
     /// Fetches a walk's read-ahead may have under way at once, over all its directories (a
     /// walk passes through directories faster than their files arrive).
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
-    /// The directory trees a walk had sized ahead lately (see `size_ahead_of_walk`), so each
-    /// is looked at once rather than at every directory before it; emptied when full.
-    sized_ahead: Mutex<HashSet<ObjectId>>,
+    /// Where each file costs a request (Mega), the pass fetching ahead of a walk that reads.
+    walk_ahead: WalkAhead,
     /// When a file in a directory a walk is in was last opened (see `millis_since_start`;
     /// 0: never): the walk reads contents (`grep -r`), not only sizes (`du`).
     walk_opened: AtomicU64,
@@ -221,7 +216,7 @@ impl MountFs {
             failed_arrivals: Mutex::new(HashMap::new()),
             wrong_pages: Mutex::new(HashSet::new()),
             read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_PARALLELISM)),
-            sized_ahead: Mutex::new(HashSet::new()),
+            walk_ahead: WalkAhead::new(READ_AHEAD_MAX_SIZE),
             walk_opened: AtomicU64::new(0),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             times: RwLock::new(Arc::new(times)),
@@ -860,7 +855,9 @@ impl MountFs {
         }
         // A walk is seen in the listings it reads too: with sizes known, `readdirplus` is all
         // the kernel asks for before reading the files.
-        self.note_walk(ino);
+        if self.note_walk(ino) {
+            self.fetch_ahead_of_walk(ino);
+        }
         self.look_ahead(ino, listing);
     }
 
@@ -958,10 +955,10 @@ impl MountFs {
     /// the bigger files' contents come with their sizes.
     async fn ensure_sizes(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
         let walking = self.note_walk(dir);
+        if walking {
+            self.fetch_ahead_of_walk(dir);
+        }
         if let Some((tree, files)) = self.files_without_size(dir)? {
-            if walking && self.walk_reads() && !self.loader.sizes_need_content() {
-                self.size_ahead_of_walk(dir);
-            }
             let ahead = match walking && self.loader.sizes_need_content() {
                 true => self.directories_after(dir),
                 false => Vec::new(),
@@ -1099,89 +1096,25 @@ impl MountFs {
         walking
     }
 
-    /// Where each size costs a request (Mega) and a walk reads, the sizes and contents of the
-    /// files of the next [`SIZE_AHEAD_DIRS`] directories a depth-first walk from `dir` reaches
-    /// (those whose trees are cached: the look-ahead brings them) are fetched in the
-    /// background, so the walk finds them cached instead of waiting on a round of requests
-    /// in each directory. A directory's sizes are learnt once, however many ask: the walk's
-    /// own request for them joins the one made here.
-    fn size_ahead_of_walk(self: &Arc<Self>, dir: u64) {
-        let ahead = self.directories_ahead(dir, SIZE_AHEAD_DIRS);
-        if ahead.is_empty() {
+    /// Where each file costs a request (Mega) and a walk that reads has entered `dir`, the
+    /// pass ahead of it goes on past `dir`, or starts there (see `walk_ahead`).
+    fn fetch_ahead_of_walk(self: &Arc<Self>, dir: u64) {
+        if !self.walk_reads() || self.loader.sizes_need_content() {
             return;
         }
-        let this = Arc::clone(self);
-        let span = tracing::info_span!("size_ahead", mount = %self.name);
-        self.runtime.spawn(
-            async move {
-                // Their trees are read from the cache: off the runtime's threads, and off the
-                // request that noticed the walk.
-                let planner = Arc::clone(&this);
-                let planned = tokio::task::spawn_blocking(move || planner.to_size(ahead));
-                let Ok(work) = planned.await else {
-                    return;
-                };
-                stream::iter(work)
-                    .for_each_concurrent(SIZE_AHEAD_PARALLEL_DIRS, |(tree, files)| {
-                        let loader = Arc::clone(&this.loader);
-                        async move {
-                            // A failure is the walk's own request's to report.
-                            let sized =
-                                loader.learn_sizes(tree, files, Vec::new(), READ_AHEAD_MAX_SIZE);
-                            let _ = sized.await;
-                        }
-                    })
-                    .await;
-            }
-            .instrument(span),
-        );
-    }
-
-    /// Of directories `ahead` (path, tree), those not sized ahead lately whose trees are
-    /// cached, each with its files whose sizes are not known. Blocking: it reads the trees.
-    fn to_size(&self, ahead: Vec<(RepoPath, ObjectId)>) -> Vec<(ObjectId, Files)> {
-        let mut seen = lock(&self.sized_ahead);
-        if seen.len() > SIZE_AHEAD_REMEMBERED {
-            seen.clear();
-        }
-        ahead
-            .into_iter()
-            .filter_map(|(path, tree)| {
-                if seen.contains(&tree) {
-                    return None;
-                }
-                // Not seen until its tree is at hand: the look-ahead may bring it later.
-                let entries = self.loader.cached_entries(&tree)?;
-                seen.insert(tree);
-                let files: Files = entries
-                    .iter()
-                    .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable))
-                    .filter(|e| self.loader.known_size(&e.oid).is_none())
-                    .map(|e| (path.join(&e.name), e.oid))
-                    .collect();
-                (!files.is_empty()).then_some((tree, files))
-            })
-            .collect()
-    }
-
-    /// Up to `most` directories a depth-first walk reaches after `dir`, with their paths:
-    /// `dir`'s subdirectories, then those after it in its parent's listing, and so on up.
-    fn directories_ahead(&self, dir: u64, most: usize) -> Vec<(RepoPath, ObjectId)> {
-        let base = self.path_of(dir);
-        let mut ahead: Vec<(RepoPath, ObjectId)> = match self.loaded_listing(dir) {
-            Ok(Some(listing)) => listing
-                .entries
-                .iter()
-                .filter(|e| e.kind == EntryKind::Directory)
-                .take(most)
-                .map(|e| (base.join(&e.name), e.oid))
-                .collect(),
-            _ => Vec::new(),
+        let Some(tree) = self.read_inodes().get(dir).map(|n| n.oid) else {
+            return;
         };
-        for (parent, name, oid) in self.siblings_after(dir, most.saturating_sub(ahead.len())) {
-            ahead.push((self.path_of(parent).join(&name), oid));
-        }
-        ahead
+        let after = || {
+            let siblings = self.siblings_after(dir, WALK_SIBLINGS);
+            siblings
+                .into_iter()
+                .map(|(parent, name, oid)| (self.path_of(parent).join(&name), oid))
+                .collect()
+        };
+        let here = (self.path_of(dir), tree);
+        self.walk_ahead
+            .entered(&self.loader, &self.runtime, here, after, &self.name);
     }
 
     /// The directories after `dir` in its parent's listing, then after its parent in the
