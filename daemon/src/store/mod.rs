@@ -106,13 +106,45 @@ pub struct Store {
     listings: PathBuf,
     tmp: PathBuf,
     index: Mutex<Index>,
-    sizes_log: Mutex<File>,
+    sizes_log: Mutex<SizesLog>,
     flusher: Flusher,
     limit: AtomicU64,
     next_tmp: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     evicted: AtomicU64,
+}
+
+/// The log of sizes learnt, and the lines not written to it yet: a size a fetch learns is
+/// written with others, at the latest when the background next flushes (every second), not
+/// one write each. A daemon's crash loses at most that second's lines, which cost only a
+/// request to learn again (a cached object's size is its file's).
+struct SizesLog {
+    file: File,
+    pending: Vec<u8>,
+}
+
+/// Pending lines written at once when they come to this many bytes.
+const SIZES_PENDING_MAX: usize = 32 << 10;
+
+impl SizesLog {
+    /// Whole lines only, in one write, so that a crash cannot leave half of one behind
+    /// (but for the last, which a reader drops).
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.write_all(&self.pending) {
+            warn!(error = %e, "cannot record sizes in the cache");
+        }
+        self.pending.clear();
+    }
+}
+
+impl Drop for SizesLog {
+    fn drop(&mut self) {
+        self.write_pending();
+    }
 }
 
 /// An object being written as it arrives: hashed on the way, renamed into place only if it is
@@ -293,7 +325,10 @@ impl Store {
             listings,
             tmp,
             index: Mutex::new(index),
-            sizes_log: Mutex::new(sizes_log),
+            sizes_log: Mutex::new(SizesLog {
+                file: sizes_log,
+                pending: Vec::new(),
+            }),
             flusher,
             limit: AtomicU64::new(limit),
             next_tmp: AtomicU64::new(0),
@@ -387,6 +422,7 @@ impl Store {
     /// Flushes what was written to the disk if the last flush is a few seconds old (the
     /// background calls this every second).
     pub fn flush_if_due(&self) {
+        self.sizes_log().write_pending();
         if let Err(e) = self.flusher.flush_if_due() {
             warn!(error = %e, "cannot flush the cache to its disk");
         }
@@ -394,6 +430,7 @@ impl Store {
 
     /// Flushes what was written to the disk now (at shutdown).
     pub fn flush(&self) {
+        self.sizes_log().write_pending();
         if let Err(e) = self.flusher.flush() {
             warn!(error = %e, "cannot flush the cache to its disk");
         }
@@ -483,18 +520,23 @@ impl Store {
             .or_else(|| index.cached.get(oid).map(|e| e.size))
     }
 
-    /// Remembers a size, on disk too, so a restart need not ask again.
+    /// Remembers a size, on disk too (within a second: see [`SizesLog`]), so a restart need
+    /// not ask again.
     pub fn record_size(&self, oid: &ObjectId, size: u64) {
         let new = self.lock().sizes.insert(*oid, size).is_none();
         if new {
-            // One write for the line, so that a crash cannot leave half of one behind.
-            let line = format!("{} {size}\n", oid.to_hex());
-            let mut log = self.sizes_log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = log.write_all(line.as_bytes()) {
-                warn!(error = %e, "cannot record a size in the cache");
+            let mut log = self.sizes_log();
+            log.pending
+                .extend_from_slice(format!("{} {size}\n", oid.to_hex()).as_bytes());
+            if log.pending.len() >= SIZES_PENDING_MAX {
+                log.write_pending();
             }
             self.flusher.written();
         }
+    }
+
+    fn sizes_log(&self) -> MutexGuard<'_, SizesLog> {
+        self.sizes_log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keeps `oid` (cached or still to come) from eviction until the pin drops.
