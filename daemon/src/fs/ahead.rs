@@ -93,6 +93,9 @@ impl LookAhead {
 /// kernel (off the runtime's threads: opening it may wait on the disk), which is all a
 /// demand load then lacks; a missing one is fetched into the cache.
 async fn load(loader: &Arc<Loader>, path: &RepoPath, oid: ObjectId) {
+    if loader.tree_in_memory(&oid) {
+        return;
+    }
     if loader.contains(&oid) {
         let loader = Arc::clone(loader);
         let _ = tokio::task::spawn_blocking(move || loader.warm(&oid)).await;

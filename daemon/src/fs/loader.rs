@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use super::arrival::Arrival;
 use super::error::FsError;
 use super::flight::Flights;
+use super::recent::{RecentTrees, DEFAULT_RECENT_BYTES};
 use crate::metrics::{self, MountMetrics, Tier};
 use crate::object::{parse_tree, EntryKind, ObjectError, ObjectId, ObjectKind, TreeEntry};
 use crate::repo_path::RepoPath;
@@ -75,6 +76,8 @@ pub struct Loader {
     /// The source as logs and errors name it.
     server: String,
     trees: Flights<ObjectId, Arc<[u8]>>,
+    /// Tree bodies fetched or read lately (see `recent`).
+    recent_trees: RecentTrees,
     /// Imported repositories entered: (path, the placeholder its parent lists) -> the
     /// repository's root tree, as the path served it.
     imports: RwLock<HashMap<(RepoPath, ObjectId), ObjectId>>,
@@ -116,6 +119,7 @@ impl Loader {
             source,
             store,
             trees: Flights::with_wait_limit(wait_limit),
+            recent_trees: RecentTrees::new(DEFAULT_RECENT_BYTES),
             imports: RwLock::default(),
             crossings: Flights::with_wait_limit(wait_limit),
             shown_root: RwLock::default(),
@@ -238,8 +242,21 @@ impl Loader {
 
     /// The entries of tree `oid` if it is cached and parses, not counted as a hit.
     pub fn cached_entries(&self, oid: &ObjectId) -> Option<Vec<TreeEntry>> {
-        let body = self.store.read(oid).ok()??;
+        let body = self.cached_tree(oid).ok()??;
         parse_tree(&body).ok()
+    }
+
+    /// Tree `oid`'s body if cached: from memory where it was fetched or read lately.
+    fn cached_tree(&self, oid: &ObjectId) -> std::io::Result<Option<Arc<[u8]>>> {
+        if let Some(body) = self.recent_trees.get(oid) {
+            return Ok(Some(body));
+        }
+        let Some(body) = self.store.read(oid)? else {
+            return Ok(None);
+        };
+        let body: Arc<[u8]> = Arc::from(body);
+        self.recent_trees.insert(*oid, Arc::clone(&body));
+        Ok(Some(body))
     }
 
     /// The entries of tree `oid` if it is cached or the source holds it, without a request.
@@ -278,12 +295,12 @@ impl Loader {
         count_hit: bool,
     ) -> Result<Vec<TreeEntry>, FsError> {
         let oid = self.imported_root(path, oid);
-        let body = match self.store.read(&oid).map_err(FsError::cache)? {
+        let body = match self.cached_tree(&oid).map_err(FsError::cache)? {
             Some(body) => {
                 if count_hit {
                     self.metrics.cache_hit();
                 }
-                Arc::from(body)
+                body
             }
             None => self.fetch_tree(path, oid).await?,
         };
@@ -410,13 +427,21 @@ impl Loader {
         self.verify(ObjectKind::Tree, oid, path, &body)?;
         self.count_fetch(body.len() as u64);
         self.store.insert(&oid, &body).map_err(FsError::cache)?;
-        Ok(Arc::from(body))
+        let body: Arc<[u8]> = Arc::from(body);
+        self.recent_trees.insert(oid, Arc::clone(&body));
+        Ok(body)
     }
 
     /// Warms the page cache with tree `oid`'s cache file without reading it (nor touching its
-    /// place in the cache's eviction order). Blocking: for a blocking thread.
+    /// place in the cache's eviction order), unless its body is in memory already. Blocking:
+    /// for a blocking thread.
     pub fn warm(&self, oid: &ObjectId) -> bool {
-        self.store.warm(oid)
+        self.tree_in_memory(oid) || self.store.warm(oid)
+    }
+
+    /// Whether tree `oid`'s body is in memory (fetched or read lately): at hand, no disk.
+    pub fn tree_in_memory(&self, oid: &ObjectId) -> bool {
+        self.recent_trees.contains(oid)
     }
 
     pub fn contains(&self, oid: &ObjectId) -> bool {

@@ -14,6 +14,7 @@ mod loader;
 mod pattern;
 mod prefetch;
 mod recall;
+mod recent;
 mod times;
 mod walk_ahead;
 
@@ -1102,7 +1103,9 @@ impl MountFs {
         if !self.walk_reads() || self.loader.sizes_need_content() {
             return;
         }
-        let Some(tree) = self.read_inodes().get(dir).map(|n| n.oid) else {
+        // A submodule's directory has no tree to list.
+        let node = self.read_inodes().get(dir).map(|n| (n.kind, n.oid));
+        let Some((EntryKind::Directory, tree)) = node else {
             return;
         };
         let after = || {
