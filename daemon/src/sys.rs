@@ -192,6 +192,116 @@ pub fn link_open_file(file: &File, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens directory `path` to name files relative to it (`O_PATH`: no read access needed):
+/// a lookup below it then walks one or two components, not the whole path each time.
+pub fn open_dir_handle(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    // SAFETY: c is a valid C string for the call.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `rel` (a relative path) below directory `dir` for reading.
+pub fn open_read_at(dir: &impl AsFd, rel: &[u8]) -> io::Result<File> {
+    let c = CString::new(rel)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    // SAFETY: dir is an open descriptor and c a valid C string, both for the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// A new file without a name (`O_TMPFILE`) in directory `dir`, open for reading and writing.
+pub fn unnamed_file_in(dir: &impl AsFd) -> io::Result<File> {
+    // SAFETY: dir is an open descriptor and "." a valid C string; O_TMPFILE takes a mode.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// [`link_open_file`] to `rel` below directory `dir`. With the privilege for it (a daemon
+/// run by root), by the descriptor itself (`AT_EMPTY_PATH`), which saves a walk through
+/// `/proc`; without, the kernel says ENOENT once and `/proc` serves from then on.
+pub fn link_open_file_at(file: &File, dir: &impl AsFd, rel: &[u8]) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    let to = CString::new(rel)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    let dir = dir.as_fd().as_raw_fd();
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        // SAFETY: the descriptors are open and both strings valid for the call.
+        let linked = unsafe {
+            libc::linkat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                dir,
+                to.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if linked == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if !matches!(error.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) {
+            return Err(error);
+        }
+        // ENOENT is also a missing directory: `/proc` tells which.
+        let via_proc = link_via_proc(file, dir, &to);
+        if via_proc.is_ok() || error.raw_os_error() == Some(libc::EPERM) {
+            EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+        }
+        return via_proc;
+    }
+    link_via_proc(file, dir, &to)
+}
+
+fn link_via_proc(file: &File, dir: libc::c_int, to: &CString) -> io::Result<()> {
+    let from = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
+    // SAFETY: dir is open and both strings are valid for the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            dir,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,9 @@
 //! rename, and a crash leaves nothing behind. Elsewhere it is written under a unique name in
 //! `tmp/` and renamed into place.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -24,9 +23,9 @@ pub(super) struct FreshFile {
 
 impl FreshFile {
     /// A new file for the cache, its unnamed kind where the filesystem has it, else
-    /// `tmp/<unique>`.
-    pub(super) fn create(tmp: &Path, unique: String) -> io::Result<FreshFile> {
-        let (file, named) = match unnamed(tmp)? {
+    /// `tmp/<unique>` (`tmp_dir` is `tmp` opened).
+    pub(super) fn create(tmp_dir: &impl AsFd, tmp: &Path, unique: String) -> io::Result<FreshFile> {
+        let (file, named) = match unnamed(tmp_dir)? {
             Some(file) => (file, None),
             None => {
                 let path = tmp.join(&unique);
@@ -53,11 +52,12 @@ impl FreshFile {
         }
     }
 
-    /// Gives the file its final name `path`, replacing whatever is there. On failure it can
-    /// be tried again (once `path`'s directory is made, say).
-    pub(super) fn keep_as(&mut self, path: &Path) -> io::Result<()> {
+    /// Gives the file its final name `path`, which is `rel` below directory `dir`, replacing
+    /// whatever is there. On failure it can be tried again (once `path`'s directory is made,
+    /// say).
+    pub(super) fn keep_as(&mut self, dir: &impl AsFd, rel: &[u8], path: &Path) -> io::Result<()> {
         if self.named.is_none() {
-            match sys::link_open_file(&self.file, path) {
+            match sys::link_open_file_at(&self.file, dir, rel) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // What is there goes, as a rename would replace it: a name in `tmp/`
                     // first, then the rename.
@@ -86,18 +86,12 @@ impl Drop for FreshFile {
 
 /// An unnamed file in `dir`'s filesystem, or None where the filesystem or the system has no
 /// such thing (or no `/proc` to name it by later).
-fn unnamed(dir: &Path) -> io::Result<Option<File>> {
+fn unnamed(dir: &impl AsFd) -> io::Result<Option<File>> {
     static PROC: OnceLock<bool> = OnceLock::new();
     if !*PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
         return Ok(None);
     }
-    let opened = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o666)
-        .open(dir);
-    match opened {
+    match sys::unnamed_file_in(dir) {
         Ok(file) => Ok(Some(file)),
         // No O_TMPFILE here (older kernels take it for O_DIRECTORY: EISDIR).
         Err(e)
@@ -122,9 +116,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).expect("tmp");
-        let mut fresh = FreshFile::create(&tmp, "one".into()).expect("create");
+        let tmp_dir = sys::open_dir_handle(&tmp).expect("tmp handle");
+        let top = sys::open_dir_handle(dir.path()).expect("dir handle");
+        let mut fresh = FreshFile::create(&tmp_dir, &tmp, "one".into()).expect("create");
         assert!(
-            fresh.keep_as(&dir.path().join("no-such-dir/kept")).is_err(),
+            fresh
+                .keep_as(
+                    &top,
+                    b"no-such-dir/kept",
+                    &dir.path().join("no-such-dir/kept")
+                )
+                .is_err(),
             "no directory to keep it in"
         );
         fresh.file().write_all(b"hello").expect("write");
@@ -136,7 +138,7 @@ mod tests {
             .expect("read");
         assert_eq!(read, "hello");
         let kept = dir.path().join("kept");
-        fresh.keep_as(&kept).expect("keep");
+        fresh.keep_as(&top, b"kept", &kept).expect("keep");
         assert_eq!(fs::read(&kept).expect("kept"), b"hello");
         assert_eq!(
             fs::read_dir(&tmp).expect("tmp").count(),
@@ -150,9 +152,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kept = dir.path().join("kept");
         fs::write(&kept, b"old").expect("old");
-        let mut fresh = FreshFile::create(dir.path(), "two".into()).expect("create");
+        let top = sys::open_dir_handle(dir.path()).expect("dir handle");
+        let mut fresh = FreshFile::create(&top, dir.path(), "two".into()).expect("create");
         fresh.file().write_all(b"new").expect("write");
-        fresh.keep_as(&kept).expect("keep");
+        fresh.keep_as(&top, b"kept", &kept).expect("keep");
         assert_eq!(fs::read(&kept).expect("kept"), b"new");
         assert!(!dir.path().join("two").exists());
     }
@@ -160,7 +163,8 @@ mod tests {
     #[test]
     fn dropped_unkept_it_leaves_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut fresh = FreshFile::create(dir.path(), "three".into()).expect("create");
+        let top = sys::open_dir_handle(dir.path()).expect("dir handle");
+        let mut fresh = FreshFile::create(&top, dir.path(), "three".into()).expect("create");
         fresh.file().write_all(b"half").expect("write");
         drop(fresh);
         assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);

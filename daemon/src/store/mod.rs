@@ -21,7 +21,8 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,16 +86,13 @@ struct Index {
 }
 
 impl Index {
-    fn touch(&mut self, oid: &ObjectId) -> bool {
+    /// Marks cached object `oid` used now; its size, if it is cached.
+    fn touch(&mut self, oid: &ObjectId) -> Option<u64> {
         self.clock += 1;
         let clock = self.clock;
-        match self.cached.get_mut(oid) {
-            Some(entry) => {
-                entry.last_used = clock;
-                true
-            }
-            None => false,
-        }
+        let entry = self.cached.get_mut(oid)?;
+        entry.last_used = clock;
+        Some(entry.size)
     }
 }
 
@@ -105,6 +103,9 @@ pub struct Store {
     /// Per root tree, the trees its mounts listed, in order (see `fs::recall`).
     listings: PathBuf,
     tmp: PathBuf,
+    /// `objects` and `tmp` opened, to name files relative to them (see `sys::open_dir_handle`).
+    objects_dir: OwnedFd,
+    tmp_dir: OwnedFd,
     index: Mutex<Index>,
     sizes_log: Mutex<SizesLog>,
     flusher: Flusher,
@@ -319,8 +320,12 @@ impl Store {
             .append(true)
             .open(&log_path)
             .map_err(err(&log_path))?;
+        let objects_dir = crate::sys::open_dir_handle(&objects).map_err(err(&objects))?;
+        let tmp_dir = crate::sys::open_dir_handle(&tmp).map_err(err(&tmp))?;
         Ok(Store {
             objects,
+            objects_dir,
+            tmp_dir,
             snapshots,
             listings,
             tmp,
@@ -355,12 +360,16 @@ impl Store {
 
     /// The whole object, if cached.
     pub fn read(&self, oid: &ObjectId) -> io::Result<Option<Vec<u8>>> {
-        self.with_cached(oid, fs::read)
+        self.with_cached(oid, |mut file, size| {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })
     }
 
     /// An open handle on the cached object, if cached; counts a hit or a miss.
     pub fn open_object(&self, oid: &ObjectId) -> io::Result<Option<File>> {
-        let file = self.with_cached(oid, File::open)?;
+        let file = self.with_cached(oid, |file, _| Ok(file))?;
         let counter = if file.is_some() {
             &self.hits
         } else {
@@ -373,7 +382,7 @@ impl Store {
     /// An open handle on an object just fetched into the cache, if it is there; counted as
     /// neither hit nor miss (its miss was counted when it was looked for).
     pub fn open_fetched(&self, oid: &ObjectId) -> io::Result<Option<File>> {
-        self.with_cached(oid, File::open)
+        self.with_cached(oid, |file, _| Ok(file))
     }
 
     /// `get` of object `oid`'s file, if it is cached (and marked used); a file someone
@@ -381,12 +390,13 @@ impl Store {
     fn with_cached<T>(
         &self,
         oid: &ObjectId,
-        get: impl FnOnce(PathBuf) -> io::Result<T>,
+        get: impl FnOnce(File, u64) -> io::Result<T>,
     ) -> io::Result<Option<T>> {
-        if !self.lock().touch(oid) {
+        let Some(size) = self.lock().touch(oid) else {
             return Ok(None);
-        }
-        match get(self.path_of(oid)) {
+        };
+        let opened = crate::sys::open_read_at(&self.objects_dir, &object_name(oid));
+        match opened.and_then(|file| get(file, size)) {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(oid);
@@ -407,7 +417,7 @@ impl Store {
     /// Stores verified bytes under `oid`, atomically.
     pub fn insert(&self, oid: &ObjectId, bytes: &[u8]) -> io::Result<()> {
         self.record_size(oid, bytes.len() as u64);
-        if self.lock().touch(oid) {
+        if self.lock().touch(oid).is_some() {
             return Ok(());
         }
         let mut fresh = self.fresh_file(&oid.to_hex())?;
@@ -470,19 +480,19 @@ impl Store {
         static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         let pid = PID.get_or_init(std::process::id);
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        FreshFile::create(&self.tmp, format!("{name}.{pid}.{n}"))
+        FreshFile::create(&self.tmp_dir, &self.tmp, format!("{name}.{pid}.{n}"))
     }
 
     /// Gives `fresh` its place as object `oid`. The fan-out directories are made at open, so
     /// one is made here only if it went since.
     fn keep(&self, fresh: &mut FreshFile, oid: &ObjectId) -> io::Result<()> {
-        let path = self.path_of(oid);
-        match fresh.keep_as(&path) {
+        let (path, rel) = (self.path_of(oid), object_name(oid));
+        match fresh.keep_as(&self.objects_dir, &rel, &path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(parent) = path.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                fresh.keep_as(&path)
+                fresh.keep_as(&self.objects_dir, &rel, &path)
             }
             kept => kept,
         }
@@ -843,6 +853,15 @@ fn read_sizes(path: &Path) -> HashMap<ObjectId, u64> {
         }
     }
     sizes
+}
+
+/// Where object `oid` lives below `objects/`: `ab/cdef…`.
+fn object_name(oid: &ObjectId) -> [u8; 41] {
+    let hex = oid.to_hex();
+    let mut name = [b'/'; 41];
+    name[..2].copy_from_slice(&hex.as_bytes()[..2]);
+    name[3..].copy_from_slice(&hex.as_bytes()[2..]);
+    name
 }
 
 /// Something found on disk at open: its mtime, what it is, its size.
