@@ -7,12 +7,11 @@
 //! repository's, while its path serves the repository's real root tree. A repository served
 //! anywhere else is part of the trunk itself: its trees chain up to the monorepo's root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
-use gix::objs::tree::EntryKind;
 use sha1::{Digest, Sha1};
 
 /// A git repository served at a path of the monorepo.
@@ -23,6 +22,9 @@ pub struct ServedRepo {
     /// Handles kept between requests: a handle's delta-base cache is what makes reading many
     /// blobs of one pack cheap, and a handle opened per request started with it empty.
     idle: Mutex<Vec<gix::Repository>>,
+    /// Tree bodies by id, read once: a path is looked up from the root for every request, and
+    /// a tree never changes under its id. Emptied when full.
+    trees: Mutex<HashMap<gix::ObjectId, Arc<[u8]>>>,
     /// What the trunk follows in this repository (`HEAD`, a branch, a commit).
     pub reference: String,
 }
@@ -57,6 +59,7 @@ impl ServedRepo {
             mount: normalize(mount).ok_or_else(|| anyhow!("bad mount path {mount:?}"))?,
             repo: repo.into_sync(),
             idle: Mutex::new(Vec::new()),
+            trees: Mutex::new(HashMap::new()),
             reference: reference.to_string(),
         })
     }
@@ -70,6 +73,42 @@ impl ServedRepo {
             served: self,
             repo: Some(repo),
         }
+    }
+
+    /// Tree `oid`'s body, from the trees read before or from the repository.
+    fn tree_body(&self, repo: &gix::Repository, oid: gix::ObjectId) -> anyhow::Result<Arc<[u8]>> {
+        if let Some(body) = self.trees.lock().ok().and_then(|t| t.get(&oid).cloned()) {
+            return Ok(body);
+        }
+        let body: Arc<[u8]> = Arc::from(repo.find_object(oid)?.try_into_tree()?.detach().data);
+        if let Ok(mut trees) = self.trees.lock() {
+            if trees.len() >= MAX_TREES_KEPT {
+                trees.clear();
+            }
+            trees.insert(oid, Arc::clone(&body));
+        }
+        Ok(body)
+    }
+
+    /// The body of the tree at `rel` below the root tree `root`; `None` where `rel` is not a
+    /// directory.
+    fn tree_at(
+        &self,
+        repo: &gix::Repository,
+        root: gix::ObjectId,
+        rel: &[&str],
+    ) -> anyhow::Result<Option<Arc<[u8]>>> {
+        let mut body = self.tree_body(repo, root)?;
+        for name in rel {
+            let tree = gix::objs::TreeRef::from_bytes(&body, gix::hash::Kind::Sha1)?;
+            let entry = tree.entries.iter().find(|e| e.filename == name.as_bytes());
+            let Some(entry) = entry.filter(|e| e.mode.is_tree()) else {
+                return Ok(None);
+            };
+            let next = entry.oid.to_owned();
+            body = self.tree_body(repo, next)?;
+        }
+        Ok(Some(body))
     }
 
     fn head(&self) -> anyhow::Result<(Handle<'_>, gix::ObjectId)> {
@@ -97,6 +136,9 @@ fn normalize(path: &str) -> Option<String> {
 }
 
 const MEGA_ACCOUNT: &str = "admin";
+
+/// Tree bodies a served repository keeps (see `ServedRepo::trees`).
+const MAX_TREES_KEPT: usize = 1 << 16;
 
 pub struct LastCommit {
     pub oid: String,
@@ -146,18 +188,13 @@ impl Monorepo {
         match self.place(&parts) {
             Place::InRepo(served, rel) => {
                 let (repo, head) = served.head()?;
-                let tree = repo.find_object(head)?.peel_to_commit()?.tree()?;
-                if rel.is_empty() {
-                    return Ok(Some(tree.detach().data));
-                }
-                let Some(entry) = tree.lookup_entry_by_path(rel.join("/"))? else {
-                    return Ok(None);
-                };
-                if entry.mode().kind() != EntryKind::Tree {
-                    return Ok(None);
-                }
-                let data = repo.find_object(entry.object_id())?.detach().data;
-                Ok(Some(data))
+                let root = repo
+                    .find_object(head)?
+                    .peel_to_commit()?
+                    .tree_id()?
+                    .detach();
+                let body = served.tree_at(&repo, root, &rel)?;
+                Ok(body.map(|b| b.to_vec()))
             }
             Place::Above(parts) => self.synthetic_tree(&parts).map(Some),
             Place::Nowhere => Ok(None),
