@@ -8,7 +8,7 @@ use common::path_str;
 use megafs_testsupport::compare::differences;
 use megafs_testsupport::fixture::{self, Fixture};
 use megafs_testsupport::git_server::GitServer;
-use megafs_testsupport::harness::{within, Daemon};
+use megafs_testsupport::harness::{list_names, within, Daemon};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -363,6 +363,49 @@ fn files_up_to_half_a_mebibyte_come_with_their_directorys_sizes() {
         table
     );
     assert_eq!(server.requests(), [], "the table came with the sizes");
+}
+
+#[test]
+fn ls_then_ls_l_of_one_directory_fetches_no_other_directorys_files() {
+    // `ls` of the root, then `ls -l assets`: a person looking, not a walk going down, so the
+    // next directory's files stay where they are (before, src/ came along with the sizes).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = dir.path().join("look");
+    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
+    std::fs::create_dir_all(repo.join("src")).expect("mkdir");
+    std::fs::write(repo.join("assets/icon.svg"), "<svg/>\n").expect("write");
+    std::fs::write(repo.join("src/main.rs"), "fn main() {}\n").expect("write");
+    fixture::git(&repo, &["init", "-q", "-b", "main"]).expect("init");
+    fixture::git(&repo, &["add", "."]).expect("add");
+    fixture::git(&repo, &["commit", "-q", "-m", "look"]).expect("commit");
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let status = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&repo)
+        .arg(root.join("look.git"))
+        .status()
+        .expect("git clone");
+    assert!(status.success());
+    let server = GitServer::start_with(&root, true, false).expect("git server");
+    let daemon = Daemon::start();
+    let point = daemon.mountpoint("look");
+    let url = server.url("look.git");
+    daemon.ctl_ok(&git_connect(&url, &point, "look"));
+    let listed = point.clone();
+    let names = within(LIMIT, move || list_names(&listed)).expect("ls");
+    assert_eq!(names, ["assets", "src"]);
+    assert_eq!(sizes_of(point.join("assets")), vec![7]);
+    server.clear_requests();
+    let path = point.join("src/main.rs");
+    assert_eq!(
+        within(LIMIT, move || std::fs::read(path)).expect("read"),
+        b"fn main() {}\n"
+    );
+    assert!(
+        !server.requests().is_empty(),
+        "src/main.rs had come with the sizes of assets/"
+    );
 }
 
 #[test]

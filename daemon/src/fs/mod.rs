@@ -172,6 +172,9 @@ pub struct MountFs {
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
     /// Where each file costs a request (Mega), the pass fetching ahead of a walk that reads.
     walk_ahead: WalkAhead,
+    /// When a directory last joined a walk (see `millis_since_start`), and how many did within
+    /// [`WALK_WINDOW`] of the one before: one is a person's `ls -l` after an `ls`, more a walk.
+    walk_entries: Mutex<(u64, u32)>,
     /// When a file in a directory a walk is in was last opened (see `millis_since_start`;
     /// 0: never): the walk reads contents (`grep -r`), not only sizes (`du`).
     walk_opened: AtomicU64,
@@ -218,6 +221,7 @@ impl MountFs {
             wrong_pages: Mutex::new(HashSet::new()),
             read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_PARALLELISM)),
             walk_ahead: WalkAhead::new(READ_AHEAD_MAX_SIZE),
+            walk_entries: Mutex::new((0, 0)),
             walk_opened: AtomicU64::new(0),
             inodes: RwLock::new(InodeTable::new(snapshot.root_tree)),
             times: RwLock::new(Arc::new(times)),
@@ -485,6 +489,13 @@ impl MountFs {
             self.walk_opened
                 .store(millis_since_start(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether more than one directory joined a walk, the last within [`WALK_WINDOW`].
+    fn walk_established(&self) -> bool {
+        let (last, count) = *lock(&self.walk_entries);
+        let window = WALK_WINDOW.as_millis() as u64;
+        count >= 2 && millis_since_start().saturating_sub(last) < window
     }
 
     /// Whether a walk has opened files lately (within [`WALK_WINDOW`]).
@@ -960,9 +971,11 @@ impl MountFs {
             self.fetch_ahead_of_walk(dir);
         }
         if let Some((tree, files)) = self.files_without_size(dir)? {
+            // A walk that only stats takes the next directories' files along once it has
+            // entered more than one: `ls -l assets` after an `ls` is not a walk yet.
             let ahead = match walking && self.loader.sizes_need_content() {
-                true => self.directories_after(dir),
-                false => Vec::new(),
+                true if self.walk_reads() || self.walk_established() => self.directories_after(dir),
+                _ => Vec::new(),
             };
             // A walk that reads takes the bigger files' contents with their sizes.
             let contents_up_to = match walking && self.walk_reads() {
@@ -1086,7 +1099,15 @@ impl MountFs {
             seen != 0 && now.saturating_sub(seen) < window
         });
         if walking {
-            listing.in_walk.store(true, Ordering::Relaxed);
+            if !listing.in_walk.swap(true, Ordering::Relaxed) {
+                let mut entries = lock(&self.walk_entries);
+                let (last, count) = *entries;
+                let count = match last != 0 && now.saturating_sub(last) < window {
+                    true => count.saturating_add(1),
+                    false => 1,
+                };
+                *entries = (now, count);
+            }
             // A walk that has gone on for long is still one: the directories it is in stay
             // fresh while it goes on below them, and their own files are the walk's too.
             for l in above {
