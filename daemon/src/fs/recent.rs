@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::object::ObjectId;
 
 /// The most bytes of bodies kept by default.
-pub const DEFAULT_RECENT_BYTES: usize = 8 << 20;
+pub const DEFAULT_RECENT_BYTES: usize = 4 << 20;
 
 pub struct RecentTrees {
     inner: Mutex<Inner>,
