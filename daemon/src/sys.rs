@@ -30,6 +30,15 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
+/// The descriptor an open call returned, owned; its error where it returned none.
+fn opened(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Opens `name` (one component) in directory `dir` with `flags`, never following a symlink
 /// there (O_NOFOLLOW: a symlink is ELOOP, or itself with O_PATH).
 pub fn open_at(dir: &impl AsFd, name: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
@@ -43,11 +52,7 @@ pub fn open_at(dir: &impl AsFd, name: &[u8], flags: libc::c_int) -> io::Result<O
             flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    opened(fd)
 }
 
 /// The target of symlink `name` in directory `dir`.
@@ -203,11 +208,7 @@ pub fn open_dir_handle(path: &Path) -> io::Result<OwnedFd> {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    opened(fd)
 }
 
 /// Opens `rel` (a relative path) below directory `dir` for reading.
@@ -222,11 +223,7 @@ pub fn open_read_at(dir: &impl AsFd, rel: &[u8]) -> io::Result<File> {
             libc::O_RDONLY | libc::O_CLOEXEC,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    opened(fd).map(File::from)
 }
 
 /// A new file without a name (`O_TMPFILE`) in directory `dir`, open for reading and writing.
@@ -240,11 +237,7 @@ pub fn unnamed_file_in(dir: &impl AsFd) -> io::Result<File> {
             0o666 as libc::c_uint,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    opened(fd).map(File::from)
 }
 
 /// [`link_open_file`] to `rel` below directory `dir`. With the privilege for it (a daemon

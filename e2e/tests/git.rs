@@ -317,33 +317,47 @@ fn a_directorys_sizes_come_in_one_batch() {
     assert_eq!(s.server.requests(), []);
 }
 
-#[test]
-fn files_up_to_half_a_mebibyte_come_with_their_directorys_sizes() {
-    // Source files of that size are common (generated tables, bindings); each costing a
-    // request of its own made a cold `grep -r` of the dependency sources a third slower.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let repo = dir.path().join("tables");
-    std::fs::create_dir_all(repo.join("gen")).expect("mkdir");
-    let table = fixture::pseudo_random(400 << 10, 7);
-    std::fs::write(repo.join("gen/table.rs"), &table).expect("write");
-    std::fs::write(repo.join("gen/mod.rs"), "mod table;\n").expect("write");
+/// A repository named `name` holding `files`, committed and served (bare, under `dir`) by a
+/// git server with filters and without object-info, mounted on a new daemon as `name`.
+fn serve_and_mount(
+    dir: &std::path::Path,
+    name: &str,
+    files: &[(&str, &[u8])],
+) -> (GitServer, Daemon, std::path::PathBuf) {
+    let repo = dir.join(name);
+    for (rel, bytes) in files {
+        let path = repo.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    }
     fixture::git(&repo, &["init", "-q", "-b", "main"]).expect("init");
     fixture::git(&repo, &["add", "."]).expect("add");
-    fixture::git(&repo, &["commit", "-q", "-m", "tables"]).expect("commit");
-    let root = dir.path().join("served");
+    fixture::git(&repo, &["commit", "-q", "-m", name]).expect("commit");
+    let root = dir.join("served");
     std::fs::create_dir_all(&root).expect("mkdir");
     let status = std::process::Command::new("git")
         .args(["clone", "-q", "--bare"])
         .arg(&repo)
-        .arg(root.join("tables.git"))
+        .arg(root.join(format!("{name}.git")))
         .status()
         .expect("git clone");
     assert!(status.success());
     let server = GitServer::start_with(&root, true, false).expect("git server");
     let daemon = Daemon::start();
-    let point = daemon.mountpoint("tables");
-    let url = server.url("tables.git");
-    daemon.ctl_ok(&git_connect(&url, &point, "tables"));
+    let point = daemon.mountpoint(name);
+    let url = server.url(&format!("{name}.git"));
+    daemon.ctl_ok(&git_connect(&url, &point, name));
+    (server, daemon, point)
+}
+
+#[test]
+fn files_up_to_half_a_mebibyte_come_with_their_directorys_sizes() {
+    // Source files of that size are common (generated tables, bindings); each costing a
+    // request of its own made a cold `grep -r` of the dependency sources a third slower.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = fixture::pseudo_random(400 << 10, 7);
+    let files: [(&str, &[u8]); 2] = [("gen/table.rs", &table), ("gen/mod.rs", b"mod table;\n")];
+    let (server, _daemon, point) = serve_and_mount(dir.path(), "tables", &files);
     server.clear_requests();
 
     let mut sizes = sizes_of(point.join("gen"));
@@ -370,28 +384,11 @@ fn ls_then_ls_l_of_one_directory_fetches_no_other_directorys_files() {
     // `ls` of the root, then `ls -l assets`: a person looking, not a walk going down, so the
     // next directory's files stay where they are (before, src/ came along with the sizes).
     let dir = tempfile::tempdir().expect("temp dir");
-    let repo = dir.path().join("look");
-    std::fs::create_dir_all(repo.join("assets")).expect("mkdir");
-    std::fs::create_dir_all(repo.join("src")).expect("mkdir");
-    std::fs::write(repo.join("assets/icon.svg"), "<svg/>\n").expect("write");
-    std::fs::write(repo.join("src/main.rs"), "fn main() {}\n").expect("write");
-    fixture::git(&repo, &["init", "-q", "-b", "main"]).expect("init");
-    fixture::git(&repo, &["add", "."]).expect("add");
-    fixture::git(&repo, &["commit", "-q", "-m", "look"]).expect("commit");
-    let root = dir.path().join("served");
-    std::fs::create_dir_all(&root).expect("mkdir");
-    let status = std::process::Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&repo)
-        .arg(root.join("look.git"))
-        .status()
-        .expect("git clone");
-    assert!(status.success());
-    let server = GitServer::start_with(&root, true, false).expect("git server");
-    let daemon = Daemon::start();
-    let point = daemon.mountpoint("look");
-    let url = server.url("look.git");
-    daemon.ctl_ok(&git_connect(&url, &point, "look"));
+    let files: [(&str, &[u8]); 2] = [
+        ("assets/icon.svg", b"<svg/>\n"),
+        ("src/main.rs", b"fn main() {}\n"),
+    ];
+    let (server, _daemon, point) = serve_and_mount(dir.path(), "look", &files);
     let listed = point.clone();
     let names = within(LIMIT, move || list_names(&listed)).expect("ls");
     assert_eq!(names, ["assets", "src"]);

@@ -36,6 +36,25 @@ fn unlike_archive(repo: &Path, commit: &str, dir: &Path) -> Vec<String> {
     within(LIMIT, move || differences(&expected_path, &dir)).expect("walk")
 }
 
+/// `served` on a dev server, its trunk (`/`) mounted on a new daemon as `mono`.
+fn mount_trunk(served: Vec<ServedRepo>) -> (DevServer, Daemon, std::path::PathBuf) {
+    let server = DevServer::start(served).expect("dev server");
+    let daemon = Daemon::start();
+    let point = daemon.mountpoint("mono");
+    let at = point.to_str().expect("utf-8").to_string();
+    daemon.ctl_ok(&[
+        "connect",
+        "/",
+        "--mega-url",
+        &server.url(),
+        "--mount-point",
+        &at,
+        "--name",
+        "mono",
+    ]);
+    (server, daemon, point)
+}
+
 #[test]
 fn a_trunk_mount_shows_imported_repositories_and_follows_the_trunk() {
     let work = tempfile::tempdir().expect("temp dir");
@@ -55,21 +74,7 @@ fn a_trunk_mount_shows_imported_repositories_and_follows_the_trunk() {
         ServedRepo::open("/third-party/tool", &tool_dir, "main").expect("open"),
         ServedRepo::open("/project", &project_dir, "main").expect("open"),
     ];
-    let server = DevServer::start(served).expect("dev server");
-    let daemon = Daemon::start();
-    let point = daemon.mountpoint("mono");
-    let at = point.to_str().expect("utf-8").to_string();
-    let url = server.url();
-    daemon.ctl_ok(&[
-        "connect",
-        "/",
-        "--mega-url",
-        &url,
-        "--mount-point",
-        &at,
-        "--name",
-        "mono",
-    ]);
+    let (_server, daemon, point) = mount_trunk(served);
 
     // The trunk lists a placeholder for the import; its path serves the real tree.
     let third_party = point.join("third-party");
@@ -123,20 +128,7 @@ fn an_import_pushed_to_after_the_mount_entered_it_fails_where_not_listed_yet() {
         ServedRepo::open("/third-party/moving", &moving_dir, "main").expect("open"),
         ServedRepo::open("/project", &project_dir, "main").expect("open"),
     ];
-    let server = DevServer::start(served).expect("dev server");
-    let daemon = Daemon::start();
-    let point = daemon.mountpoint("mono");
-    let at = point.to_str().expect("utf-8").to_string();
-    daemon.ctl_ok(&[
-        "connect",
-        "/",
-        "--mega-url",
-        &server.url(),
-        "--mount-point",
-        &at,
-        "--name",
-        "mono",
-    ]);
+    let (_server, daemon, point) = mount_trunk(served);
     let moving = point.join("third-party/moving");
     let names = within(LIMIT, move || list_names(&moving)).expect("list the import");
     assert_eq!(names, ["a"]);
