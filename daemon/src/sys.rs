@@ -179,22 +179,7 @@ pub fn trim_heap() {
 /// file opened with `O_TMPFILE`, this is how it first appears; `/proc` is where an open
 /// file can be named without the privilege `AT_EMPTY_PATH` asks for.
 pub fn link_open_file(file: &File, to: &Path) -> io::Result<()> {
-    let from = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
-    let to = c_path(to)?;
-    // SAFETY: both paths are NUL-terminated strings that live across the call.
-    let linked = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if linked != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    link_via_proc(file, libc::AT_FDCWD, &c_path(to)?)
 }
 
 /// Opens directory `path` to name files relative to it (`O_PATH`: no read access needed):
@@ -277,6 +262,7 @@ pub fn link_open_file_at(file: &File, dir: &impl AsFd, rel: &[u8]) -> io::Result
     link_via_proc(file, dir, &to)
 }
 
+/// Links `file` by its name in `/proc` to `to`, relative to directory `dir` (or absolute).
 fn link_via_proc(file: &File, dir: libc::c_int, to: &CString) -> io::Result<()> {
     let from = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
     // SAFETY: dir is open and both strings are valid for the call.

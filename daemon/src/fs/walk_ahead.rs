@@ -10,6 +10,7 @@
 //! pass loses nothing.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{watch, Semaphore};
@@ -25,10 +26,12 @@ const AHEAD: u64 = 2048;
 /// Files being fetched at once, over all the directories of a pass.
 const FILES_AT_ONCE: usize = 32;
 
-/// Trees fetched at once ahead of the pass, and how many of a directory's subdirectories
-/// start theirs when it is reached.
+/// Trees fetched at once ahead of the pass, how many of a directory's subdirectories start
+/// theirs when it is reached, and how many may wait their turn in all (past that, the pass
+/// fetches a tree when it gets there).
 const TREES_AT_ONCE: usize = 8;
 const TREES_PER_DIRECTORY: usize = 64;
+const TREES_QUEUED: usize = 512;
 
 /// The pass under way for a mount, if any.
 pub(super) struct WalkAhead {
@@ -148,6 +151,7 @@ async fn run(
 ) {
     let files_slots = Arc::new(Semaphore::new(FILES_AT_ONCE));
     let tree_slots = Arc::new(Semaphore::new(TREES_AT_ONCE));
+    let trees_queued = Arc::new(AtomicUsize::new(0));
     let mut to_visit: Vec<(RepoPath, ObjectId)> = roots.into_iter().rev().collect();
     let mut position = 0;
     while let Some((path, tree)) = to_visit.pop() {
@@ -177,14 +181,16 @@ async fn run(
             .map(|e| (path.join(&e.name), e.oid))
             .collect();
         for (sub, oid) in subdirs.iter().take(TREES_PER_DIRECTORY) {
-            if !loader.contains(oid) {
-                tokio::spawn(fetch_tree(
-                    Arc::clone(&loader),
-                    sub.clone(),
-                    *oid,
-                    Arc::clone(&tree_slots),
-                ));
+            if loader.contains(oid) || trees_queued.load(Ordering::Relaxed) >= TREES_QUEUED {
+                continue;
             }
+            trees_queued.fetch_add(1, Ordering::Relaxed);
+            let (loader, sub, oid) = (Arc::clone(&loader), sub.clone(), *oid);
+            let (slots, queued) = (Arc::clone(&tree_slots), Arc::clone(&trees_queued));
+            tokio::spawn(async move {
+                fetch_tree(loader, sub, oid, slots).await;
+                queued.fetch_sub(1, Ordering::Relaxed);
+            });
         }
         to_visit.extend(subdirs.into_iter().rev());
         let files: Vec<(RepoPath, ObjectId)> = entries
